@@ -1,0 +1,213 @@
+"""Settings, read from the environment (nextjs-auth0 names) or built in code."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from ._exceptions import ConfigurationError
+
+WithdrawMode = Literal["revoke", "flag", "delete"]
+WITHDRAW_MODES: tuple[str, ...] = ("revoke", "flag", "delete")
+MIN_SECRET_LENGTH = 32
+
+# Field name -> environment variable, so every message names what the user actually set.
+ENV_NAMES: dict[str, str] = {
+    "domain": "AUTH0_DOMAIN",
+    "client_id": "AUTH0_CLIENT_ID",
+    "client_secret": "AUTH0_CLIENT_SECRET",
+    "secret": "AUTH0_SECRET",
+    "app_base_url": "APP_BASE_URL",
+    "consent_claim": "CONSENT_CLAIM",
+    "terms_version": "CONSENT_TERMS_VERSION",
+    "terms_url": "CONSENT_TERMS_URL",
+    "mgmt_client_id": "AUTH0_MGMT_CLIENT_ID",
+    "mgmt_client_secret": "AUTH0_MGMT_CLIENT_SECRET",
+    "previous_secrets": "AUTH0_PREVIOUS_SECRETS",
+    "audience": "AUTH0_AUDIENCE",
+    "scope": "AUTH0_SCOPE",
+    "withdraw_mode": "CONSENT_WITHDRAW_MODE",
+    "public_paths": "CONSENT_PUBLIC_PATHS",
+    "api_prefixes": "CONSENT_API_PREFIXES",
+    "inactivity_duration": "CONSENT_SESSION_INACTIVITY",
+    "absolute_duration": "CONSENT_SESSION_ABSOLUTE",
+}
+REQUIRED = (
+    "domain",
+    "client_id",
+    "client_secret",
+    "secret",
+    "app_base_url",
+    "consent_claim",
+    "terms_version",
+    "terms_url",
+)
+_LIST_FIELDS = {"previous_secrets", "public_paths", "api_prefixes"}
+_INT_FIELDS = {"inactivity_duration", "absolute_duration"}
+
+
+def _name(field_name: str) -> str:
+    return ENV_NAMES.get(field_name, field_name)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _normalise_url(field_name: str, value: str, *, bare_host_ok: bool) -> str:
+    """Return scheme://host[:port][/path] without a trailing slash.
+
+    Plain http is accepted only for loopback hosts: anything else would send
+    secrets and tokens in clear text.
+    """
+    value = value.strip()
+    if bare_host_ok and "://" not in value:
+        value = "https://" + value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{_name(field_name)} must be an http(s) URL, got {value!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigurationError(
+            f"{_name(field_name)} must not contain credentials, a query or a fragment"
+        )
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigurationError(
+            f"{_name(field_name)} uses plain http:// for {parts.hostname!r}; "
+            "only loopback hosts (localhost, 127.0.0.0/8, [::1]) may use http"
+        )
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the middleware needs. ``Settings.from_env()`` reads the same names."""
+
+    domain: str
+    client_id: str
+    client_secret: str
+    secret: str
+    app_base_url: str
+    consent_claim: str
+    terms_version: str
+    terms_url: str
+    mgmt_client_id: str = ""
+    mgmt_client_secret: str = ""
+    # Older AUTH0_SECRET values, still accepted for decryption while cookies roll over.
+    previous_secrets: tuple[str, ...] = ()
+    audience: str = ""
+    scope: str = "openid profile email offline_access"
+    withdraw_mode: WithdrawMode = "revoke"
+    public_paths: tuple[str, ...] = ()
+    api_prefixes: tuple[str, ...] = ()
+    inactivity_duration: int = 24 * 3600
+    absolute_duration: int = 3 * 24 * 3600
+    routes_prefix: str = "/auth"
+    consent_path: str = "/consent"
+    templates_directory: str | None = None
+    http_timeout: float = 10.0
+    clock_leeway: int = 60
+
+    def __post_init__(self) -> None:
+        for name in REQUIRED:
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigurationError(f"{_name(name)} is required")
+        set_ = object.__setattr__  # frozen dataclass: normalise once, here
+        set_(self, "domain", _normalise_url("domain", self.domain, bare_host_ok=True))
+        base = _normalise_url("app_base_url", self.app_base_url, bare_host_ok=False)
+        set_(self, "app_base_url", base)
+        for secret in (self.secret, *self.previous_secrets):
+            if len(secret) < MIN_SECRET_LENGTH:
+                raise ConfigurationError(
+                    f"{_name('secret')} must be at least {MIN_SECRET_LENGTH} characters "
+                    "(generate one with: openssl rand -hex 32)"
+                )
+        claim = urlsplit(self.consent_claim)
+        if claim.scheme not in ("http", "https") or not claim.netloc:
+            raise ConfigurationError(
+                f"{_name('consent_claim')} must be a namespaced URL such as "
+                "https://example.com/consent (Auth0 drops claims without a namespace)"
+            )
+        if self.withdraw_mode not in WITHDRAW_MODES:
+            raise ConfigurationError(
+                f"{_name('withdraw_mode')} must be one of {', '.join(WITHDRAW_MODES)}"
+            )
+        if "openid" not in self.scope.split():
+            raise ConfigurationError(f"{_name('scope')} must include 'openid'")
+        if self.inactivity_duration <= 0 or self.absolute_duration < self.inactivity_duration:
+            raise ConfigurationError(
+                f"{_name('inactivity_duration')} must be > 0 and "
+                f"{_name('absolute_duration')} at least as long"
+            )
+        for prefix_field in ("routes_prefix", "consent_path"):
+            value = getattr(self, prefix_field)
+            if not value.startswith("/") or value == "/" or value.endswith("/"):
+                raise ConfigurationError(f"{prefix_field} must look like '/auth', got {value!r}")
+        for list_field in ("public_paths", "api_prefixes"):
+            for path in getattr(self, list_field):
+                if not path.startswith("/"):
+                    raise ConfigurationError(f"{_name(list_field)}: {path!r} must start with '/'")
+        if not self.mgmt_client_id:
+            set_(self, "mgmt_client_id", self.client_id)
+            if not self.mgmt_client_secret:
+                set_(self, "mgmt_client_secret", self.client_secret)
+        elif not self.mgmt_client_secret:
+            raise ConfigurationError(
+                f"{_name('mgmt_client_secret')} is required when {_name('mgmt_client_id')} is set"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from environment variables; ``overrides`` win over them."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field_name, env_name in ENV_NAMES.items():
+            raw = env.get(env_name)
+            if raw is None or raw.strip() == "":
+                continue
+            if field_name in _LIST_FIELDS:
+                values[field_name] = _split_list(raw)
+            elif field_name in _INT_FIELDS:
+                try:
+                    values[field_name] = int(raw)
+                except ValueError:
+                    raise ConfigurationError(
+                        f"{env_name} must be a whole number of seconds, got {raw!r}"
+                    ) from None
+            else:
+                values[field_name] = raw.strip()
+        values.update(overrides)
+        missing = [ENV_NAMES[name] for name in REQUIRED if not values.get(name)]
+        if missing:
+            raise ConfigurationError(f"missing required setting(s): {', '.join(missing)}")
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The current secret first (it encrypts), then the previous ones (decrypt only)."""
+        return (self.secret, *self.previous_secrets)
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.app_base_url.startswith("https://")
+
+    @property
+    def callback_url(self) -> str:
+        return f"{self.app_base_url}{self.routes_prefix}/callback"
+
+    @property
+    def management_audience(self) -> str:
+        return f"{self.domain}/api/v2/"
+
+
+def _split_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())

@@ -1,0 +1,82 @@
+"""Cookie reading, writing and chunking (the nextjs-auth0 v4 layout)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from http.cookies import SimpleCookie
+
+from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
+
+# Browsers cap a cookie at about 4 KB including its attributes; nextjs-auth0 v4 splits
+# its session above this many characters into NAME__0, NAME__1, ...
+CHUNK_SIZE = 3500
+MAX_CHUNKS = 20
+
+
+def request_cookies(headers: Headers) -> dict[str, str]:
+    return cookie_parser(headers.get("cookie", ""))
+
+
+class CookieWriter:
+    """Builds ``Set-Cookie`` header values with the package's fixed attributes."""
+
+    def __init__(self, secure: bool, path: str = "/") -> None:
+        self.secure = secure
+        self.path = path
+
+    def set(self, name: str, value: str, max_age: int) -> bytes:
+        cookie: SimpleCookie = SimpleCookie()
+        cookie[name] = value
+        morsel = cookie[name]
+        morsel["path"] = self.path
+        morsel["max-age"] = max(0, int(max_age))
+        morsel["httponly"] = True
+        morsel["samesite"] = "Lax"
+        if self.secure:
+            morsel["secure"] = True
+        return morsel.OutputString().encode("latin-1")
+
+    def delete(self, name: str) -> bytes:
+        return self.set(name, "", 0)
+
+    def set_chunked(
+        self, name: str, value: str, max_age: int, existing: Mapping[str, str]
+    ) -> list[bytes]:
+        """Write ``value`` whole or in chunks and delete whatever layout it replaces."""
+        if len(value) <= CHUNK_SIZE:
+            headers = [self.set(name, value, max_age)]
+            keep = {name}
+        else:
+            parts = [value[i : i + CHUNK_SIZE] for i in range(0, len(value), CHUNK_SIZE)]
+            headers = [self.set(chunk_name(name, i), part, max_age) for i, part in enumerate(parts)]
+            keep = {chunk_name(name, i) for i in range(len(parts))}
+        headers += [self.delete(old) for old in chunk_names(name, existing) if old not in keep]
+        return headers
+
+    def delete_chunked(self, name: str, existing: Mapping[str, str]) -> list[bytes]:
+        return [self.delete(old) for old in chunk_names(name, existing)]
+
+
+def chunk_name(name: str, index: int) -> str:
+    return f"{name}__{index}"
+
+
+def chunk_names(name: str, cookies: Mapping[str, str]) -> list[str]:
+    """Every cookie that belongs to ``name``: the whole one and any chunks."""
+    pattern = re.compile(re.escape(name) + r"__(\d+)")
+    return [key for key in cookies if key == name or pattern.fullmatch(key)]
+
+
+def read_chunked(name: str, cookies: Mapping[str, str]) -> str | None:
+    """Join ``name`` or its chunks back into one value; a gap in the chunks means none."""
+    if name in cookies:
+        return cookies[name]
+    parts: list[str] = []
+    for index in range(MAX_CHUNKS):
+        part = cookies.get(chunk_name(name, index))
+        if part is None:
+            break
+        parts.append(part)
+    return "".join(parts) or None

@@ -1,0 +1,54 @@
+"""The package's single exception hierarchy.
+
+ConsentMiddlewareError
+├── ConfigurationError      missing or invalid settings, raised at start-up
+├── IdentityProviderError   the IdP could not be reached or answered badly
+│   ├── TokenEndpointError  the token endpoint refused a grant (OAuth error code kept)
+│   └── IdTokenError        an ID token failed verification (reason kept)
+├── ManagementAPIError      the Management API failed after bounded retries
+└── RefreshError            a session could not be refreshed silently
+"""
+
+from __future__ import annotations
+
+
+class ConsentMiddlewareError(Exception):
+    """Base class of every error this package raises."""
+
+
+class ConfigurationError(ConsentMiddlewareError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class IdentityProviderError(ConsentMiddlewareError):
+    """Discovery, JWKS or the token endpoint failed or answered something unusable."""
+
+
+class TokenEndpointError(IdentityProviderError):
+    """The token endpoint answered an OAuth error such as ``invalid_grant``."""
+
+    def __init__(self, error: str, description: str = "", status_code: int = 400) -> None:
+        self.error = error
+        self.description = description
+        self.status_code = status_code
+        super().__init__(f"{error}: {description}" if description else error)
+
+
+class IdTokenError(IdentityProviderError):
+    """An ID token was rejected; ``reason`` is safe to show to the user."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class ManagementAPIError(ConsentMiddlewareError):
+    """A Management API call failed after its retries."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(message)
+
+
+class RefreshError(ConsentMiddlewareError):
+    """The session could not be refreshed without the browser."""

@@ -1,0 +1,150 @@
+"""Everything JOSE lives here, so the JOSE library could be swapped in one place.
+
+Two jobs: the session and transaction cookies (JWE compact, ``dir`` + ``A256GCM``, the
+key derived from ``AUTH0_SECRET`` exactly as nextjs-auth0 v4 does) and ID-token
+verification (JWS against the provider's JWKS).
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from jose import jwe, jwt
+from jose.constants import ALGORITHMS
+from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
+
+from ._exceptions import IdTokenError
+
+# nextjs-auth0 v4 tolerates this much clock skew when it reads its own cookies.
+COOKIE_CLOCK_SKEW = 15
+# Asymmetric algorithms only: "none" and HMAC (which would let a public key act as a
+# shared secret) are never accepted for ID tokens.
+ID_TOKEN_ALGORITHMS = frozenset(ALGORITHMS.RSA_DS | ALGORITHMS.EC_DS)
+
+
+def derive_key(secret: str) -> bytes:
+    """HKDF-SHA256(secret, salt="", info="JWE CEK", 32 bytes), as nextjs-auth0 v4."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"", info=b"JWE CEK").derive(
+        secret.encode("utf-8")
+    )
+
+
+def encrypt(payload: Mapping[str, Any], key: bytes, expires_at: int) -> str:
+    """Encrypt ``payload`` plus ``exp`` into a JWE compact string."""
+    claims = {**payload, "exp": int(expires_at)}
+    plaintext = json.dumps(claims, separators=(",", ":")).encode("utf-8")
+    token: bytes = jwe.encrypt(plaintext, key, encryption="A256GCM", algorithm="dir")
+    return token.decode("ascii")
+
+
+def decrypt(token: str, keys: Iterable[bytes], now: float | None = None) -> dict[str, Any] | None:
+    """Return the payload, or None when the value is foreign, tampered, truncated or expired."""
+    now = time.time() if now is None else now
+    for key in keys:
+        try:
+            plaintext = jwe.decrypt(token, key)
+            claims = json.loads(plaintext)
+        except (JOSEError, ValueError, TypeError, KeyError, IndexError, binascii.Error):
+            # Any malformed or foreign value simply means "not ours": try the next key.
+            continue
+        if not isinstance(claims, dict):
+            return None
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or exp + COOKIE_CLOCK_SKEW < now:
+            return None
+        return claims
+    return None
+
+
+def unverified_header(token: str) -> dict[str, Any]:
+    try:
+        header = jwt.get_unverified_header(token)
+    except (JOSEError, ValueError, TypeError):
+        raise IdTokenError("the ID token is not a well-formed JWT") from None
+    if not isinstance(header, dict):
+        raise IdTokenError("the ID token is not a well-formed JWT")
+    return header
+
+
+class KeySet:
+    """The provider's signing keys by ``kid`` (keys meant for encryption are left out)."""
+
+    def __init__(self, jwks: Mapping[str, Any]) -> None:
+        keys = jwks.get("keys")
+        if not isinstance(keys, list):
+            raise ValueError("JWKS has no 'keys' array")
+        self.keys: list[dict[str, Any]] = [
+            key
+            for key in keys
+            if isinstance(key, dict) and key.get("use", "sig") == "sig" and "kty" in key
+        ]
+
+    def find(self, kid: str | None, alg: str) -> dict[str, Any] | None:
+        candidates = [key for key in self.keys if key.get("alg", alg) == alg]
+        if kid is not None:
+            candidates = [key for key in candidates if key.get("kid") == kid]
+        elif len(candidates) != 1:
+            # Without a kid only an unambiguous single key may be used.
+            return None
+        return candidates[0] if candidates else None
+
+
+def verify_id_token(
+    token: str,
+    key: Mapping[str, Any],
+    *,
+    issuer: str,
+    client_id: str,
+    nonce: str | None,
+    leeway: int,
+    access_token: str | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Verify signature and claims (OIDC Core 3.1.3.7); return the claims."""
+    alg = unverified_header(token).get("alg")
+    if alg not in ID_TOKEN_ALGORITHMS:
+        raise IdTokenError(f"the ID token algorithm {alg!r} is not accepted")
+    options = {
+        "leeway": leeway,
+        "require_iat": True,
+        "require_exp": True,
+        "require_iss": True,
+        "require_aud": True,
+        "require_sub": True,
+        "verify_at_hash": access_token is not None,
+    }
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            dict(key),
+            algorithms=[alg],
+            audience=client_id,
+            issuer=issuer,
+            access_token=access_token,
+            options=options,
+        )
+    except ExpiredSignatureError:
+        raise IdTokenError("the ID token has expired") from None
+    except JWTClaimsError as exc:
+        raise IdTokenError(f"the ID token's claims are invalid ({exc})") from None
+    except (JOSEError, ValueError, TypeError):
+        raise IdTokenError("the ID token's signature does not verify") from None
+    now = time.time() if now is None else now
+    iat = claims["iat"]
+    if not isinstance(iat, int | float) or iat > now + leeway:
+        raise IdTokenError("the ID token was issued in the future (check the clocks)")
+    audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+    azp = claims.get("azp")
+    if (azp is not None or len(audiences) > 1) and azp != client_id:
+        raise IdTokenError("the ID token's authorized party (azp) is not this client")
+    if nonce is not None and claims.get("nonce") != nonce:
+        raise IdTokenError("the ID token's nonce does not match this login")
+    if not isinstance(claims["sub"], str) or not claims["sub"]:
+        raise IdTokenError("the ID token has no subject")
+    return claims

@@ -1,0 +1,43 @@
+"""Redirect targets taken from requests: same origin only, or not at all."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urljoin, urlsplit
+
+# Control characters (CR/LF header injection, tabs browsers strip) and backslashes
+# (browsers read "/\evil" as "//evil") are refused outright rather than cleaned up.
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def safe_return_to(value: str | None, base_url: str) -> str | None:
+    """Resolve ``value`` against the app and return it as an absolute URL of the app's
+    own origin (path, query and fragment kept), or None when it points anywhere else."""
+    if not value or _FORBIDDEN.search(value) or len(value) > 4096:
+        return None
+    base = urlsplit(base_url)
+    target = urlsplit(urljoin(base_url + "/", value.strip()))
+    if (target.scheme, target.netloc) != (base.scheme, base.netloc):
+        return None
+    if target.username or target.password:
+        return None
+    path = target.path or "/"
+    if path.startswith("//"):
+        return None
+    url = f"{base.scheme}://{base.netloc}{path}"
+    if target.query:
+        url += f"?{target.query}"
+    if target.fragment:
+        url += f"#{target.fragment}"
+    return url
+
+
+def return_to_or_home(value: str | None, base_url: str) -> str:
+    return safe_return_to(value, base_url) or f"{base_url}/"
+
+
+def original_url(scope_path: str, query_string: bytes, base_url: str) -> str:
+    """The URL the browser asked for, as an absolute URL of the app."""
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(base_url))
+    query = query_string.decode("latin-1")
+    return f"{origin}{scope_path}{'?' + query if query else ''}"

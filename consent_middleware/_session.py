@@ -1,0 +1,223 @@
+"""The session (nextjs-auth0 v4 ``__session`` format) and the login transactions."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from cachetools import LRUCache
+
+from . import _jose
+from ._config import Settings
+from ._cookies import CookieWriter, read_chunked
+
+SESSION_COOKIE = "__session"
+TRANSACTION_PREFIX = "__txn_"
+TRANSACTION_LIFETIME = 3600
+# Re-issue the cookie only once this share of the inactivity window has passed, so a
+# busy user does not get a fresh encryption and Set-Cookie on every request.
+ROLL_FRACTION = 0.1
+# Claims about the token itself rather than the user: not worth a place in the cookie.
+PROTOCOL_CLAIMS = frozenset(
+    {"iss", "aud", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "azp", "jti", "auth_time"}
+)
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    access_token: str
+    id_token: str
+    refresh_token: str | None = None
+    expires_at: int = 0
+    scope: str | None = None
+
+
+@dataclass(frozen=True)
+class Session:
+    user: dict[str, Any]
+    token_set: TokenSet
+    sid: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    created_at: int = field(default_factory=lambda: int(time.time()))
+    # When the stored cookie expires; 0 for a session not yet written.
+    expires_at: int = 0
+
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, Any], token_set: TokenSet) -> Session:
+        return cls(user=user_claims(claims), token_set=token_set)
+
+    def refreshed(self, claims: Mapping[str, Any], token_set: TokenSet) -> Session:
+        """Same session (sid, createdAt), new claims and tokens."""
+        return replace(self, user=user_claims(claims), token_set=token_set)
+
+    def to_payload(self) -> dict[str, Any]:
+        token_set: dict[str, Any] = {
+            "accessToken": self.token_set.access_token,
+            "idToken": self.token_set.id_token,
+            "expiresAt": self.token_set.expires_at,
+        }
+        if self.token_set.refresh_token:
+            token_set["refreshToken"] = self.token_set.refresh_token
+        if self.token_set.scope:
+            token_set["scope"] = self.token_set.scope
+        return {
+            "user": self.user,
+            "tokenSet": token_set,
+            "internal": {"sid": self.sid, "createdAt": self.created_at},
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Session | None:
+        """Parse a decrypted payload; None when its shape is not a session."""
+        user, tokens, internal = (payload.get(k) for k in ("user", "tokenSet", "internal"))
+        if not (isinstance(user, dict) and isinstance(tokens, dict) and isinstance(internal, dict)):
+            return None
+        if not isinstance(user.get("sub"), str):
+            return None
+        try:
+            token_set = TokenSet(
+                access_token=str(tokens.get("accessToken", "")),
+                id_token=str(tokens.get("idToken", "")),
+                refresh_token=_optional_str(tokens.get("refreshToken")),
+                expires_at=int(tokens.get("expiresAt", 0)),
+                scope=_optional_str(tokens.get("scope")),
+            )
+            return cls(
+                user=user,
+                token_set=token_set,
+                sid=str(internal["sid"]),
+                created_at=int(internal["createdAt"]),
+                expires_at=int(payload["exp"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def user_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in claims.items() if k not in PROTOCOL_CLAIMS}
+
+
+class SessionStore(Protocol):
+    """Where sessions live. The cookie store keeps them whole in the browser; a
+    server-side store (Redis, say) would keep only an id in the cookie."""
+
+    def load(self, cookies: Mapping[str, str]) -> Session | None: ...
+
+    def save(
+        self, session: Session, cookies: Mapping[str, str], now: float | None = None
+    ) -> list[bytes]: ...
+
+    def clear(self, cookies: Mapping[str, str]) -> list[bytes]: ...
+
+    def needs_roll(self, session: Session, now: float | None = None) -> bool: ...
+
+
+class CookieSessionStore:
+    """Encrypted, chunked cookies; the decrypted result cached per cookie value."""
+
+    def __init__(self, settings: Settings, cache_size: int = 10_000) -> None:
+        self.settings = settings
+        self.keys = [_jose.derive_key(s) for s in settings.secrets]
+        self.writer = CookieWriter(secure=settings.secure_cookies)
+        # Keyed by the full cookie value, so a changed cookie is a new entry and a stale
+        # one simply ages out of the LRU; expiry is re-checked on every hit.
+        self._cache: LRUCache[str, Session] = LRUCache(maxsize=cache_size)
+
+    def load(self, cookies: Mapping[str, str]) -> Session | None:
+        value = read_chunked(SESSION_COOKIE, cookies)
+        if not value:
+            return None
+        now = time.time()
+        session = self._cache.get(value)
+        if session is None:
+            payload = _jose.decrypt(value, self.keys, now)
+            session = Session.from_payload(payload) if payload else None
+            if session is None:
+                return None
+            self._cache[value] = session
+        if session.expires_at + _jose.COOKIE_CLOCK_SKEW < now:
+            self._cache.pop(value, None)
+            return None
+        return session
+
+    def expiry(self, session: Session, now: float) -> int:
+        absolute = session.created_at + self.settings.absolute_duration
+        return int(min(absolute, now + self.settings.inactivity_duration))
+
+    def needs_roll(self, session: Session, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        gain = self.expiry(session, now) - session.expires_at
+        return gain > self.settings.inactivity_duration * ROLL_FRACTION
+
+    def save(
+        self, session: Session, cookies: Mapping[str, str], now: float | None = None
+    ) -> list[bytes]:
+        now = time.time() if now is None else now
+        expires_at = self.expiry(session, now)
+        value = _jose.encrypt(session.to_payload(), self.keys[0], expires_at)
+        self._cache[value] = replace(session, expires_at=expires_at)
+        return self.writer.set_chunked(SESSION_COOKIE, value, int(expires_at - now), cookies)
+
+    def clear(self, cookies: Mapping[str, str]) -> list[bytes]:
+        value = read_chunked(SESSION_COOKIE, cookies)
+        if value:
+            self._cache.pop(value, None)
+        return self.writer.delete_chunked(SESSION_COOKIE, cookies)
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One login in flight, kept in its own cookie so several tabs can log in at once."""
+
+    state: str
+    nonce: str
+    code_verifier: str
+    return_to: str
+    # "login" for an interactive login, "silent" for a prompt=none refresh.
+    purpose: str = "login"
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "nonce": self.nonce,
+            "codeVerifier": self.code_verifier,
+            "responseType": "code",
+            "returnTo": self.return_to,
+            "purpose": self.purpose,
+        }
+
+
+class TransactionStore:
+    def __init__(self, settings: Settings) -> None:
+        self.keys = [_jose.derive_key(s) for s in settings.secrets]
+        self.writer = CookieWriter(secure=settings.secure_cookies)
+
+    def save(self, tx: Transaction) -> bytes:
+        expires_at = int(time.time()) + TRANSACTION_LIFETIME
+        value = _jose.encrypt(tx.to_payload(), self.keys[0], expires_at)
+        return self.writer.set(TRANSACTION_PREFIX + tx.state, value, TRANSACTION_LIFETIME)
+
+    def load(self, state: str, cookies: Mapping[str, str]) -> Transaction | None:
+        value = cookies.get(TRANSACTION_PREFIX + state)
+        payload = _jose.decrypt(value, self.keys) if value else None
+        if not payload or payload.get("state") != state:
+            return None
+        try:
+            return Transaction(
+                state=state,
+                nonce=str(payload["nonce"]),
+                code_verifier=str(payload["codeVerifier"]),
+                return_to=str(payload["returnTo"]),
+                purpose=str(payload.get("purpose", "login")),
+            )
+        except KeyError:
+            return None
+
+    def delete(self, state: str) -> bytes:
+        return self.writer.delete(TRANSACTION_PREFIX + state)

@@ -1,0 +1,126 @@
+"""The reference integration: a Starlette app behind ConsentMiddleware.
+
+``uvicorn example_app.app:app`` reads the same environment variables as the package.
+Without ``AUTH0_DOMAIN`` it mounts the embedded development tenant at ``/dev-tenant``
+and points itself at it, so the whole flow runs with no Auth0 account.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.templating import Jinja2Templates
+
+from consent_middleware import ConsentMiddleware, Settings, current_user
+
+logger = logging.getLogger("example_app")
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+DEV_TENANT_PATH = "/dev-tenant"
+DEV_CLIENT_ID = "example-app"
+DEFAULTS = {
+    "CONSENT_CLAIM": "https://consent.example.com/consent",
+    "CONSENT_TERMS_VERSION": "2026-11",
+}
+
+
+async def home(request: Request) -> Response:
+    return templates.TemplateResponse(request, "home.html", {"settings": request.app.state.settings})
+
+
+async def terms(request: Request) -> Response:
+    return templates.TemplateResponse(request, "terms.html", {"settings": request.app.state.settings})
+
+
+async def dashboard(request: Request) -> Response:
+    user = current_user(request)
+    return templates.TemplateResponse(
+        request, "dashboard.html", {"user": user, "settings": request.app.state.settings}
+    )
+
+
+async def api_me(request: Request) -> Response:
+    user = current_user(request)
+    consent = user.consent
+    return JSONResponse({"sub": user.sub, "email": user.email, "consent_version": consent and consent.version})
+
+
+def build_app(settings: Settings, extra_routes: list[Mount] | None = None) -> Starlette:
+    app = Starlette(
+        routes=[
+            Route("/", home),
+            Route("/terms", terms),
+            Route("/dashboard", dashboard),
+            Route("/api/me", api_me),
+        ],
+        middleware=[Middleware(ConsentMiddleware, settings=settings)],
+    )
+    app.state.settings = settings
+    if not extra_routes:
+        return app
+    outer = Starlette(routes=[*extra_routes, Mount("/", app)])
+    outer.state.settings = settings
+    return outer
+
+
+def create_app(environ: Mapping[str, str] | None = None) -> Starlette:
+    env = dict(os.environ if environ is None else environ)
+    public = {"public_paths": ("/", "/terms")}
+    if env.get("AUTH0_DOMAIN"):
+        for name, value in DEFAULTS.items():
+            env.setdefault(name, value)
+        base = env.get("APP_BASE_URL", "")
+        env.setdefault("CONSENT_TERMS_URL", f"{base.rstrip('/')}/terms")
+        return build_app(Settings.from_env(env, **public))
+    return create_dev_app(env, public)
+
+
+def create_dev_app(env: dict[str, str], public: dict[str, tuple[str, ...]]) -> Starlette:
+    from example_app.dev_tenant import DevClient, DevTenant
+
+    base = env.get("APP_BASE_URL", "http://localhost:8000").rstrip("/")
+    for name, value in DEFAULTS.items():
+        env.setdefault(name, value)
+    env.setdefault("CONSENT_TERMS_URL", f"{base}/terms")
+    if not env.get("AUTH0_SECRET"):
+        # Fine for a dev tenant that forgets everything on restart anyway.
+        env["AUTH0_SECRET"] = secrets.token_hex(32)
+    client_secret = secrets.token_urlsafe(32)
+    tenant = DevTenant(
+        base_url=base + DEV_TENANT_PATH,
+        clients=[
+            DevClient(
+                client_id=DEV_CLIENT_ID,
+                client_secret=client_secret,
+                redirect_uris=[f"{base}/auth/callback"],
+                logout_urls=[f"{base}/"],
+            )
+        ],
+        consent_claim=env["CONSENT_CLAIM"],
+    )
+    env.update(
+        AUTH0_DOMAIN=base + DEV_TENANT_PATH,
+        AUTH0_CLIENT_ID=DEV_CLIENT_ID,
+        AUTH0_CLIENT_SECRET=client_secret,
+        APP_BASE_URL=base,
+    )
+    logger.warning(
+        "No AUTH0_DOMAIN set: using the embedded DEVELOPMENT tenant at %s%s. "
+        "Not for production.", base, DEV_TENANT_PATH,
+    )
+    settings = Settings.from_env(env, **public)
+    app = build_app(settings, [Mount(DEV_TENANT_PATH, tenant)])
+    app.state.dev_tenant = tenant
+    return app
+
+
+app = create_app()

@@ -1,0 +1,50 @@
+"""Real RSA/EC keys made at test time (never stored) and tokens signed with them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jose import jwk, jwt
+
+
+@dataclass
+class SigningKey:
+    kid: str
+    private_pem: bytes
+    public_pem: bytes
+    public_jwk: dict[str, Any]
+
+    @classmethod
+    def generate(cls, kid: str) -> SigningKey:
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        private_pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        public_pem = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        public_jwk = jwk.construct(public_pem, "RS256").to_dict()
+        public_jwk.update(kid=kid, use="sig", alg="RS256")
+        return cls(kid, private_pem, public_pem, public_jwk)
+
+    def sign(self, claims: dict[str, Any], **headers: Any) -> str:
+        headers.setdefault("kid", self.kid)
+        return str(jwt.encode(claims, self.private_pem, algorithm="RS256", headers=headers))
+
+
+def id_token_claims(issuer: str, client_id: str, nonce: str | None = "n-1", **extra: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": issuer, "aud": client_id, "sub": "auth0|user1", "iat": now, "exp": now + 600,
+        "email": "user@example.com",
+    }
+    if nonce is not None:
+        claims["nonce"] = nonce
+    claims.update(extra)
+    return claims

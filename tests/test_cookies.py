@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from http.cookies import SimpleCookie
+
+from consent_middleware._cookies import CHUNK_SIZE, CookieWriter, read_chunked
+
+
+def parse(header: bytes) -> tuple[str, str, str]:
+    cookie: SimpleCookie = SimpleCookie()
+    cookie.load(header.decode())
+    (name, morsel), = cookie.items()
+    return name, morsel.value, header.decode()
+
+
+def test_attributes_secure_on_https() -> None:
+    header = CookieWriter(secure=True).set("__session", "v", 60).decode()
+    assert "HttpOnly" in header and "SameSite=Lax" in header and "Path=/" in header
+    assert "Secure" in header and "Max-Age=60" in header
+    assert "Secure" not in CookieWriter(secure=False).set("__session", "v", 60).decode()
+
+
+def test_small_value_is_one_cookie_and_old_chunks_are_deleted() -> None:
+    existing = {"__session__0": "a", "__session__1": "b", "other": "x"}
+    headers = CookieWriter(False).set_chunked("__session", "small", 60, existing)
+    parsed = [parse(h) for h in headers]
+    assert parsed[0][:2] == ("__session", "small")
+    deleted = {name for name, _, raw in parsed[1:] if "Max-Age=0" in raw}
+    assert deleted == {"__session__0", "__session__1"}
+
+
+def test_large_value_is_chunked_and_reassembled() -> None:
+    value = "x" * (CHUNK_SIZE * 2 + 10)
+    headers = CookieWriter(False).set_chunked("__session", value, 60, {"__session": "old"})
+    parsed = [parse(h) for h in headers]
+    jar = {name: v for name, v, raw in parsed if "Max-Age=0" not in raw}
+    assert sorted(jar) == ["__session__0", "__session__1", "__session__2"]
+    assert all(len(v) <= CHUNK_SIZE for v in jar.values())
+    assert any(name == "__session" and "Max-Age=0" in raw for name, _, raw in parsed)
+    assert read_chunked("__session", jar) == value
+
+
+def test_missing_chunk_reads_as_truncated_prefix_only() -> None:
+    # A gap stops the read; the truncated value then fails decryption upstream.
+    assert read_chunked("__session", {"__session__0": "a", "__session__2": "c"}) == "a"
+    assert read_chunked("__session", {"__session__1": "b"}) is None
+    assert read_chunked("__session", {}) is None
