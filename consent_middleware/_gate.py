@@ -35,9 +35,12 @@ def is_own_route(path: str, settings: Settings) -> bool:
 
 
 def is_public(path: str, settings: Settings) -> bool:
+    """Configured public paths: exact ("/about"), or a prefix when they end in "*"."""
     for public in settings.public_paths:
-        # "/static/" covers everything beneath it; "/about" only itself.
-        if path == public or (public.endswith("/") and path.startswith(public)):
+        if public.endswith("*"):
+            if path.startswith(public[:-1]):
+                return True
+        elif path == public:
             return True
     return False
 

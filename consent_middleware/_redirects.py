@@ -15,6 +15,9 @@ def safe_return_to(value: str | None, base_url: str) -> str | None:
     own origin (path, query and fragment kept), or None when it points anywhere else."""
     if not value or _FORBIDDEN.search(value) or len(value) > 4096:
         return None
+    if value.lstrip().startswith("//"):
+        # Browsers read "//host" and "///host" as another host, whatever urljoin thinks.
+        return None
     base = urlsplit(base_url)
     target = urlsplit(urljoin(base_url + "/", value.strip()))
     if (target.scheme, target.netloc) != (base.scheme, base.netloc):

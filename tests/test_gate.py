@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket
+
+from consent_middleware import ConsentMiddleware, Session, Settings, TokenSet, current_user
+from consent_middleware._session import CookieSessionStore
+from tests.conftest import CLAIM, make_settings
+from tests.test_session import jar
+
+
+def consent(version: str = "v2", given: object = True, **extra: Any) -> dict[str, Any]:
+    return {CLAIM: {"given": given, "version": version, "date": "2026-01-01T00:00:00Z", **extra}}
+
+
+def session_cookies(settings: Settings, **claims: Any) -> dict[str, str]:
+    session = Session.from_claims({"sub": "auth0|1", "email": "a@b.c", **claims},
+                                  TokenSet("at", "idt", "rt"))
+    return jar(CookieSessionStore(settings).save(session, {}))
+
+
+async def private(request: Request) -> Response:
+    user = current_user(request)
+    assert request.state.user is user
+    return JSONResponse({"sub": user.sub, "version": user.consent and user.consent.version})
+
+
+async def public(request: Request) -> Response:
+    with pytest.raises(LookupError):
+        current_user(request)
+    return PlainTextResponse("public")
+
+
+async def echo_ws(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text("hi")
+    await websocket.close()
+
+
+def client(settings: Settings | None = None) -> TestClient:
+    settings = settings or make_settings(public_paths=("/", "/static/*"), api_prefixes=("/api",))
+    app = Starlette(routes=[
+        Route("/", public), Route("/static/app.css", public), Route("/dashboard", private),
+        Route("/api/data", private), Route("/form", private, methods=["POST"]),
+        WebSocketRoute("/ws", echo_ws),
+    ])
+    app.add_middleware(ConsentMiddleware, settings=settings)
+    return TestClient(app, base_url="https://app.example.com", follow_redirects=False)
+
+
+def test_no_session_html_redirects_to_login_keeping_path_and_query() -> None:
+    response = client().get("/dashboard?x=1&y=two", headers={"accept": "text/html"})
+    assert response.status_code == 307
+    assert response.headers["location"] == "/auth/login?returnTo=%2Fdashboard%3Fx%3D1%26y%3Dtwo"
+
+
+def test_no_session_post_uses_303() -> None:
+    assert client().post("/form").status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/api/data", {}),
+        ("/dashboard", {"accept": "application/json"}),
+        ("/dashboard", {"x-requested-with": "XMLHttpRequest"}),
+        ("/dashboard", {"sec-fetch-mode": "cors", "sec-fetch-dest": "empty", "accept": "*/*"}),
+    ],
+)
+def test_no_session_api_gets_401_json(path: str, headers: dict[str, str]) -> None:
+    response = client().get(path, headers=headers)
+    assert response.status_code == 401
+    body = response.json()
+    assert body["error"] == "login_required"
+    assert body["login_url"].startswith("https://app.example.com/auth/login?returnTo=")
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{}, consent(version="v1"), consent(given=False), consent(given="true"),
+     consent(withdrawn=True), {CLAIM: "yes"}],
+)
+def test_without_current_consent_html_goes_to_terms(claims: dict[str, Any]) -> None:
+    settings = make_settings()
+    c = client(settings)
+    c.cookies.update(session_cookies(settings, **claims))
+    response = c.get("/dashboard?x=1", headers={"accept": "text/html"})
+    assert response.status_code == 303
+    assert response.headers["location"] == "/consent?returnTo=%2Fdashboard%3Fx%3D1"
+    api = c.get("/api/data", headers={"accept": "application/json"})
+    assert api.status_code == 403
+    assert api.json() == {
+        "error": "consent_required",
+        "consent_url": "https://app.example.com/consent?returnTo=%2Fapi%2Fdata",
+    }
+
+
+def test_consented_user_passes_and_is_exposed() -> None:
+    settings = make_settings()
+    c = client(settings)
+    c.cookies.update(session_cookies(settings, **consent()))
+    response = c.get("/dashboard")
+    assert response.status_code == 200
+    assert response.json() == {"sub": "auth0|1", "version": "v2"}
+    # A fresh cookie needs no roll: no Set-Cookie on the hot path.
+    assert "set-cookie" not in response.headers
+
+
+def test_cookie_rolls_once_enough_of_the_window_has_passed() -> None:
+    settings = make_settings(inactivity_duration=1000, absolute_duration=100_000)
+    session = Session.from_claims({"sub": "auth0|1", **consent()}, TokenSet("at", "idt"))
+    cookies = jar(CookieSessionStore(settings).save(session, {}, now=time.time() - 500))
+    c = client(settings)
+    c.cookies.update(cookies)
+    response = c.get("/dashboard")
+    assert response.status_code == 200
+    assert "__session=" in response.headers["set-cookie"]
+
+
+def test_tampered_cookie_is_logged_out() -> None:
+    settings = make_settings()
+    c = client(settings)
+    value = session_cookies(settings, **consent())["__session"]
+    c.cookies.set("__session", value[:-4] + "AAAA")
+    assert c.get("/dashboard", headers={"accept": "text/html"}).status_code == 307
+
+
+def test_public_paths_and_websockets_bypass_the_gate() -> None:
+    c = client()
+    assert c.get("/").text == "public"
+    assert c.get("/static/app.css").text == "public"
+    with c.websocket_connect("/ws") as ws:
+        assert ws.receive_text() == "hi"
+
+
+def test_profile_route() -> None:
+    settings = make_settings()
+    c = client(settings)
+    response = c.get("/auth/profile")
+    assert response.status_code == 401
+    assert response.json()["error"] == "login_required"
+    c.cookies.update(session_cookies(settings, **consent()))
+    profile = c.get("/auth/profile").json()
+    assert profile["sub"] == "auth0|1"
+    assert profile[CLAIM]["version"] == "v2"
+
+
+def test_login_refuses_foreign_return_to() -> None:
+    response = client().get("/auth/login", params={"returnTo": "https://other.site"})
+    assert response.status_code == 400
+    assert "outside this site" in response.text
+    assert "set-cookie" not in response.headers
+
+
+def test_callback_without_transaction_shows_a_page_not_a_loop() -> None:
+    response = client().get("/auth/callback", params={"state": "nope", "code": "c"})
+    assert response.status_code == 400
+    assert "Sign in again" in response.text
+    assert "location" not in response.headers
