@@ -1,0 +1,255 @@
+from __future__ import annotations
+
+import base64
+import time
+
+import httpx
+import pytest
+import respx
+
+from consent_middleware import IdentityProviderError, IdTokenError, Session, TokenEndpointError, TokenSet
+from consent_middleware._oidc import JWKS_MIN_REFETCH_INTERVAL, OIDCClient
+from tests.conftest import make_settings
+from tests.keys import SigningKey, id_token_claims
+
+DOMAIN = "https://tenant.example.com"
+ISSUER = f"{DOMAIN}/"
+DISCOVERY = {
+    "issuer": ISSUER,
+    "authorization_endpoint": f"{DOMAIN}/authorize",
+    "token_endpoint": f"{DOMAIN}/oauth/token",
+    "jwks_uri": f"{DOMAIN}/.well-known/jwks.json",
+    "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+}
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def idp(mock: respx.MockRouter, keys: list[SigningKey], **discovery: object) -> None:
+    mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(
+        json={**DISCOVERY, **discovery}
+    )
+    mock.get(f"{DOMAIN}/.well-known/jwks.json").respond(
+        json={"keys": [k.public_jwk for k in keys]}
+    )
+
+
+def client() -> OIDCClient:
+    return OIDCClient(make_settings())
+
+
+async def test_authorization_url_has_pkce_state_nonce_and_forwarded_params(
+    signing_key: SigningKey,
+) -> None:
+    oidc = client()
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        tx = oidc.new_transaction("https://app.example.com/x")
+        url = httpx.URL(await oidc.authorization_url(
+            tx, {"prompt": "login", "screen_hint": "signup", "client_id": "evil",
+                 "redirect_uri": "https://evil.example"}
+        ))
+    params = url.params
+    assert str(url).startswith(f"{DOMAIN}/authorize?")
+    assert params["client_id"] == "client-1"
+    assert params["redirect_uri"] == "https://app.example.com/auth/callback"
+    assert params["response_type"] == "code"
+    assert params["state"] == tx.state and params["nonce"] == tx.nonce
+    assert params["code_challenge_method"] == "S256"
+    assert params["code_challenge"] != tx.code_verifier
+    assert "offline_access" in params["scope"].split()
+    assert params["prompt"] == "login" and params["screen_hint"] == "signup"
+
+
+async def test_silent_transaction_sends_prompt_none(signing_key: SigningKey) -> None:
+    oidc = client()
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        tx = oidc.new_transaction("https://app.example.com/", purpose="silent")
+        url = httpx.URL(await oidc.authorization_url(tx, {"prompt": "login"}))
+    assert url.params["prompt"] == "none"
+
+
+async def test_discovery_issuer_mismatch_is_refused() -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(
+            json={**DISCOVERY, "issuer": "https://evil.example/"}
+        )
+        with pytest.raises(IdentityProviderError, match="issuer"):
+            await client().metadata()
+
+
+@pytest.mark.parametrize(
+    "response",
+    [httpx.Response(500), httpx.Response(200, text="<html>"), httpx.Response(200, json=[1])],
+)
+async def test_discovery_failures(response: httpx.Response) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(f"{DOMAIN}/.well-known/openid-configuration").mock(return_value=response)
+        with pytest.raises(IdentityProviderError):
+            await client().metadata()
+
+
+async def test_discovery_timeout_is_an_idp_error() -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(f"{DOMAIN}/.well-known/openid-configuration").mock(
+            side_effect=httpx.ConnectTimeout("slow")
+        )
+        with pytest.raises(IdentityProviderError, match="ConnectTimeout"):
+            await client().metadata()
+
+
+async def test_discovery_is_cached(signing_key: SigningKey) -> None:
+    oidc = client()
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        await oidc.metadata()
+        await oidc.metadata()
+        assert mock.calls.call_count == 1
+
+
+async def test_code_exchange_uses_basic_auth_and_verifies(signing_key: SigningKey) -> None:
+    oidc = client()
+    tx = oidc.new_transaction("https://app.example.com/")
+    id_token = signing_key.sign(id_token_claims(ISSUER, "client-1", nonce=tx.nonce))
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        token = mock.post(f"{DOMAIN}/oauth/token").respond(json={
+            "access_token": "at", "id_token": id_token, "refresh_token": "rt",
+            "expires_in": 86400, "scope": "openid offline_access", "token_type": "Bearer",
+        })
+        claims, token_set = await oidc.exchange_code("the-code", tx)
+    request = token.calls.last.request
+    expected = base64.b64encode(b"client-1:client-secret-1").decode()
+    assert request.headers["authorization"] == f"Basic {expected}"
+    form = dict(httpx.QueryParams(request.content.decode()))
+    assert form == {
+        "grant_type": "authorization_code", "code": "the-code",
+        "redirect_uri": "https://app.example.com/auth/callback",
+        "code_verifier": tx.code_verifier,
+    }
+    assert claims["sub"] == "auth0|user1"
+    assert token_set.refresh_token == "rt"
+    assert token_set.expires_at >= int(time.time()) + 86000
+
+
+async def test_client_secret_post_when_basic_is_not_offered(signing_key: SigningKey) -> None:
+    oidc = client()
+    tx = oidc.new_transaction("https://app.example.com/")
+    id_token = signing_key.sign(id_token_claims(ISSUER, "client-1", nonce=tx.nonce))
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key], token_endpoint_auth_methods_supported=["client_secret_post"])
+        token = mock.post(f"{DOMAIN}/oauth/token").respond(
+            json={"access_token": "at", "id_token": id_token}
+        )
+        await oidc.exchange_code("c", tx)
+    request = token.calls.last.request
+    assert "authorization" not in request.headers
+    form = dict(httpx.QueryParams(request.content.decode()))
+    assert form["client_id"] == "client-1" and form["client_secret"] == "client-secret-1"
+
+
+async def test_token_endpoint_error_is_kept(signing_key: SigningKey) -> None:
+    oidc = client()
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        mock.post(f"{DOMAIN}/oauth/token").respond(
+            400, json={"error": "invalid_grant", "error_description": "bad code"}
+        )
+        with pytest.raises(TokenEndpointError) as info:
+            await oidc.exchange_code("c", oidc.new_transaction("/"))
+    assert info.value.error == "invalid_grant"
+
+
+async def test_unknown_kid_refetches_jwks_once_then_rejects(
+    signing_key: SigningKey, other_key: SigningKey
+) -> None:
+    oidc = client()
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        jwks = mock.routes[1]
+        await oidc.verify_id_token(signing_key.sign(id_token_claims(ISSUER, "client-1")), "n-1")
+        assert jwks.call_count == 1
+        forged = other_key.sign(id_token_claims(ISSUER, "client-1"), kid="unknown")
+        # Straight after a fetch, an unknown kid does not refetch at all.
+        with pytest.raises(IdTokenError, match="does not publish"):
+            await oidc.verify_id_token(forged, "n-1")
+        assert jwks.call_count == 1
+        oidc._jwks_fetched_at -= JWKS_MIN_REFETCH_INTERVAL
+        with pytest.raises(IdTokenError, match="does not publish"):
+            await oidc.verify_id_token(forged, "n-1")
+        assert jwks.call_count == 2
+        # Within the rate limit, more unknown kids do not reach the IdP.
+        for _ in range(5):
+            with pytest.raises(IdTokenError):
+                await oidc.verify_id_token(forged, "n-1")
+        assert jwks.call_count == 2
+
+
+async def test_key_rotation_is_picked_up(signing_key: SigningKey, other_key: SigningKey) -> None:
+    oidc = client()
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        await oidc.verify_id_token(signing_key.sign(id_token_claims(ISSUER, "client-1")), "n-1")
+        mock.get(f"{DOMAIN}/.well-known/jwks.json").respond(
+            json={"keys": [signing_key.public_jwk, other_key.public_jwk]}
+        )
+        oidc._jwks_fetched_at -= JWKS_MIN_REFETCH_INTERVAL
+        claims = await oidc.verify_id_token(
+            other_key.sign(id_token_claims(ISSUER, "client-1")), "n-1"
+        )
+    assert claims["sub"] == "auth0|user1"
+
+
+async def test_refresh_keeps_session_identity_and_rotates(signing_key: SigningKey) -> None:
+    oidc = client()
+    session = Session.from_claims({"sub": "auth0|user1"}, TokenSet("at", "idt", "rt-1"))
+    new_id_token = signing_key.sign(
+        id_token_claims(ISSUER, "client-1", nonce=None, **{"https://c/x": {"given": True}})
+    )
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        token = mock.post(f"{DOMAIN}/oauth/token").respond(
+            json={"access_token": "at-2", "id_token": new_id_token, "refresh_token": "rt-2"}
+        )
+        refreshed = await oidc.refresh(session)
+        form = dict(httpx.QueryParams(token.calls.last.request.content.decode()))
+        assert form == {"grant_type": "refresh_token", "refresh_token": "rt-1"}
+        assert refreshed.sid == session.sid and refreshed.created_at == session.created_at
+        assert refreshed.token_set.refresh_token == "rt-2"
+        assert refreshed.user["https://c/x"] == {"given": True}
+        # Without rotation the old refresh token is kept.
+        token.respond(json={"access_token": "at-3", "id_token": new_id_token})
+        assert (await oidc.refresh(refreshed)).token_set.refresh_token == "rt-2"
+
+
+async def test_refresh_for_another_user_is_refused(signing_key: SigningKey) -> None:
+    oidc = client()
+    session = Session.from_claims({"sub": "auth0|someone"}, TokenSet("at", "idt", "rt"))
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        mock.post(f"{DOMAIN}/oauth/token").respond(json={
+            "access_token": "a", "id_token": signing_key.sign(id_token_claims(ISSUER, "client-1"))
+        })
+        with pytest.raises(IdTokenError, match="different user"):
+            await oidc.refresh(session)
+
+
+async def test_logout_urls(signing_key: SigningKey) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key], end_session_endpoint=f"{DOMAIN}/oidc/logout")
+        url = httpx.URL(await client().logout_url("idt", "https://app.example.com/"))
+    assert url.path == "/oidc/logout"
+    assert url.params["id_token_hint"] == "idt"
+    assert url.params["post_logout_redirect_uri"] == "https://app.example.com/"
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        url = httpx.URL(await client().logout_url("idt", "https://app.example.com/"))
+    assert url.path == "/v2/logout"
+    assert url.params["returnTo"] == "https://app.example.com/"
+    assert url.params["client_id"] == "client-1"
