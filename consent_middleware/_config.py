@@ -31,6 +31,7 @@ ENV_NAMES: dict[str, str] = {
     "audience": "AUTH0_AUDIENCE",
     "scope": "AUTH0_SCOPE",
     "withdraw_mode": "CONSENT_WITHDRAW_MODE",
+    "terms_text": "CONSENT_TERMS_TEXT",
     "public_paths": "CONSENT_PUBLIC_PATHS",
     "api_prefixes": "CONSENT_API_PREFIXES",
     "inactivity_duration": "CONSENT_SESSION_INACTIVITY",
@@ -106,6 +107,8 @@ class Settings:
     audience: str = ""
     scope: str = "openid profile email offline_access"
     withdraw_mode: WithdrawMode = "revoke"
+    # The statement shown beside the checkbox; its SHA-256 is stored with the consent.
+    terms_text: str = ""
     public_paths: tuple[str, ...] = ()
     api_prefixes: tuple[str, ...] = ()
     inactivity_duration: int = 24 * 3600

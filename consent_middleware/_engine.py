@@ -11,6 +11,7 @@ from starlette.responses import RedirectResponse, Response
 
 from ._config import Settings
 from ._exceptions import IdentityProviderError
+from ._management import ManagementClient
 from ._oidc import OIDCClient
 from ._session import CookieSessionStore, SessionStore, TransactionStore
 from ._templates import Templates
@@ -23,6 +24,7 @@ class Engine:
     sessions: SessionStore
     transactions: TransactionStore
     templates: Templates
+    management: ManagementClient
 
     @classmethod
     def create(
@@ -32,12 +34,14 @@ class Engine:
         session_store: SessionStore | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> Engine:
+        oidc = OIDCClient(settings, http_client)
         return cls(
             settings=settings,
-            oidc=OIDCClient(settings, http_client),
+            oidc=oidc,
             sessions=session_store or CookieSessionStore(settings),
             transactions=TransactionStore(settings),
             templates=Templates(settings.templates_directory),
+            management=ManagementClient(settings, oidc),
         )
 
     @property
@@ -51,10 +55,14 @@ class Engine:
         return self.templates.error(title, message, status_code, home_url=self.home_url, **context)
 
     async def start_login(
-        self, return_to: str, extra: dict[str, str] | None = None, purpose: str = "login"
+        self,
+        return_to: str,
+        extra: dict[str, str] | None = None,
+        purpose: str = "login",
+        expect: str | None = None,
     ) -> Response:
         """Redirect to the provider's /authorize with a fresh transaction cookie."""
-        tx = self.oidc.new_transaction(return_to, purpose)
+        tx = self.oidc.new_transaction(return_to, purpose, expect)
         try:
             url = await self.oidc.authorization_url(tx, extra or {})
         except IdentityProviderError as exc:

@@ -28,9 +28,9 @@ COOKIE_CLOCK_SKEW = 15
 ID_TOKEN_ALGORITHMS = frozenset(ALGORITHMS.RSA_DS | ALGORITHMS.EC_DS)
 
 
-def derive_key(secret: str) -> bytes:
-    """HKDF-SHA256(secret, salt="", info="JWE CEK", 32 bytes), as nextjs-auth0 v4."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"", info=b"JWE CEK").derive(
+def derive_key(secret: str, info: bytes = b"JWE CEK") -> bytes:
+    """HKDF-SHA256(secret, salt="", info, 32 bytes); the default info is nextjs-auth0 v4's."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"", info=info).derive(
         secret.encode("utf-8")
     )
 

@@ -15,11 +15,16 @@ from ._cookies import request_cookies
 from ._engine import Engine
 from ._gate import Verdict, decide, is_own_route, is_public, refusal, wants_json
 from ._models import User
+from ._refresh import (
+    REFRESHED_SCOPE_KEY,
+    REFRESHER_SCOPE_KEY,
+    SESSION_SCOPE_KEY,
+    SessionRefresher,
+)
 from ._routes import AuthRoutes
 from ._session import Session, SessionStore
 
 USER_SCOPE_KEY = "consent_middleware.user"
-SESSION_SCOPE_KEY = "consent_middleware.session"
 
 
 class ConsentMiddleware:
@@ -39,8 +44,12 @@ class ConsentMiddleware:
         self.engine = Engine.create(
             self.settings, session_store=session_store, http_client=http_client
         )
+        self.refresher = SessionRefresher(self.engine)
         self.router = Router(
-            routes=[*AuthRoutes(self.engine).routes(), *ConsentRoutes(self.engine).routes()]
+            routes=[
+                *AuthRoutes(self.engine, self.refresher).routes(),
+                *ConsentRoutes(self.engine, self.refresher).routes(),
+            ]
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,18 +79,20 @@ class ConsentMiddleware:
             return
         assert session is not None
         expose(scope, session, settings)
-        if not sessions.needs_roll(session):
-            await self.app(scope, receive, send)
-            return
+        scope[REFRESHER_SCOPE_KEY] = self.refresher
+        roll = sessions.needs_roll(session)
 
-        async def send_rolled(message: Message) -> None:
+        async def send_with_session(message: Message) -> None:
             if message["type"] == "http.response.start":
-                response_headers = MutableHeaders(scope=message)
-                for value in sessions.save(session, cookies):
-                    response_headers.append("set-cookie", value.decode("latin-1"))
+                # A refresh_session() call during the request wins over a plain roll.
+                current = scope.get(REFRESHED_SCOPE_KEY)
+                if current is not None or roll:
+                    response_headers = MutableHeaders(scope=message)
+                    for value in sessions.save(current or session, cookies):
+                        response_headers.append("set-cookie", value.decode("latin-1"))
             await send(message)
 
-        await self.app(scope, receive, send_rolled)
+        await self.app(scope, receive, send_with_session)
 
     async def aclose(self) -> None:
         await self.engine.oidc.aclose()

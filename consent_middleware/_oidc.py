@@ -150,13 +150,16 @@ class OIDCClient:
             self._jwks["keys"] = keys
             return keys
 
-    def new_transaction(self, return_to: str, purpose: str = "login") -> Transaction:
+    def new_transaction(
+        self, return_to: str, purpose: str = "login", expect: str | None = None
+    ) -> Transaction:
         return Transaction(
             state=generate_token(43),
             nonce=generate_token(43),
             code_verifier=generate_token(64),
             return_to=return_to,
             purpose=purpose,
+            expect=expect,
         )
 
     async def authorization_url(self, tx: Transaction, extra: dict[str, str]) -> str:
@@ -180,24 +183,27 @@ class OIDCClient:
         )
         return uri
 
-    async def _token_request(self, form: dict[str, str]) -> dict[str, Any]:
+    async def client_auth(
+        self, form: dict[str, str], client_id: str, client_secret: str
+    ) -> tuple[str, dict[str, str], httpx.BasicAuth | None]:
+        """Token endpoint URL, form and auth for the method the provider supports."""
         meta = await self.metadata()
-        auth: httpx.BasicAuth | None = None
         if "client_secret_basic" in meta.token_auth_methods:
-            auth = httpx.BasicAuth(self.settings.client_id, self.settings.client_secret)
-        elif "client_secret_post" in meta.token_auth_methods:
-            form = {
-                **form,
-                "client_id": self.settings.client_id,
-                "client_secret": self.settings.client_secret,
-            }
-        else:
-            raise IdentityProviderError(
-                "the provider supports neither client_secret_basic nor client_secret_post"
-            )
+            return meta.token_endpoint, form, httpx.BasicAuth(client_id, client_secret)
+        if "client_secret_post" in meta.token_auth_methods:
+            form = {**form, "client_id": client_id, "client_secret": client_secret}
+            return meta.token_endpoint, form, None
+        raise IdentityProviderError(
+            "the provider supports neither client_secret_basic nor client_secret_post"
+        )
+
+    async def _token_request(self, form: dict[str, str]) -> dict[str, Any]:
+        url, form, auth = await self.client_auth(
+            form, self.settings.client_id, self.settings.client_secret
+        )
         try:
             response = await self.http.post(
-                meta.token_endpoint,
+                url,
                 data=form,
                 auth=auth or httpx.USE_CLIENT_DEFAULT,
                 headers={"Accept": "application/json"},

@@ -11,6 +11,7 @@ from starlette.routing import Route
 from ._engine import Engine, append_cookies, query_dict
 from ._exceptions import IdentityProviderError, IdTokenError, TokenEndpointError
 from ._redirects import return_to_or_home, safe_return_to
+from ._refresh import SessionRefresher
 from ._session import Session, Transaction
 
 logger = logging.getLogger("consent_middleware")
@@ -20,8 +21,9 @@ INTERACTION_REQUIRED = frozenset({"login_required", "interaction_required", "con
 
 
 class AuthRoutes:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, refresher: SessionRefresher) -> None:
         self.engine = engine
+        self.refresher = refresher
 
     def routes(self) -> list[Route]:
         prefix = self.engine.settings.routes_prefix
@@ -74,7 +76,8 @@ class AuthRoutes:
         error = params.get("error")
         if error:
             if tx.purpose == "silent" and error in INTERACTION_REQUIRED:
-                return await engine.start_login(tx.return_to)
+                # The consent is already stored, so this login will not ask for it again.
+                return await engine.start_login(tx.return_to, expect=tx.expect)
             description = params.get("error_description", "")
             if error == "access_denied":
                 return engine.error_page(
@@ -120,8 +123,7 @@ class AuthRoutes:
             session = current.refreshed(claims, token_set)
         else:
             session = Session.from_claims(claims, token_set)
-        response = RedirectResponse(tx.return_to, status_code=303)
-        return append_cookies(response, engine.sessions.save(session, cookies))
+        return self.refresher.finish(request, session, tx.return_to, tx.expect)
 
     async def logout(self, request: Request) -> Response:
         engine = self.engine

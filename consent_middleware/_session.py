@@ -181,6 +181,9 @@ class Transaction:
     return_to: str
     # "login" for an interactive login, "silent" for a prompt=none refresh.
     purpose: str = "login"
+    # What the new session must show once back, or the flow stops (the loop guard):
+    # "consent" (the current terms accepted) or "withdrawal" (consent no longer given).
+    expect: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -190,6 +193,7 @@ class Transaction:
             "responseType": "code",
             "returnTo": self.return_to,
             "purpose": self.purpose,
+            "expect": self.expect,
         }
 
 
@@ -215,6 +219,7 @@ class TransactionStore:
                 code_verifier=str(payload["codeVerifier"]),
                 return_to=str(payload["returnTo"]),
                 purpose=str(payload.get("purpose", "login")),
+                expect=_optional_str(payload.get("expect")),
             )
         except KeyError:
             return None
