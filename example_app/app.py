@@ -34,11 +34,15 @@ DEFAULTS = {
 
 
 async def home(request: Request) -> Response:
-    return templates.TemplateResponse(request, "home.html", {"settings": request.app.state.settings})
+    return templates.TemplateResponse(
+        request, "home.html", {"settings": request.app.state.settings}
+    )
 
 
 async def terms(request: Request) -> Response:
-    return templates.TemplateResponse(request, "terms.html", {"settings": request.app.state.settings})
+    return templates.TemplateResponse(
+        request, "terms.html", {"settings": request.app.state.settings}
+    )
 
 
 async def dashboard(request: Request) -> Response:
@@ -51,7 +55,9 @@ async def dashboard(request: Request) -> Response:
 async def api_me(request: Request) -> Response:
     user = current_user(request)
     consent = user.consent
-    return JSONResponse({"sub": user.sub, "email": user.email, "consent_version": consent and consent.version})
+    return JSONResponse(
+        {"sub": user.sub, "email": user.email, "consent_version": consent and consent.version}
+    )
 
 
 def build_app(settings: Settings, extra_routes: list[Mount] | None = None) -> Starlette:
@@ -114,8 +120,9 @@ def create_dev_app(env: dict[str, str], public: dict[str, tuple[str, ...]]) -> S
         APP_BASE_URL=base,
     )
     logger.warning(
-        "No AUTH0_DOMAIN set: using the embedded DEVELOPMENT tenant at %s%s. "
-        "Not for production.", base, DEV_TENANT_PATH,
+        "No AUTH0_DOMAIN set: using the embedded DEVELOPMENT tenant at %s%s. Not for production.",
+        base,
+        DEV_TENANT_PATH,
     )
     settings = Settings.from_env(env, **public)
     app = build_app(settings, [Mount(DEV_TENANT_PATH, tenant)])

@@ -38,10 +38,16 @@ class SigningKey:
         return str(jwt.encode(claims, self.private_pem, algorithm="RS256", headers=headers))
 
 
-def id_token_claims(issuer: str, client_id: str, nonce: str | None = "n-1", **extra: Any) -> dict[str, Any]:
+def id_token_claims(
+    issuer: str, client_id: str, nonce: str | None = "n-1", **extra: Any
+) -> dict[str, Any]:
     now = int(time.time())
     claims: dict[str, Any] = {
-        "iss": issuer, "aud": client_id, "sub": "auth0|user1", "iat": now, "exp": now + 600,
+        "iss": issuer,
+        "aud": client_id,
+        "sub": "auth0|user1",
+        "iat": now,
+        "exp": now + 600,
         "email": "user@example.com",
     }
     if nonce is not None:

@@ -31,8 +31,13 @@ def test_from_env_reads_nextjs_auth0_names_and_normalises() -> None:
 
 
 def test_lists_and_numbers_from_env() -> None:
-    env = {**ENV, "CONSENT_PUBLIC_PATHS": "/, /static/*", "CONSENT_SESSION_INACTIVITY": "600",
-           "AUTH0_MGMT_CLIENT_ID": "m2m", "AUTH0_MGMT_CLIENT_SECRET": "m2m-secret"}
+    env = {
+        **ENV,
+        "CONSENT_PUBLIC_PATHS": "/, /static/*",
+        "CONSENT_SESSION_INACTIVITY": "600",
+        "AUTH0_MGMT_CLIENT_ID": "m2m",
+        "AUTH0_MGMT_CLIENT_SECRET": "m2m-secret",
+    }
     settings = Settings.from_env(env)
     assert settings.public_paths == ("/", "/static/*")
     assert settings.inactivity_duration == 600

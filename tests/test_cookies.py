@@ -8,7 +8,7 @@ from consent_middleware._cookies import CHUNK_SIZE, CookieWriter, read_chunked
 def parse(header: bytes) -> tuple[str, str, str]:
     cookie: SimpleCookie = SimpleCookie()
     cookie.load(header.decode())
-    (name, morsel), = cookie.items()
+    ((name, morsel),) = cookie.items()
     return name, morsel.value, header.decode()
 
 

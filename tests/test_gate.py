@@ -22,8 +22,9 @@ def consent(version: str = "v2", given: object = True, **extra: Any) -> dict[str
 
 
 def session_cookies(settings: Settings, **claims: Any) -> dict[str, str]:
-    session = Session.from_claims({"sub": "auth0|1", "email": "a@b.c", **claims},
-                                  TokenSet("at", "idt", "rt"))
+    session = Session.from_claims(
+        {"sub": "auth0|1", "email": "a@b.c", **claims}, TokenSet("at", "idt", "rt")
+    )
     return jar(CookieSessionStore(settings).save(session, {}))
 
 
@@ -47,11 +48,16 @@ async def echo_ws(websocket: WebSocket) -> None:
 
 def client(settings: Settings | None = None) -> TestClient:
     settings = settings or make_settings(public_paths=("/", "/static/*"), api_prefixes=("/api",))
-    app = Starlette(routes=[
-        Route("/", public), Route("/static/app.css", public), Route("/dashboard", private),
-        Route("/api/data", private), Route("/form", private, methods=["POST"]),
-        WebSocketRoute("/ws", echo_ws),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/", public),
+            Route("/static/app.css", public),
+            Route("/dashboard", private),
+            Route("/api/data", private),
+            Route("/form", private, methods=["POST"]),
+            WebSocketRoute("/ws", echo_ws),
+        ]
+    )
     app.add_middleware(ConsentMiddleware, settings=settings)
     return TestClient(app, base_url="https://app.example.com", follow_redirects=False)
 
@@ -85,8 +91,14 @@ def test_no_session_api_gets_401_json(path: str, headers: dict[str, str]) -> Non
 
 @pytest.mark.parametrize(
     "claims",
-    [{}, consent(version="v1"), consent(given=False), consent(given="true"),
-     consent(withdrawn=True), {CLAIM: "yes"}],
+    [
+        {},
+        consent(version="v1"),
+        consent(given=False),
+        consent(given="true"),
+        consent(withdrawn=True),
+        {CLAIM: "yes"},
+    ],
 )
 def test_without_current_consent_html_goes_to_terms(claims: dict[str, Any]) -> None:
     settings = make_settings()

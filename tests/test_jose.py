@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+
 from consent_middleware import IdTokenError
 from consent_middleware._jose import KeySet, decrypt, derive_key, encrypt, verify_id_token
 from tests.keys import SigningKey, id_token_claims
@@ -117,7 +118,9 @@ def test_hs256_with_public_key_as_secret_refused(signing_key: SigningKey) -> Non
     import hashlib
     import hmac
 
-    signing_input = f"{b64({'alg': 'HS256', 'kid': 'key-1'})}.{b64(id_token_claims(ISSUER, CLIENT))}"
+    signing_input = (
+        f"{b64({'alg': 'HS256', 'kid': 'key-1'})}.{b64(id_token_claims(ISSUER, CLIENT))}"
+    )
     mac = hmac.new(signing_key.public_pem, signing_input.encode(), hashlib.sha256).digest()
     token = f"{signing_input}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
     with pytest.raises(IdTokenError, match="HS256"):
@@ -137,8 +140,15 @@ def test_truncated_token(signing_key: SigningKey) -> None:
 
 
 def test_key_set_selection(signing_key: SigningKey, other_key: SigningKey) -> None:
-    keys = KeySet({"keys": [signing_key.public_jwk, other_key.public_jwk,
-                            {**other_key.public_jwk, "kid": "enc", "use": "enc"}]})
+    keys = KeySet(
+        {
+            "keys": [
+                signing_key.public_jwk,
+                other_key.public_jwk,
+                {**other_key.public_jwk, "kid": "enc", "use": "enc"},
+            ]
+        }
+    )
     assert keys.find("key-2", "RS256") == other_key.public_jwk
     assert keys.find("enc", "RS256") is None
     assert keys.find("missing", "RS256") is None

@@ -7,7 +7,13 @@ import httpx
 import pytest
 import respx
 
-from consent_middleware import IdentityProviderError, IdTokenError, Session, TokenEndpointError, TokenSet
+from consent_middleware import (
+    IdentityProviderError,
+    IdTokenError,
+    Session,
+    TokenEndpointError,
+    TokenSet,
+)
 from consent_middleware._oidc import JWKS_MIN_REFETCH_INTERVAL, OIDCClient
 from tests.conftest import make_settings
 from tests.keys import SigningKey, id_token_claims
@@ -31,12 +37,8 @@ def anyio_backend() -> str:
 
 
 def idp(mock: respx.MockRouter, keys: list[SigningKey], **discovery: object) -> None:
-    mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(
-        json={**DISCOVERY, **discovery}
-    )
-    mock.get(f"{DOMAIN}/.well-known/jwks.json").respond(
-        json={"keys": [k.public_jwk for k in keys]}
-    )
+    mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(json={**DISCOVERY, **discovery})
+    mock.get(f"{DOMAIN}/.well-known/jwks.json").respond(json={"keys": [k.public_jwk for k in keys]})
 
 
 def client() -> OIDCClient:
@@ -50,10 +52,17 @@ async def test_authorization_url_has_pkce_state_nonce_and_forwarded_params(
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
         tx = oidc.new_transaction("https://app.example.com/x")
-        url = httpx.URL(await oidc.authorization_url(
-            tx, {"prompt": "login", "screen_hint": "signup", "client_id": "evil",
-                 "redirect_uri": "https://evil.example"}
-        ))
+        url = httpx.URL(
+            await oidc.authorization_url(
+                tx,
+                {
+                    "prompt": "login",
+                    "screen_hint": "signup",
+                    "client_id": "evil",
+                    "redirect_uri": "https://evil.example",
+                },
+            )
+        )
     params = url.params
     assert str(url).startswith(f"{DOMAIN}/authorize?")
     assert params["client_id"] == "client-1"
@@ -119,17 +128,24 @@ async def test_code_exchange_uses_basic_auth_and_verifies(signing_key: SigningKe
     id_token = signing_key.sign(id_token_claims(ISSUER, "client-1", nonce=tx.nonce))
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
-        token = mock.post(f"{DOMAIN}/oauth/token").respond(json={
-            "access_token": "at", "id_token": id_token, "refresh_token": "rt",
-            "expires_in": 86400, "scope": "openid offline_access", "token_type": "Bearer",
-        })
+        token = mock.post(f"{DOMAIN}/oauth/token").respond(
+            json={
+                "access_token": "at",
+                "id_token": id_token,
+                "refresh_token": "rt",
+                "expires_in": 86400,
+                "scope": "openid offline_access",
+                "token_type": "Bearer",
+            }
+        )
         claims, token_set = await oidc.exchange_code("the-code", tx)
     request = token.calls.last.request
     expected = base64.b64encode(b"client-1:client-secret-1").decode()
     assert request.headers["authorization"] == f"Basic {expected}"
     form = dict(httpx.QueryParams(request.content.decode()))
     assert form == {
-        "grant_type": "authorization_code", "code": "the-code",
+        "grant_type": "authorization_code",
+        "code": "the-code",
         "redirect_uri": "https://app.example.com/auth/callback",
         "code_verifier": tx.code_verifier,
     }
@@ -233,9 +249,12 @@ async def test_refresh_for_another_user_is_refused(signing_key: SigningKey) -> N
     session = Session.from_claims({"sub": "auth0|someone"}, TokenSet("at", "idt", "rt"))
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
-        mock.post(f"{DOMAIN}/oauth/token").respond(json={
-            "access_token": "a", "id_token": signing_key.sign(id_token_claims(ISSUER, "client-1"))
-        })
+        mock.post(f"{DOMAIN}/oauth/token").respond(
+            json={
+                "access_token": "a",
+                "id_token": signing_key.sign(id_token_claims(ISSUER, "client-1")),
+            }
+        )
         with pytest.raises(IdTokenError, match="different user"):
             await oidc.refresh(session)
 

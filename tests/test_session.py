@@ -23,7 +23,9 @@ def jar(headers: list[bytes]) -> dict[str, str]:
 def make_session(**user: object) -> Session:
     return Session.from_claims(
         {"sub": "auth0|1", "iss": "x", "aud": "y", "nonce": "n", "email": "a@b.c", **user},
-        TokenSet(access_token="at", id_token="idt", refresh_token="rt", expires_at=5, scope="openid"),
+        TokenSet(
+            access_token="at", id_token="idt", refresh_token="rt", expires_at=5, scope="openid"
+        ),
     )
 
 
@@ -32,7 +34,10 @@ def test_payload_shape_matches_nextjs_auth0_v4() -> None:
     assert set(payload) == {"user", "tokenSet", "internal"}
     assert payload["user"] == {"sub": "auth0|1", "email": "a@b.c"}  # protocol claims dropped
     assert payload["tokenSet"] == {
-        "accessToken": "at", "idToken": "idt", "refreshToken": "rt", "expiresAt": 5,
+        "accessToken": "at",
+        "idToken": "idt",
+        "refreshToken": "rt",
+        "expiresAt": 5,
         "scope": "openid",
     }
     assert set(payload["internal"]) == {"sid", "createdAt"}
@@ -55,8 +60,11 @@ def test_big_session_is_chunked_and_read_back() -> None:
     # A fresh store (no cache) must decrypt the chunks.
     loaded = CookieSessionStore(make_settings()).load(cookies)
     assert loaded is not None and loaded.user["blob"] == "z" * 9000
-    swapped = {**cookies, "__session__0": cookies["__session__1"],
-               "__session__1": cookies["__session__0"]}
+    swapped = {
+        **cookies,
+        "__session__0": cookies["__session__1"],
+        "__session__1": cookies["__session__0"],
+    }
     assert CookieSessionStore(make_settings()).load(swapped) is None
     missing = {k: v for k, v in cookies.items() if k != "__session__1"}
     assert CookieSessionStore(make_settings()).load(missing) is None
@@ -71,7 +79,9 @@ def test_tampered_foreign_and_expired_cookies_mean_no_session() -> None:
     assert store.load({"__session": "garbage"}) is None
     other = CookieSessionStore(make_settings(secret="o" * 40))
     assert other.load(cookies) is None
-    expired = encrypt(make_session().to_payload(), derive_key(settings.secret), int(time.time()) - 60)
+    expired = encrypt(
+        make_session().to_payload(), derive_key(settings.secret), int(time.time()) - 60
+    )
     assert store.load({"__session": expired}) is None
     wrong_shape = encrypt({"user": "nope"}, derive_key(settings.secret), int(time.time()) + 60)
     assert store.load({"__session": wrong_shape}) is None

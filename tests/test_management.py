@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+import respx
+
+from consent_middleware import ManagementAPIError
+from consent_middleware._management import ManagementClient
+from consent_middleware._oidc import OIDCClient
+from tests.conftest import make_settings
+
+DOMAIN = "https://tenant.example.com"
+TOKEN_URL = f"{DOMAIN}/oauth/token"
+USER_URL = f"{DOMAIN}/api/v2/users/auth0%7Cabc"
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Sleeps:
+    """Records the waits instead of sleeping, so retry tests run instantly."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        await asyncio.sleep(0)
+
+
+def management(sleeps: Sleeps | None = None, **settings: object) -> ManagementClient:
+    s = make_settings(mgmt_client_id="m2m", mgmt_client_secret="m2m-secret", **settings)
+    return ManagementClient(s, OIDCClient(s), sleep=sleeps or Sleeps())
+
+
+def tenant(mock: respx.MockRouter, methods: list[str] | None = None) -> respx.Route:
+    mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(
+        json={
+            "issuer": f"{DOMAIN}/",
+            "authorization_endpoint": f"{DOMAIN}/authorize",
+            "token_endpoint": TOKEN_URL,
+            "jwks_uri": f"{DOMAIN}/jwks",
+            "token_endpoint_auth_methods_supported": methods or ["client_secret_post"],
+        }
+    )
+    return mock.post(TOKEN_URL).respond(
+        json={"access_token": "mgmt-token", "expires_in": 86400, "token_type": "Bearer"}
+    )
+
+
+async def test_token_request_and_patch() -> None:
+    client = management()
+    with respx.mock(assert_all_called=False) as mock:
+        token = tenant(mock)
+        patch = mock.patch(USER_URL).respond(json={"user_id": "auth0|abc"})
+        body = {"user_metadata": {"consent": {"given": True}}}
+        assert await client.update_user("auth0|abc", body) == {"user_id": "auth0|abc"}
+    form = dict(httpx.QueryParams(token.calls.last.request.content.decode()))
+    assert form == {
+        "grant_type": "client_credentials",
+        "audience": f"{DOMAIN}/api/v2/",
+        "client_id": "m2m",
+        "client_secret": "m2m-secret",
+    }
+    request = patch.calls.last.request
+    assert request.headers["authorization"] == "Bearer mgmt-token"
+    assert request.content == b'{"user_metadata":{"consent":{"given":true}}}'
+
+
+async def test_token_is_cached_and_fetched_once_under_concurrency() -> None:
+    client = management()
+    with respx.mock(assert_all_called=False) as mock:
+        token = tenant(mock)
+        mock.get(USER_URL).respond(json={"user_id": "auth0|abc"})
+        await asyncio.gather(*(client.get_user("auth0|abc") for _ in range(25)))
+        await client.get_user("auth0|abc")
+    assert token.call_count == 1
+    assert client.token_fetches == 1
+
+
+async def test_token_expiry_margin_triggers_a_new_fetch() -> None:
+    client = management()
+    with respx.mock(assert_all_called=False) as mock:
+        token = tenant(mock)
+        token.respond(json={"access_token": "short", "expires_in": 61})
+        await client.access_token()
+        time.sleep(1.1)  # the token is usable for 61 - 60 = 1 s
+        await client.access_token()
+    assert token.call_count == 2
+
+
+async def test_429_honours_retry_after_then_succeeds() -> None:
+    sleeps = Sleeps()
+    client = management(sleeps)
+    with respx.mock(assert_all_called=False) as mock:
+        tenant(mock)
+        route = mock.patch(USER_URL)
+        route.side_effect = [
+            httpx.Response(429, headers={"Retry-After": "2"}, json={"message": "slow down"}),
+            httpx.Response(200, json={"ok": True}),
+        ]
+        assert await client.update_user("auth0|abc", {}) == {"ok": True}
+    assert sleeps.calls == [2.0]
+
+
+async def test_429_uses_x_ratelimit_reset() -> None:
+    sleeps = Sleeps()
+    client = management(sleeps)
+    reset = str(int(time.time()) + 3)
+    with respx.mock(assert_all_called=False) as mock:
+        tenant(mock)
+        mock.get(USER_URL).side_effect = [
+            httpx.Response(429, headers={"x-ratelimit-reset": reset}),
+            httpx.Response(200, json={}),
+        ]
+        await client.get_user("auth0|abc")
+    assert 1.5 < sleeps.calls[0] <= 3
+
+
+async def test_503_and_timeouts_are_retried_with_backoff() -> None:
+    sleeps = Sleeps()
+    client = management(sleeps)
+    with respx.mock(assert_all_called=False) as mock:
+        tenant(mock)
+        mock.patch(USER_URL).side_effect = [
+            httpx.Response(503),
+            httpx.ReadTimeout("slow"),
+            httpx.Response(200, json={"ok": 1}),
+        ]
+        assert await client.update_user("auth0|abc", {}) == {"ok": 1}
+    assert sleeps.calls == [0.25, 0.5]
+
+
+async def test_final_failure_is_a_management_error() -> None:
+    sleeps = Sleeps()
+    client = management(sleeps)
+    with respx.mock(assert_all_called=False) as mock:
+        tenant(mock)
+        route = mock.patch(USER_URL).respond(503)
+        with pytest.raises(ManagementAPIError, match="503"):
+            await client.update_user("auth0|abc", {})
+    assert route.call_count == 4
+    assert len(sleeps.calls) == 3
+
+
+async def test_retry_after_beyond_the_budget_fails_at_once() -> None:
+    sleeps = Sleeps()
+    client = management(sleeps)
+    with respx.mock(assert_all_called=False) as mock:
+        tenant(mock)
+        route = mock.patch(USER_URL).respond(429, headers={"Retry-After": "3600"})
+        with pytest.raises(ManagementAPIError, match="429"):
+            await client.update_user("auth0|abc", {})
+    assert route.call_count == 1 and sleeps.calls == []
+
+
+async def test_client_errors_are_not_retried() -> None:
+    client = management()
+    with respx.mock(assert_all_called=False) as mock:
+        tenant(mock)
+        route = mock.get(USER_URL).respond(404, json={"message": "The user does not exist."})
+        with pytest.raises(ManagementAPIError, match="does not exist") as info:
+            await client.get_user("auth0|abc")
+    assert info.value.status_code == 404 and route.call_count == 1
+
+
+async def test_401_refetches_the_token_once() -> None:
+    client = management()
+    with respx.mock(assert_all_called=False) as mock:
+        token = tenant(mock)
+        mock.get(USER_URL).side_effect = [httpx.Response(401), httpx.Response(200, json={})]
+        await client.get_user("auth0|abc")
+    assert token.call_count == 2
+
+
+async def test_delete_answers_204() -> None:
+    client = management()
+    with respx.mock(assert_all_called=False) as mock:
+        tenant(mock, ["client_secret_basic"])
+        route = mock.delete(USER_URL).respond(204)
+        await client.delete_user("auth0|abc")
+    assert route.called
