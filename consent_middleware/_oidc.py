@@ -87,6 +87,7 @@ class OIDCClient:
     def __init__(self, settings: Settings, http: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
         self._http = http
+        self._owns_http = http is None  # a client passed in is the caller's to close
         self._metadata: TTLCache[str, ProviderMetadata] = TTLCache(maxsize=1, ttl=METADATA_TTL)
         self._jwks: TTLCache[str, _jose.KeySet] = TTLCache(maxsize=1, ttl=JWKS_TTL)
         self._jwks_fetched_at = 0.0
@@ -102,8 +103,9 @@ class OIDCClient:
         return self._http
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
+        if self._owns_http and self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
 
     async def _get_json(self, url: str, what: str) -> Any:
         try:

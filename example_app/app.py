@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -61,21 +62,24 @@ async def api_me(request: Request) -> Response:
 
 
 def build_app(settings: Settings, extra_routes: list[Mount] | None = None) -> Starlette:
+    """The example app; ``extra_routes`` (the dev tenant) are served beside it, ungated."""
+    extra = list(extra_routes or [])
+    if extra:
+        public = tuple(f"{mount.path}/*" for mount in extra)
+        settings = replace(settings, public_paths=(*settings.public_paths, *public))
     app = Starlette(
         routes=[
             Route("/", home),
             Route("/terms", terms),
             Route("/dashboard", dashboard),
             Route("/api/me", api_me),
+            *extra,
         ],
+        # Outermost, so it also sees the lifespan and closes its HTTP client at shutdown.
         middleware=[Middleware(ConsentMiddleware, settings=settings)],
     )
     app.state.settings = settings
-    if not extra_routes:
-        return app
-    outer = Starlette(routes=[*extra_routes, Mount("/", app)])
-    outer.state.settings = settings
-    return outer
+    return app
 
 
 def create_app(environ: Mapping[str, str] | None = None) -> Starlette:

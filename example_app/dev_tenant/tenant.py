@@ -1,0 +1,405 @@
+"""DevTenant: an Auth0-compatible OIDC provider and Management API subset, as an ASGI app.
+
+For development and tests only. Everything lives in memory and vanishes on restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlencode, urlsplit
+
+from authlib.oauth2.rfc6749 import OAuth2Error, scope_to_list
+from joserfc.jwk import RSAKey
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from example_app.dev_tenant.authorization import (
+    AccessRecord,
+    Code,
+    DevClient,
+    FormRequest,
+    RefreshRecord,
+    TenantServer,
+)
+from example_app.dev_tenant.directory import MIN_PASSWORD_LENGTH, PatchError, UserDirectory
+from example_app.dev_tenant.pages import error_page, login_page, page
+
+logger = logging.getLogger("example_app.dev_tenant")
+
+SSO_COOKIE = "dev_tenant_sso"
+LOGIN_LIFETIME = 600
+RATE_LIMIT = 50  # Management API requests per second, like a paid Auth0 tenant's bucket
+
+
+class KeyRing:
+    """RS256 signing keys: the newest signs, all stay published so older tokens still verify."""
+
+    def __init__(self) -> None:
+        self.keys: list[RSAKey] = []
+        self.rotate()
+
+    @property
+    def current(self) -> RSAKey:
+        return self.keys[-1]
+
+    def rotate(self) -> None:
+        kid = secrets.token_hex(8)
+        params = {"kid": kid, "use": "sig", "alg": "RS256"}
+        self.keys.append(RSAKey.generate_key(2048, parameters=params, private=True))
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [key.as_dict(private=False) for key in self.keys]}
+
+
+@dataclass
+class Failure:
+    path_suffix: str
+    status: int
+    times: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class DevTenant:
+    def __init__(
+        self,
+        base_url: str,
+        clients: Iterable[DevClient],
+        consent_claim: str | None = None,
+        *,
+        advertise_end_session: bool = True,
+        rotate_refresh_tokens: bool = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.issuer = self.base_url + "/"
+        self.management_audience = self.base_url + "/api/v2/"
+        self.clients = {client.client_id: client for client in clients}
+        # Mutable on purpose: what the post-login Action names the claim (tests break it).
+        self.consent_claim = consent_claim
+        self.advertise_end_session = advertise_end_session
+        self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.users = UserDirectory()
+        self.keys = KeyRing()
+        self.codes: dict[str, Code] = {}
+        self.refresh_tokens: dict[str, RefreshRecord] = {}
+        self.access_tokens: dict[str, AccessRecord] = {}
+        self.sessions: dict[str, tuple[str, int]] = {}  # SSO cookie value -> (user_id, auth_time)
+        self.logins: dict[str, dict[str, Any]] = {}  # pending /u/login -> authorize params
+        self.requests: list[tuple[str, str]] = []
+        self._failures: list[Failure] = []
+        self._window = (0, 0)  # (second, requests in it) for the Management API rate limit
+        self.server = TenantServer(self)
+        self._cookie_path = urlsplit(self.base_url).path or "/"
+        self._app = Starlette(routes=self._routes())
+        logger.warning(
+            "DEVELOPMENT tenant at %s: in-memory users, not for production.", self.base_url
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            self.requests.append((scope["method"], path))
+            failure = self._take_failure(path)
+            if failure is not None:
+                body = {
+                    "statusCode": failure.status,
+                    "error": "Injected failure",
+                    "message": "The development tenant was told to fail this request.",
+                }
+                response = JSONResponse(body, failure.status, headers=failure.headers)
+                await response(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+    # Test and operator controls
+
+    def fail_next(
+        self, path_suffix: str, status: int, times: int = 1, headers: dict[str, str] | None = None
+    ) -> None:
+        """Answer the next ``times`` requests whose path ends with ``path_suffix`` with
+        ``status``."""
+        self._failures.append(Failure(unquote(path_suffix), status, times, dict(headers or {})))
+
+    def end_all_sessions(self) -> None:
+        self.sessions.clear()
+
+    def rotate_signing_key(self) -> None:
+        self.keys.rotate()
+
+    def revoke_refresh_tokens(self) -> None:
+        for record in self.refresh_tokens.values():
+            record.revoked = True
+
+    def id_token_profile(self, user_id: str, scope: str) -> dict[str, Any]:
+        """The ID token's user claims, then what the shipped post-login Action adds."""
+        user = self.users.get(user_id) or {}
+        scopes = scope_to_list(scope) or []
+        claims: dict[str, Any] = {"sub": user_id}
+        if "profile" in scopes:
+            for key in ("name", "nickname", "updated_at"):
+                claims[key] = user.get(key)
+        if "email" in scopes:
+            claims["email"] = user.get("email")
+            claims["email_verified"] = user.get("email_verified")
+        consent = user.get("user_metadata", {}).get("consent")
+        if self.consent_claim and consent is not None:
+            claims[self.consent_claim] = consent
+        return claims
+
+    # Internals
+
+    def _take_failure(self, path: str) -> Failure | None:
+        for failure in self._failures:
+            if failure.times > 0 and path.endswith(failure.path_suffix):
+                failure.times -= 1
+                return failure
+        return None
+
+    def _routes(self) -> list[Route]:
+        return [
+            Route("/.well-known/openid-configuration", self.discovery),
+            Route("/.well-known/jwks.json", self.jwks),
+            Route("/authorize", self.authorize),
+            Route("/u/login", self.login, methods=["GET", "POST"]),
+            Route("/oauth/token", self.token, methods=["POST"]),
+            Route("/userinfo", self.userinfo, methods=["GET", "POST"]),
+            Route("/oidc/logout", self.logout, methods=["GET", "POST"]),
+            Route("/v2/logout", self.logout),
+            Route(
+                "/api/v2/users/{user_id:path}", self.management, methods=["GET", "PATCH", "DELETE"]
+            ),
+        ]
+
+    async def discovery(self, request: Request) -> Response:
+        base = self.base_url
+        document: dict[str, Any] = {
+            "issuer": self.issuer,
+            "authorization_endpoint": f"{base}/authorize",
+            "token_endpoint": f"{base}/oauth/token",
+            "userinfo_endpoint": f"{base}/userinfo",
+            "jwks_uri": f"{base}/.well-known/jwks.json",
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "code_challenge_methods_supported": ["S256"],
+            "claims_supported": [
+                "sub",
+                "iss",
+                "aud",
+                "exp",
+                "iat",
+                "nonce",
+                "auth_time",
+                "name",
+                "nickname",
+                "email",
+                "email_verified",
+                "updated_at",
+            ],
+            "request_parameter_supported": False,
+        }
+        if self.advertise_end_session:
+            document["end_session_endpoint"] = f"{base}/oidc/logout"
+        return JSONResponse(document)
+
+    async def jwks(self, request: Request) -> Response:
+        return JSONResponse(self.keys.jwks(), headers={"cache-control": "max-age=300"})
+
+    def _authorize_request(self, params: dict[str, str], headers: Any) -> FormRequest:
+        return FormRequest("GET", f"{self.base_url}/authorize?{urlencode(params)}", headers, params)
+
+    def _sso_user(self, request: Request) -> dict[str, Any] | None:
+        session = self.sessions.get(request.cookies.get(SSO_COOKIE, ""))
+        if session is None:
+            return None
+        user = self.users.get(session[0])
+        if user is not None:
+            user["auth_time"] = session[1]
+        return user
+
+    async def authorize(self, request: Request) -> Response:
+        params = dict(request.query_params)
+        oauth_request = self._authorize_request(params, request.headers)
+        user = self._sso_user(request)
+        try:
+            grant = self.server.get_consent_grant(oauth_request, end_user=user)
+        except OAuth2Error as error:
+            return self._authorize_error(error)
+        if user is None or grant.prompt == "login":
+            login_id = secrets.token_urlsafe(16)
+            self.logins[login_id] = {
+                "params": params,
+                "csrf": secrets.token_urlsafe(16),
+                "expires": time.time() + LOGIN_LIFETIME,
+            }
+            return RedirectResponse(f"{self.base_url}/u/login?state={login_id}", 302)
+        return self._issue_code(oauth_request, grant, user)
+
+    def _issue_code(self, oauth_request: FormRequest, grant: Any, user: dict[str, Any]) -> Response:
+        if self.users.is_blocked(user["user_id"]):
+            # What Auth0 does when a post-login Action calls api.access.deny(reason).
+            error = OAuth2Error(
+                description="user is blocked",
+                error="access_denied",
+                state=oauth_request.payload.state,
+                redirect_uri=oauth_request.payload.redirect_uri,
+            )
+            return self._authorize_error(error)
+        status, _, headers = self.server.create_authorization_response(
+            oauth_request, grant_user=user, grant=grant
+        )
+        return Response(status_code=status, headers=dict(headers))
+
+    def _authorize_error(self, error: OAuth2Error) -> Response:
+        status, body, headers = error()
+        if error.redirect_uri:
+            return Response(status_code=status, headers=dict(headers))
+        # No verified redirect URI to send the error to: tell the person in the browser.
+        details = dict(body) if isinstance(body, list) else {}
+        message = details.get("error_description") or details.get("error") or "Bad request."
+        return error_page("Cannot log in", f"{error.error}: {message}", 400)
+
+    async def login(self, request: Request) -> Response:
+        form = await request.form() if request.method == "POST" else None
+        source = form if form is not None else request.query_params
+        login_id = str(source.get("state", ""))
+        pending = self.logins.get(login_id)
+        if pending is None or pending["expires"] < time.time():
+            return error_page(
+                "Login expired",
+                "This login link is not valid any more. "
+                "Go back to the application and start again.",
+                400,
+            )
+        action = f"{self.base_url}/u/login"
+        if form is None:
+            return login_page(action, login_id, pending["csrf"])
+        if not secrets.compare_digest(str(form.get("csrf", "")), pending["csrf"]):
+            return error_page("Login refused", "The form was not sent from this page.", 403)
+        email = str(form.get("email", "")).strip().lower()
+        password = str(form.get("password", ""))
+        user = self.users.authenticate(email, password)
+        if user is None and self.users.by_email(email) is None and "@" in email:
+            if len(password) >= MIN_PASSWORD_LENGTH:
+                user = self.users.create(email, password)
+        if user is None:
+            return login_page(
+                action, login_id, pending["csrf"], email, "Wrong email or password.", 401
+            )
+        del self.logins[login_id]
+        sso = secrets.token_urlsafe(24)
+        auth_time = int(time.time())
+        self.sessions[sso] = (user["user_id"], auth_time)
+        user["auth_time"] = auth_time
+        oauth_request = self._authorize_request(pending["params"], request.headers)
+        try:
+            grant = self.server.get_consent_grant(oauth_request, end_user=user)
+        except OAuth2Error as error:
+            response = self._authorize_error(error)
+        else:
+            response = self._issue_code(oauth_request, grant, user)
+        response.set_cookie(
+            SSO_COOKIE,
+            sso,
+            path=self._cookie_path,
+            httponly=True,
+            samesite="lax",
+            secure=self.base_url.startswith("https:"),
+        )
+        return response
+
+    async def token(self, request: Request) -> Response:
+        form = {key: str(value) for key, value in (await request.form()).items()}
+        oauth_request = FormRequest("POST", str(request.url), request.headers, form)
+        status, body, headers = self.server.create_token_response(oauth_request)
+        return JSONResponse(body, status, headers=dict(headers))
+
+    def _bearer(self, request: Request, audience: str) -> AccessRecord | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        record = self.access_tokens.get(token) if scheme.lower() == "bearer" else None
+        if record is None or record.expires_at < time.time() or record.audience != audience:
+            return None
+        return record
+
+    async def userinfo(self, request: Request) -> Response:
+        record = self._bearer(request, self.issuer + "userinfo")
+        if record is None or record.user_id is None:
+            return JSONResponse(
+                {"error": "invalid_token"},
+                401,
+                headers={"www-authenticate": 'Bearer error="invalid_token"'},
+            )
+        claims = self.id_token_profile(record.user_id, record.scope)
+        claims.pop(self.consent_claim or "", None)
+        return JSONResponse(claims)
+
+    async def logout(self, request: Request) -> Response:
+        params = request.query_params
+        self.sessions.pop(request.cookies.get(SSO_COOKIE, ""), None)
+        target = params.get("post_logout_redirect_uri") or params.get("returnTo")
+        client = self.clients.get(params.get("client_id", ""))
+        if target and client is not None and target in client.logout_urls:
+            if params.get("state"):
+                target += ("&" if "?" in target else "?") + urlencode({"state": params["state"]})
+            response: Response = RedirectResponse(target, 302)
+        elif target:
+            response = error_page(
+                "Logged out",
+                "You are logged out. The return address is not one of the "
+                "application's allowed logout URLs, so you stay here.",
+                400,
+            )
+        else:
+            response = page("Logged out", "<p>You are logged out of the development tenant.</p>")
+        response.delete_cookie(SSO_COOKIE, path=self._cookie_path)
+        return response
+
+    def _rate_limit_headers(self) -> tuple[dict[str, str], bool]:
+        second = int(time.time())
+        count = self._window[1] + 1 if self._window[0] == second else 1
+        self._window = (second, count)
+        headers = {
+            "x-ratelimit-limit": str(RATE_LIMIT),
+            "x-ratelimit-remaining": str(max(0, RATE_LIMIT - count)),
+            "x-ratelimit-reset": str(second + 1),
+        }
+        return headers, count > RATE_LIMIT
+
+    async def management(self, request: Request) -> Response:
+        headers, limited = self._rate_limit_headers()
+        if limited:
+            return _api_error(429, "Too Many Requests", "Global limit has been reached", headers)
+        if self._bearer(request, self.management_audience) is None:
+            return _api_error(401, "Unauthorized", "Invalid token", headers)
+        user_id = request.path_params["user_id"]
+        if request.method == "DELETE":
+            self.users.delete(user_id)  # Auth0 answers 204 whether or not the user existed
+            return Response(status_code=204, headers=headers)
+        if request.method == "GET":
+            user = self.users.get(user_id)
+        else:
+            try:
+                user = self.users.patch(user_id, json.loads(await request.body()))
+            except (ValueError, PatchError) as error:
+                return _api_error(400, "Bad Request", str(error), headers)
+        if user is None:
+            return _api_error(404, "Not Found", "The user does not exist.", headers)
+        return JSONResponse(user, headers=headers)
+
+
+def _api_error(status: int, error: str, message: str, headers: dict[str, str]) -> Response:
+    return JSONResponse(
+        {"statusCode": status, "error": error, "message": message}, status, headers=headers
+    )
