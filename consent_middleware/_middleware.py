@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from dataclasses import dataclass
 
 import httpx
+from cachetools import LRUCache
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +27,8 @@ from ._routes import AuthRoutes
 from ._session import Session, SessionStore
 
 USER_SCOPE_KEY = "consent_middleware.user"
+ADMITTED_CACHE_SIZE = 4096
+REVALIDATE_AFTER = 60.0
 
 
 class ConsentMiddleware:
@@ -45,6 +49,10 @@ class ConsentMiddleware:
             self.settings, session_store=session_store, http_client=http_client
         )
         self.refresher = SessionRefresher(self.engine)
+        # Requests already admitted, keyed by their raw Cookie header: a consented user's
+        # request costs one dict lookup, no decryption and no parsing. Bounded, and each entry
+        # is re-checked by the full path after REVALIDATE_AFTER seconds or at session expiry.
+        self._admitted: LRUCache[bytes, _Admitted] = LRUCache(maxsize=ADMITTED_CACHE_SIZE)
         self.router = Router(
             routes=[
                 *AuthRoutes(self.engine, self.refresher).routes(),
@@ -54,6 +62,8 @@ class ConsentMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                send = self._closing_on_shutdown(send)
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
@@ -64,43 +74,84 @@ class ConsentMiddleware:
         if is_public(path, settings):
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        cookies = request_cookies(headers)
-        sessions = self.engine.sessions
-        session = sessions.load(cookies)
-        verdict = decide(session, settings)
-        if verdict is not Verdict.ALLOW:
-            query = scope.get("query_string", b"").decode("latin-1")
-            return_to = path + (f"?{query}" if query else "")
-            response = refusal(
-                verdict, scope["method"], return_to, wants_json(path, headers, settings), settings
-            )
-            await response(scope, receive, send)
-            return
-        assert session is not None
-        expose(scope, session, settings)
+        raw = _cookie_header(scope)
+        now = time.time()
+        admitted = self._admitted.get(raw) if raw else None
+        if admitted is None or admitted.until < now:
+            admitted = self._admit(scope, raw, now)
+            if admitted is None:
+                return await self._refuse(scope, receive, send)
+        scope[USER_SCOPE_KEY] = admitted.user
+        scope[SESSION_SCOPE_KEY] = admitted.session
+        scope.setdefault("state", {})["user"] = admitted.user
         scope[REFRESHER_SCOPE_KEY] = self.refresher
-        roll = sessions.needs_roll(session)
+        roll = admitted.roll
+        sessions = self.engine.sessions
 
         async def send_with_session(message: Message) -> None:
             if message["type"] == "http.response.start":
                 # A refresh_session() call during the request wins over a plain roll.
                 current = scope.get(REFRESHED_SCOPE_KEY)
                 if current is not None or roll:
+                    cookies = request_cookies(Headers(scope=scope))
                     response_headers = MutableHeaders(scope=message)
-                    for value in sessions.save(current or session, cookies):
+                    for value in sessions.save(current or admitted.session, cookies):
                         response_headers.append("set-cookie", value.decode("latin-1"))
             await send(message)
 
         await self.app(scope, receive, send_with_session)
 
+    def _admit(self, scope: Scope, raw: bytes, now: float) -> _Admitted | None:
+        """The full check: decrypt (or the store's cache), decide. None means refused."""
+        session = self.engine.sessions.load(request_cookies(Headers(scope=scope)))
+        if decide(session, self.settings) is not Verdict.ALLOW:
+            return None
+        assert session is not None
+        user = User.from_claims(session.user, self.settings.consent_claim)
+        roll = self.engine.sessions.needs_roll(session, now)
+        until = min(session.expires_at, now + REVALIDATE_AFTER)
+        admitted = _Admitted(session, user, roll, until)
+        if not roll:
+            # A session due to roll gets a new cookie on this response; caching the old
+            # value would only keep it alive.
+            self._admitted[raw] = admitted
+        return admitted
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        session = self.engine.sessions.load(request_cookies(headers))
+        verdict = decide(session, self.settings)
+        path: str = scope["path"]
+        query = scope.get("query_string", b"").decode("latin-1")
+        return_to = path + (f"?{query}" if query else "")
+        as_json = wants_json(path, headers, self.settings)
+        response = refusal(verdict, scope["method"], return_to, as_json, self.settings)
+        await response(scope, receive, send)
+
+    def _closing_on_shutdown(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.aclose()
+            await send(message)
+
+        return wrapped
+
     async def aclose(self) -> None:
+        """Close the HTTP client the middleware created (done at lifespan shutdown)."""
         await self.engine.oidc.aclose()
 
 
-def expose(scope: Scope, session: Session, settings: Settings) -> None:
-    user = User.from_claims(session.user, settings.consent_claim)
-    scope[USER_SCOPE_KEY] = user
-    scope[SESSION_SCOPE_KEY] = session
-    state: dict[str, Any] = scope.setdefault("state", {})
-    state["user"] = user
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    session: Session
+    user: User
+    roll: bool
+    until: float
+
+
+def _cookie_header(scope: Scope) -> bytes:
+    # Straight off the scope: no Headers object and no parsing on the hot path.
+    for name, value in scope["headers"]:
+        if name == b"cookie":
+            return bytes(value)
+    return b""
