@@ -1,0 +1,234 @@
+"""Benchmark: what the gate costs per request, in-process and over loopback HTTP.
+
+    python -m bench.run [--rounds 3] [--duration 5] [--connections 16]
+
+Prints markdown tables. Over HTTP, uvicorn serves each app in turn and Debian's `wrk`
+loads it from another process; the apps alternate round by round (A/B/C, A/B/C, ...)
+so drift in machine load hits them all alike, and ratios are reported beside absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from typing import Any
+
+import httpx
+
+from bench.apps import APPS, CLAIMS, COOKIES, gate_cookie
+from consent_middleware import ConsentMiddleware
+
+LABELS = {
+    "bare": "(a) bare Starlette",
+    "gate": "(b) behind the gate, consented session",
+    "hand": "(c) SessionMiddleware + hand-written claim check",
+}
+
+
+# ---- in-process -------------------------------------------------------------------------
+
+
+async def _call(app: Any, scope: dict[str, Any]) -> None:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await app(dict(scope), receive, send)
+
+
+def _scope(cookie: str) -> dict[str, Any]:
+    headers = [(b"host", b"127.0.0.1:8000"), (b"accept", b"text/html")]
+    if cookie:
+        headers.append((b"cookie", cookie.encode()))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def _per_request_us(name: str, iterations: int) -> float:
+    app = APPS[name]()
+    scope = _scope(COOKIES[name]())
+    for _ in range(200):  # warm up: builds the middleware stack, fills the caches
+        await _call(app, scope)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(iterations):
+            await _call(app, scope)
+        best = min(best, (time.perf_counter() - start) / iterations * 1e6)
+    return best
+
+
+async def _outbound_calls_and_memory(sessions: int) -> tuple[int, int, float]:
+    """Zero I/O per consented request, and bounded memory across many users."""
+    calls = 0
+
+    def count(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(503)
+
+    async def hello(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    from bench.apps import settings
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(count))
+    gate = ConsentMiddleware(hello, settings=settings(), http_client=client)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(sessions):
+        cookie = gate_cookie({**CLAIMS, "sub": f"auth0|user{i}"})
+        await _call(gate, _scope(cookie))
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    await client.aclose()
+    cache = gate.engine.sessions._cache  # type: ignore[attr-defined]
+    return calls, len(cache), (after - before) / 1e6
+
+
+# ---- over HTTP with wrk -------------------------------------------------------------------
+
+_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+_LAT = re.compile(r"^\s+(50|99)\.000%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _serve(name: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "BENCH_APP": name}
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "bench.apps:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"uvicorn for {name} did not start")
+
+
+def _wrk(port: int, cookie: str, duration: int, connections: int) -> tuple[float, float, float]:
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        f"http://127.0.0.1:{port}/",
+    ]
+    if cookie:
+        cmd[1:1] = ["-H", f"Cookie: {cookie}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout  # noqa: S603
+    rps = float(_RPS.search(out).group(1))  # type: ignore[union-attr]
+    lat = {p: float(v) * _UNIT[u] for p, v, u in _LAT.findall(out)}
+    return rps, lat["50"], lat["99"]
+
+
+def _http_table(rounds: int, duration: int, connections: int) -> list[str]:
+    results: dict[str, list[tuple[float, float, float]]] = {n: [] for n in APPS}
+    ports = {"bare": 18101, "gate": 18102, "hand": 18103}
+    procs = {n: _serve(n, p) for n, p in ports.items()}
+    try:
+        cookies = {n: COOKIES[n]() for n in APPS}
+        for name in APPS:  # one untimed warm-up each
+            _wrk(ports[name], cookies[name], 1, connections)
+        for _ in range(rounds):
+            for name in APPS:
+                results[name].append(_wrk(ports[name], cookies[name], duration, connections))
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(timeout=10)
+    med = {
+        n: tuple(statistics.median(r[i] for r in rs) for i in range(3)) for n, rs in results.items()
+    }
+    rows = [
+        "| app | requests/s (median) | p50 ms | p99 ms | vs (a) | vs (c) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in APPS:
+        rps, p50, p99 = med[name]
+        rows.append(
+            f"| {LABELS[name]} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | "
+            f"{rps / med['bare'][0]:.2f} | {rps / med['hand'][0]:.2f} |"
+        )
+    each = ", ".join(f"{n}: " + "/".join(f"{r[0]:,.0f}" for r in rs) for n, rs in results.items())
+    rows.append(f"\nPer round requests/s: {each}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--iterations", type=int, default=20_000)
+    parser.add_argument("--sessions", type=int, default=20_000)
+    parser.add_argument("--no-http", action="store_true", help="in-process figures only")
+    args = parser.parse_args()
+
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {platform.platform()}\n"
+    )
+    us = {n: asyncio.run(_per_request_us(n, args.iterations)) for n in APPS}
+    print("In-process, direct ASGI calls (best of 5 runs):\n")
+    print("| app | µs per request | added vs (a) |\n| --- | ---: | ---: |")
+    for name in APPS:
+        print(f"| {LABELS[name]} | {us[name]:.1f} | {us[name] - us['bare']:+.1f} |")
+    calls, cached, mb = asyncio.run(_outbound_calls_and_memory(args.sessions))
+    print(
+        f"\n{args.sessions:,} distinct consented sessions: {calls} IdP/Management calls, "
+        f"{cached:,} sessions cached (LRU bound), {mb:.1f} MB traced growth.\n"
+    )
+    if args.no_http:
+        return
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: apt-get install wrk (or run with --no-http)")
+    print(
+        f"Over loopback HTTP: uvicorn (1 worker) + wrk -c{args.connections}, "
+        f"{args.rounds} alternating rounds of {args.duration}s:\n"
+    )
+    print("\n".join(_http_table(args.rounds, args.duration, args.connections)))
+
+
+if __name__ == "__main__":
+    main()
