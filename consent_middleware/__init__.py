@@ -16,6 +16,7 @@ from ._exceptions import (
 )
 from ._middleware import USER_SCOPE_KEY, ConsentMiddleware
 from ._models import Consent, User
+from ._refresh import refresh_session
 from ._session import CookieSessionStore, Session, SessionStore, TokenSet
 
 __version__ = "0.1.0"
@@ -49,4 +50,5 @@ __all__ = [
     "TokenSet",
     "User",
     "current_user",
+    "refresh_session",
 ]

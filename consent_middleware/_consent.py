@@ -194,14 +194,15 @@ class ConsentRoutes:
         engine = self.engine
         settings = engine.settings
         sub = session.user["sub"]
+        body: dict[str, Any] = {"user_metadata": {"consent": withdrawal_record(engine)}}
+        if settings.withdraw_mode == "flag":
+            body["app_metadata"] = {"deleted": True}
         try:
+            # The withdrawal is written first in every mode, so the tenant's logs show it
+            # even when the account is deleted right after.
+            await engine.management.update_user(sub, body)
             if settings.withdraw_mode == "delete":
                 await engine.management.delete_user(sub)
-            else:
-                body: dict[str, Any] = {"user_metadata": {"consent": withdrawal_record(engine)}}
-                if settings.withdraw_mode == "flag":
-                    body["app_metadata"] = {"deleted": True}
-                await engine.management.update_user(sub, body)
         except ManagementAPIError as exc:
             logger.warning("withdrawal failed: %s", exc)
             return engine.templates.render(
@@ -212,7 +213,9 @@ class ConsentRoutes:
                 csrf_token=self.csrf.token(session),
                 mode=settings.withdraw_mode,
                 home_url=engine.home_url,
-                error="We could not record your withdrawal just now, and nothing was changed. "
+                # In delete mode the record may be written and the deletion not done yet:
+                # a retry repeats both, so the message does not claim nothing changed.
+                error="We could not complete your withdrawal just now. "
                 "Please try again in a moment.",
             )
         if settings.withdraw_mode == "revoke":
