@@ -73,6 +73,21 @@ class AuthRoutes:
     async def _complete(self, request: Request, tx: Transaction) -> Response:
         engine = self.engine
         params = request.query_params
+        issuer = params.get("iss")
+        if issuer is not None:
+            # RFC 9207: a provider that names itself in the response must be ours (mix-up).
+            try:
+                expected = (await engine.oidc.metadata()).issuer
+            except IdentityProviderError as exc:
+                return engine.unreachable(exc)
+            if issuer != expected:
+                logger.warning("callback from issuer %r, expected %r", issuer, expected)
+                return engine.error_page(
+                    "Sign-in rejected",
+                    "The answer came from a different identity provider than the one "
+                    "this sign-in was sent to.",
+                    400,
+                )
         error = params.get("error")
         if error:
             if tx.purpose == "silent" and error in INTERACTION_REQUIRED:

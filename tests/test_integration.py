@@ -210,3 +210,15 @@ def test_idp_error_at_callback_renders_a_page(live: Live) -> None:
     )
     assert response.status_code == 403
     assert "&lt;b&gt;no&lt;/b&gt;" in response.text
+
+
+def test_callback_naming_another_issuer_is_refused(live: Live) -> None:
+    browser = live.browser()
+    browser.go("/auth/login")
+    state = next(c for c in browser.client.cookies if c.startswith("__txn_"))[len("__txn_") :]
+    response = browser.client.get(
+        f"{live.base}/auth/callback",
+        params={"state": state, "code": "whatever", "iss": "https://evil.example/"},
+    )
+    assert response.status_code == 400 and "different identity provider" in response.text
+    assert not any(path.endswith("/oauth/token") for _, path in live.tenant.requests)
