@@ -1,0 +1,204 @@
+"""ConsentMiddleware called as plain ASGI: cookie fuzzing, the admitted-request cache, lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from consent_middleware import ConsentMiddleware, Session, TokenSet, _jose
+from consent_middleware import _middleware as middleware_module
+from consent_middleware._cookies import CHUNK_SIZE
+from consent_middleware._session import CookieSessionStore
+from tests.conftest import CLAIM, make_settings
+
+SETTINGS = make_settings()
+STORE = CookieSessionStore(SETTINGS)
+CONSENTED = {CLAIM: {"given": True, "version": "v2", "date": "2026-01-01T00:00:00Z"}}
+
+
+async def ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def cookie_value(claims: dict[str, Any] | None = None, padding: int = 0) -> str:
+    session = Session.from_claims(
+        {"sub": "auth0|1", **(claims if claims is not None else CONSENTED)},
+        TokenSet("at" + "x" * padding, "idt", "rt", expires_at=int(time.time()) + 3600),
+    )
+    headers = STORE.save(session, {})
+    pairs = [h.decode().split(";", 1)[0] for h in headers]
+    return "; ".join(p for p in pairs if not p.endswith("="))
+
+
+def call(gate: ConsentMiddleware, cookie: bytes | None) -> tuple[int, dict[bytes, bytes]]:
+    headers = [(b"host", b"app.example.com"), (b"accept", b"text/html")]
+    if cookie is not None:
+        headers.append((b"cookie", cookie))
+    scope = {
+        "type": "http", "method": "GET", "path": "/private", "raw_path": b"/private",
+        "query_string": b"", "headers": headers, "scheme": "https",
+        "server": ("app.example.com", 443), "client": ("127.0.0.1", 1), "root_path": "",
+    }  # fmt: skip
+    started: dict[str, Any] = {}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            started.update(message)
+
+    asyncio.run(gate(scope, receive, send))
+    return started["status"], dict(started["headers"])
+
+
+GATE = ConsentMiddleware(ok, settings=SETTINGS)
+VALID = cookie_value()
+BIG = cookie_value(padding=3 * CHUNK_SIZE)
+
+
+def refused_as_logged_out(cookie: bytes) -> None:
+    status, headers = call(GATE, cookie)
+    assert status == 307, (status, cookie[:80])
+    assert headers[b"location"].startswith(b"/auth/login?returnTo=")
+
+
+def test_the_fuzz_baseline_is_admitted() -> None:
+    # Without this, every fuzz case below could pass for the wrong reason.
+    assert call(GATE, VALID.encode())[0] == 200
+    assert BIG.count("__session__") >= 4 and call(GATE, BIG.encode())[0] == 200
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=6000))
+def test_random_cookie_headers(raw: bytes) -> None:
+    status, _ = call(GATE, raw)
+    assert status == 307
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(["__session", "__session__0", "__session__1"]),
+    st.text(st.characters(codec="latin-1"), max_size=5000),
+)
+def test_random_session_values(name: str, value: str) -> None:
+    refused_as_logged_out(f"{name}={value}".encode("latin-1"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(min_value=0, max_value=len(VALID) - 2))
+def test_truncated_cookies(cut: int) -> None:
+    refused_as_logged_out(VALID[:cut].encode())
+
+
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=len("__session="), max_value=len(VALID) - 1))
+def test_flipped_characters(at: int) -> None:
+    # Flip the top bit of a base64url digit: always a real bit of the decoded bytes (a low
+    # bit of a segment's last digit may be padding, which decodes to the same bytes).
+    index = B64.find(VALID[at])
+    char = B64[index ^ 32] if index >= 0 else "A"
+    tampered = VALID[:at] + char + VALID[at + 1 :]
+    refused_as_logged_out(tampered.encode())
+
+
+def test_other_key_swapped_missing_and_huge_chunks() -> None:
+    other = CookieSessionStore(make_settings(secret="o" * 40))
+    session = Session.from_claims({"sub": "x", **CONSENTED}, TokenSet("at", "idt", "rt"))
+    foreign = other.save(session, {})[0].decode().split(";", 1)[0]
+    refused_as_logged_out(foreign.encode())
+    chunks = dict(pair.split("=", 1) for pair in BIG.split("; "))
+    swapped = {
+        **chunks,
+        "__session__0": chunks["__session__1"],
+        "__session__1": chunks["__session__0"],
+    }
+    refused_as_logged_out("; ".join(f"{k}={v}" for k, v in swapped.items()).encode())
+    missing = {k: v for k, v in chunks.items() if k != "__session__2"}
+    refused_as_logged_out("; ".join(f"{k}={v}" for k, v in missing.items()).encode())
+    refused_as_logged_out(b"__session=" + b"A" * 1_000_000)
+    refused_as_logged_out(b"; ".join(b"__session__%d=AAAA" % i for i in range(500)))
+    # Well-formed JWE, right key, but not a session inside.
+    not_a_session = _jose.encrypt({"hello": "world"}, STORE.keys[0], int(time.time()) + 60)
+    refused_as_logged_out(f"__session={not_a_session}".encode())
+
+
+def test_admitted_requests_are_answered_from_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = ConsentMiddleware(ok, settings=SETTINGS)
+    decrypts = 0
+    real = _jose.decrypt
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal decrypts
+        decrypts += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_jose, "decrypt", counting)
+    for _ in range(50):
+        status, headers = call(gate, VALID.encode())
+        assert status == 200 and b"set-cookie" not in headers  # no roll for a fresh cookie
+    assert decrypts == 1
+
+
+def test_cached_verdicts_are_rechecked_and_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = ConsentMiddleware(ok, settings=SETTINGS)
+    assert call(gate, VALID.encode())[0] == 200
+    now = time.time()
+    clock = [now + middleware_module.REVALIDATE_AFTER / 2]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    assert call(gate, VALID.encode())[0] == 200
+    clock[0] = now + 2 * 86400  # past the cookie's one-day inactivity expiry
+    assert call(gate, VALID.encode())[0] == 307
+
+
+def test_not_consented_is_never_cached() -> None:
+    gate = ConsentMiddleware(ok, settings=SETTINGS)
+    old = cookie_value({CLAIM: {"given": True, "version": "v1"}}).encode()
+    for _ in range(3):
+        status, headers = call(gate, old)
+        assert status == 303 and headers[b"location"].startswith(b"/consent?returnTo=")
+    assert len(gate._admitted) == 0
+
+
+def test_admitted_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(middleware_module, "ADMITTED_CACHE_SIZE", 8)
+    gate = ConsentMiddleware(ok, settings=SETTINGS)
+    for i in range(20):
+        assert call(gate, cookie_value({"n": i, **CONSENTED}).encode())[0] == 200
+    assert len(gate._admitted) == 8
+
+
+def test_lifespan_shutdown_closes_the_client_it_made() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def run(gate: ConsentMiddleware) -> httpx.AsyncClient:
+        client = gate.engine.oidc.http
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+        async def receive() -> dict[str, str]:
+            return next(messages)
+
+        async def send(message: dict[str, str]) -> None:
+            pass
+
+        await gate({"type": "lifespan"}, receive, send)
+        return client
+
+    assert asyncio.run(run(ConsentMiddleware(app, settings=SETTINGS))).is_closed
+    own = httpx.AsyncClient()
+    assert asyncio.run(run(ConsentMiddleware(app, settings=SETTINGS, http_client=own))) is own
+    assert not own.is_closed  # a client passed in is the caller's to close
+    asyncio.run(own.aclose())
