@@ -219,7 +219,12 @@ class OIDCClient:
         except ValueError:
             body = None
         if response.status_code != 200 or not isinstance(body, dict):
-            if isinstance(body, dict) and isinstance(body.get("error"), str):
+            # A 5xx is an outage, whatever its body says: "try again", not "refused".
+            if (
+                response.status_code < 500
+                and isinstance(body, dict)
+                and isinstance(body.get("error"), str)
+            ):
                 raise TokenEndpointError(
                     body["error"], str(body.get("error_description", "")), response.status_code
                 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 from starlette.requests import HTTPConnection
 from starlette.responses import RedirectResponse, Response
 
@@ -26,6 +26,8 @@ REFRESHER_SCOPE_KEY = "consent_middleware.refresher"
 SESSION_SCOPE_KEY = "consent_middleware.session"
 # A session refreshed during the request; the middleware writes its cookie on the way out.
 REFRESHED_SCOPE_KEY = "consent_middleware.refreshed"
+
+RECENT_REFRESH_TTL = 30.0
 
 EXPECT_CONSENT = "consent"
 EXPECT_WITHDRAWAL = "withdrawal"
@@ -60,6 +62,12 @@ class SessionRefresher:
         # One refresh grant per session at a time: with rotating refresh tokens, two
         # concurrent grants would spend the same token and the second would fail.
         self._locks: LRUCache[str, asyncio.Lock] = LRUCache(maxsize=10_000)
+        # What the last grant of each session gave, by the refresh token it spent: requests
+        # that queued behind that grant (other tabs, same cookie) take its result instead
+        # of spending a rotated-away token.
+        self._recent: TTLCache[str, tuple[str, Session]] = TTLCache(
+            maxsize=10_000, ttl=RECENT_REFRESH_TTL
+        )
 
     async def refresh(self, session: Session) -> Session:
         """The refresh-token grant only; raises RefreshError when it cannot be done."""
@@ -67,10 +75,17 @@ class SessionRefresher:
         if lock is None:
             lock = self._locks[session.sid] = asyncio.Lock()
         async with lock:
+            spent = session.token_set.refresh_token
+            recent = self._recent.get(session.sid)
+            if spent and recent is not None and recent[0] == spent:
+                return recent[1]
             try:
-                return await self.engine.oidc.refresh(session)
+                refreshed = await self.engine.oidc.refresh(session)
             except IdentityProviderError as exc:
                 raise RefreshError(f"the refresh-token grant failed: {exc}") from exc
+            if spent:
+                self._recent[session.sid] = (spent, refreshed)
+            return refreshed
 
     async def refresh_and_continue(
         self,

@@ -5,6 +5,7 @@ For development and tests only. Everything lives in memory and vanishes on resta
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -63,9 +64,10 @@ class KeyRing:
 @dataclass
 class Failure:
     path_suffix: str
-    status: int
+    status: int | None  # None: answer normally, after the delay
     times: int
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
 
 
 class DevTenant:
@@ -108,7 +110,9 @@ class DevTenant:
             path = scope["path"]
             self.requests.append((scope["method"], path))
             failure = self._take_failure(path)
-            if failure is not None:
+            if failure is not None and failure.delay:
+                await asyncio.sleep(failure.delay)
+            if failure is not None and failure.status is not None:
                 body = {
                     "statusCode": failure.status,
                     "error": "Injected failure",
@@ -122,11 +126,21 @@ class DevTenant:
     # Test and operator controls
 
     def fail_next(
-        self, path_suffix: str, status: int, times: int = 1, headers: dict[str, str] | None = None
+        self,
+        path_suffix: str,
+        status: int | None,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
     ) -> None:
         """Answer the next ``times`` requests whose path ends with ``path_suffix`` with
-        ``status``."""
-        self._failures.append(Failure(unquote(path_suffix), status, times, dict(headers or {})))
+        ``status`` (after ``delay`` seconds; ``status=None`` only delays them)."""
+        self._failures.append(
+            Failure(unquote(path_suffix), status, times, dict(headers or {}), delay)
+        )
+
+    def slow_next(self, path_suffix: str, delay: float, times: int = 1) -> None:
+        self.fail_next(path_suffix, None, times, delay=delay)
 
     def end_all_sessions(self) -> None:
         self.sessions.clear()
