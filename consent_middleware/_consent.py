@@ -200,7 +200,12 @@ class ConsentRoutes:
         try:
             # The withdrawal is written first in every mode, so the tenant's logs show it
             # even when the account is deleted right after.
-            await engine.management.update_user(sub, body)
+            try:
+                await engine.management.update_user(sub, body)
+            except ManagementAPIError as exc:
+                # An earlier attempt deleted the user but its answer was lost: go on.
+                if not (settings.withdraw_mode == "delete" and exc.status_code == 404):
+                    raise
             if settings.withdraw_mode == "delete":
                 await engine.management.delete_user(sub)
         except ManagementAPIError as exc:

@@ -24,7 +24,7 @@ from ._refresh import (
     SessionRefresher,
 )
 from ._routes import AuthRoutes
-from ._session import Session, SessionStore
+from ._session import CookieSessionStore, Session, SessionStore
 
 USER_SCOPE_KEY = "consent_middleware.user"
 ADMITTED_CACHE_SIZE = 4096
@@ -53,6 +53,7 @@ class ConsentMiddleware:
         # request costs one dict lookup, no decryption and no parsing. Bounded, and each entry
         # is re-checked by the full path after REVALIDATE_AFTER seconds or at session expiry.
         self._admitted: LRUCache[bytes, _Admitted] = LRUCache(maxsize=ADMITTED_CACHE_SIZE)
+        self._cookie_is_session = isinstance(self.engine.sessions, CookieSessionStore)
         self.router = Router(
             routes=[
                 *AuthRoutes(self.engine, self.refresher).routes(),
@@ -78,9 +79,11 @@ class ConsentMiddleware:
         now = time.time()
         admitted = self._admitted.get(raw) if raw else None
         if admitted is None or admitted.until < now:
-            admitted = self._admit(scope, raw, now)
-            if admitted is None:
-                return await self._refuse(scope, receive, send)
+            checked = self._admit(scope, raw, now)
+            if isinstance(checked, Verdict):
+                await self._refuse(checked, scope, receive, send)
+                return
+            admitted = checked
         scope[USER_SCOPE_KEY] = admitted.user
         scope[SESSION_SCOPE_KEY] = admitted.session
         scope.setdefault("state", {})["user"] = admitted.user
@@ -101,30 +104,28 @@ class ConsentMiddleware:
 
         await self.app(scope, receive, send_with_session)
 
-    def _admit(self, scope: Scope, raw: bytes, now: float) -> _Admitted | None:
-        """The full check: decrypt (or the store's cache), decide. None means refused."""
+    def _admit(self, scope: Scope, raw: bytes, now: float) -> _Admitted | Verdict:
+        """The full check: decrypt (or the store's cache), decide."""
         session = self.engine.sessions.load(request_cookies(Headers(scope=scope)))
-        if decide(session, self.settings) is not Verdict.ALLOW:
-            return None
-        assert session is not None
+        verdict = decide(session, self.settings)
+        if verdict is not Verdict.ALLOW or session is None:
+            return verdict
         user = User.from_claims(session.user, self.settings.consent_claim)
         roll = self.engine.sessions.needs_roll(session, now)
         until = min(session.expires_at, now + REVALIDATE_AFTER)
         admitted = _Admitted(session, user, roll, until)
-        if not roll:
-            # A session due to roll gets a new cookie on this response; caching the old
-            # value would only keep it alive.
+        # A session due to roll gets a new cookie on this response; caching the old value
+        # would only keep it alive. And only a cookie store's cookie is the whole session:
+        # a server-side store can end a session behind an unchanged cookie.
+        if not roll and self._cookie_is_session:
             self._admitted[raw] = admitted
         return admitted
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = Headers(scope=scope)
-        session = self.engine.sessions.load(request_cookies(headers))
-        verdict = decide(session, self.settings)
+    async def _refuse(self, verdict: Verdict, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         query = scope.get("query_string", b"").decode("latin-1")
         return_to = path + (f"?{query}" if query else "")
-        as_json = wants_json(path, headers, self.settings)
+        as_json = wants_json(path, Headers(scope=scope), self.settings)
         response = refusal(verdict, scope["method"], return_to, as_json, self.settings)
         await response(scope, receive, send)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections.abc import Mapping
@@ -103,6 +104,10 @@ def user_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if k not in PROTOCOL_CLAIMS}
 
 
+def _cache_key(cookie_value: str) -> bytes:
+    return hashlib.blake2b(cookie_value.encode("latin-1", "replace"), digest_size=16).digest()
+
+
 class SessionStore(Protocol):
     """Where sessions live. The cookie store keeps them whole in the browser; a
     server-side store (Redis, say) would keep only an id in the cookie."""
@@ -125,24 +130,26 @@ class CookieSessionStore:
         self.settings = settings
         self.keys = [_jose.derive_key(s) for s in settings.secrets]
         self.writer = CookieWriter(secure=settings.secure_cookies)
-        # Keyed by the full cookie value, so a changed cookie is a new entry and a stale
-        # one simply ages out of the LRU; expiry is re-checked on every hit.
-        self._cache: LRUCache[str, Session] = LRUCache(maxsize=cache_size)
+        # Keyed by a digest of the full cookie value, so a changed cookie is a new entry and
+        # a stale one ages out of the LRU, while a key costs 16 bytes, not the 2-4 KB
+        # cookie; expiry is re-checked on every hit.
+        self._cache: LRUCache[bytes, Session] = LRUCache(maxsize=cache_size)
 
     def load(self, cookies: Mapping[str, str]) -> Session | None:
         value = read_chunked(SESSION_COOKIE, cookies)
         if not value:
             return None
         now = time.time()
-        session = self._cache.get(value)
+        key = _cache_key(value)
+        session = self._cache.get(key)
         if session is None:
             payload = _jose.decrypt(value, self.keys, now)
             session = Session.from_payload(payload) if payload else None
             if session is None:
                 return None
-            self._cache[value] = session
+            self._cache[key] = session
         if session.expires_at + _jose.COOKIE_CLOCK_SKEW < now:
-            self._cache.pop(value, None)
+            self._cache.pop(key, None)
             return None
         return session
 
@@ -161,13 +168,13 @@ class CookieSessionStore:
         now = time.time() if now is None else now
         expires_at = self.expiry(session, now)
         value = _jose.encrypt(session.to_payload(), self.keys[0], expires_at)
-        self._cache[value] = replace(session, expires_at=expires_at)
+        self._cache[_cache_key(value)] = replace(session, expires_at=expires_at)
         return self.writer.set_chunked(SESSION_COOKIE, value, int(expires_at - now), cookies)
 
     def clear(self, cookies: Mapping[str, str]) -> list[bytes]:
         value = read_chunked(SESSION_COOKIE, cookies)
         if value:
-            self._cache.pop(value, None)
+            self._cache.pop(_cache_key(value), None)
         return self.writer.delete_chunked(SESSION_COOKIE, cookies)
 
 

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from consent_middleware._management import MAX_ATTEMPTS
-from tests.flow import CLAIM, Live, live_example
+from tests.flow import CLAIM, Browser, Live, live_example
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def live() -> Iterator[Live]:
         yield running
 
 
-def login_and_accept(live: Live, path: str = "/dashboard?x=1&y=%C3%A9") -> object:
+def login_and_accept(live: Live, path: str = "/dashboard?x=1&y=%C3%A9") -> Browser:
     browser = live.browser()
     page = browser.go(path)
     page = browser.login(page)
@@ -79,7 +79,6 @@ def test_idp_session_gone_falls_back_to_interactive_login(live: Live) -> None:
 
 def test_version_bump_sends_consented_user_back_to_terms(live: Live) -> None:
     browser = login_and_accept(live)
-    assert isinstance(browser, type(live.browser()))
     assert browser.go("/dashboard").status_code == 200
     live.deploy(terms_version="v2")
     page = browser.go("/dashboard?again=1")
@@ -222,3 +221,13 @@ def test_callback_naming_another_issuer_is_refused(live: Live) -> None:
     )
     assert response.status_code == 400 and "different identity provider" in response.text
     assert not any(path.endswith("/oauth/token") for _, path in live.tenant.requests)
+
+
+def test_withdraw_delete_when_the_user_is_already_gone(live: Live) -> None:
+    # An earlier attempt deleted the user, but its answer never arrived: no dead end.
+    live.deploy(withdraw_mode="delete")
+    browser = login_and_accept(live)
+    live.tenant.users.delete(browser.profile()["sub"])
+    page = browser.submit(browser.go("/consent/withdraw"))
+    assert str(page.url) == f"{live.base}/"
+    assert browser.client.get(f"{live.base}/auth/profile").status_code == 401

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -202,3 +204,41 @@ def test_lifespan_shutdown_closes_the_client_it_made() -> None:
     assert asyncio.run(run(ConsentMiddleware(app, settings=SETTINGS, http_client=own))) is own
     assert not own.is_closed  # a client passed in is the caller's to close
     asyncio.run(own.aclose())
+
+
+class ServerSideStore:
+    """A minimal server-side store: the cookie holds only an id."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Session] = {}
+
+    def load(self, cookies: Mapping[str, str]) -> Session | None:
+        return self.sessions.get(cookies.get("sid", ""))
+
+    def save(
+        self, session: Session, cookies: Mapping[str, str], now: float | None = None
+    ) -> list[bytes]:
+        self.sessions[session.sid] = session
+        return [f"sid={session.sid}; Path=/; HttpOnly".encode()]
+
+    def clear(self, cookies: Mapping[str, str]) -> list[bytes]:
+        self.sessions.pop(cookies.get("sid", ""), None)
+        return [b"sid=; Max-Age=0; Path=/"]
+
+    def needs_roll(self, session: Session, now: float | None = None) -> bool:
+        return False
+
+
+def test_a_server_side_store_ends_sessions_at_once() -> None:
+    store = ServerSideStore()
+    gate = ConsentMiddleware(ok, settings=SETTINGS, session_store=store)
+    session = Session.from_claims(
+        {"sub": "auth0|1", **CONSENTED},
+        TokenSet("at", "idt", "rt", expires_at=int(time.time()) + 3600),
+    )
+    session = replace(session, expires_at=int(time.time()) + 3600)
+    store.save(session, {})
+    cookie = f"sid={session.sid}".encode()
+    assert call(gate, cookie)[0] == 200
+    store.clear({"sid": session.sid})  # logged out elsewhere, same cookie in the browser
+    assert call(gate, cookie)[0] == 307

@@ -154,8 +154,10 @@ class PKCE(CodeChallenge):  # type: ignore[misc]
     SUPPORTED_CODE_CHALLENGE_METHOD: ClassVar[list[str]] = ["S256"]
 
     def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
-        if not grant.request.payload.data.get("code_challenge"):
-            raise InvalidRequestError("Missing 'code_challenge' (PKCE S256 is required).")
+        data = grant.request.payload.data
+        # Authlib would take a challenge without a method as "plain"; Auth0 has S256 only.
+        if not data.get("code_challenge") or data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("PKCE is required: code_challenge_method=S256.")
         super().validate_code_challenge(grant, redirect_uri)
 
     def get_authorization_code_challenge(self, authorization_code: Code) -> str | None:
@@ -242,8 +244,13 @@ class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         return rotate
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
-        record: RefreshRecord | None = self.server.tenant.refresh_tokens.get(refresh_token)
-        if record is None or record.revoked:
+        tokens = self.server.tenant.refresh_tokens
+        record: RefreshRecord | None = tokens.get(refresh_token)
+        if record is not None and record.revoked:
+            # Like Auth0's rotation: reusing a spent token revokes its whole family.
+            for other in tokens.values():
+                if (other.client_id, other.user_id) == (record.client_id, record.user_id):
+                    other.revoked = True
             return None
         return record
 

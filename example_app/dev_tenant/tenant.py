@@ -31,7 +31,7 @@ from example_app.dev_tenant.authorization import (
     RefreshRecord,
     TenantServer,
 )
-from example_app.dev_tenant.directory import MIN_PASSWORD_LENGTH, PatchError, UserDirectory
+from example_app.dev_tenant.directory import MIN_PASSWORD_LENGTH, UserDirectory
 from example_app.dev_tenant.pages import error_page, login_page, page
 
 logger = logging.getLogger("example_app.dev_tenant")
@@ -277,12 +277,11 @@ class DevTenant:
         return Response(status_code=status, headers=dict(headers))
 
     def _authorize_error(self, error: OAuth2Error) -> Response:
-        status, body, headers = error()
+        status, _, headers = error()
         if error.redirect_uri:
             return Response(status_code=status, headers=dict(headers))
         # No verified redirect URI to send the error to: tell the person in the browser.
-        details = dict(body) if isinstance(body, list) else {}
-        message = details.get("error_description") or details.get("error") or "Bad request."
+        message = error.description or "Bad request."
         return error_page("Cannot log in", f"{error.error}: {message}", 400)
 
     async def login(self, request: Request) -> Response:
@@ -337,7 +336,11 @@ class DevTenant:
     async def token(self, request: Request) -> Response:
         form = {key: str(value) for key, value in (await request.form()).items()}
         oauth_request = FormRequest("POST", str(request.url), request.headers, form)
-        status, body, headers = self.server.create_token_response(oauth_request)
+        try:
+            status, body, headers = self.server.create_token_response(oauth_request)
+        except ValueError:  # an Authorization header Authlib cannot decode
+            body = {"error": "invalid_client", "error_description": "Malformed client auth."}
+            return JSONResponse(body, 401)
         return JSONResponse(body, status, headers=dict(headers))
 
     def _bearer(self, request: Request, audience: str) -> AccessRecord | None:
@@ -362,7 +365,9 @@ class DevTenant:
     async def logout(self, request: Request) -> Response:
         params = request.query_params
         self.sessions.pop(request.cookies.get(SSO_COOKIE, ""), None)
-        target = params.get("post_logout_redirect_uri") or params.get("returnTo")
+        # Each endpoint honours only its own parameter name, as Auth0 does.
+        oidc = request.url.path.endswith("/oidc/logout")
+        target = params.get("post_logout_redirect_uri" if oidc else "returnTo")
         client = self.clients.get(params.get("client_id", ""))
         if target and client is not None and target in client.logout_urls:
             if params.get("state"):
@@ -406,7 +411,7 @@ class DevTenant:
         else:
             try:
                 user = self.users.patch(user_id, json.loads(await request.body()))
-            except (ValueError, PatchError) as error:
+            except (ValueError, RecursionError) as error:  # bad JSON, or Auth0's 400
                 return _api_error(400, "Bad Request", str(error), headers)
         if user is None:
             return _api_error(404, "Not Found", "The user does not exist.", headers)

@@ -313,3 +313,39 @@ def test_fail_next_injects_failures_then_recovers(tenant: Tenant) -> None:
     assert second.status_code == 503 and second.headers["retry-after"] == "1"
     assert json.loads(second.text)["statusCode"] == 503
     assert tenant.management_token()
+
+
+def test_plain_pkce_is_refused(tenant: Tenant) -> None:
+    response, _ = tenant.authorize(code_challenge="a" * 43, code_challenge_method="")
+    assert callback_params(response)["error"] == "invalid_request"
+
+
+def test_reusing_a_spent_refresh_token_revokes_the_family(tenant: Tenant) -> None:
+    first = tenant.code_flow()["refresh_token"]
+    second = tenant.token(grant_type="refresh_token", refresh_token=first).json()["refresh_token"]
+    assert tenant.token(grant_type="refresh_token", refresh_token=first).status_code == 400
+    assert tenant.token(grant_type="refresh_token", refresh_token=second).status_code == 400
+
+
+def test_bad_input_is_a_4xx_not_a_500(tenant: Tenant) -> None:
+    garbled = tenant.http.post(
+        f"{tenant.base}/oauth/token",
+        headers={"authorization": "Basic /w=="},
+        data={"grant_type": "client_credentials"},
+    )
+    assert garbled.status_code == 401
+    user = tenant.app.users.by_email("dev@example.com")
+    assert user is not None
+    deep = tenant.api("PATCH", user["user_id"], tenant.management_token(), content=b"[" * 100_000)
+    assert deep.status_code == 400
+
+
+def test_each_logout_endpoint_reads_only_its_own_parameter(tenant: Tenant) -> None:
+    wrong = tenant.http.get(
+        f"{tenant.base}/oidc/logout", params={"client_id": "app", "returnTo": "http://127.0.0.1/"}
+    )
+    assert wrong.status_code == 200 and "location" not in wrong.headers
+    right = tenant.http.get(
+        f"{tenant.base}/v2/logout", params={"client_id": "app", "returnTo": "http://127.0.0.1/"}
+    )
+    assert right.status_code == 302
