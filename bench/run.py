@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from bench.apps import APPS, CLAIMS, COOKIES, gate_cookie
+from bench.apps import APPS, CLAIMS, gate_cookie, request_cookie
 from consent_middleware import ConsentMiddleware
 
 LABELS = {
@@ -69,7 +69,7 @@ def _scope(cookie: str) -> dict[str, Any]:
 
 async def _per_request_us(name: str, iterations: int) -> float:
     app = APPS[name]()
-    scope = _scope(COOKIES[name]())
+    scope = _scope(request_cookie())
     for _ in range(200):  # warm up: builds the middleware stack, fills the caches
         await _call(app, scope)
     best = float("inf")
@@ -171,7 +171,7 @@ def _http_table(rounds: int, duration: int, connections: int) -> list[str]:
     ports = {"bare": 18101, "gate": 18102, "hand": 18103}
     procs = {n: _serve(n, p) for n, p in ports.items()}
     try:
-        cookies = {n: COOKIES[n]() for n in APPS}
+        cookies = dict.fromkeys(APPS, request_cookie())
         for name in APPS:  # one untimed warm-up each
             _wrk(ports[name], cookies[name], 1, connections)
         for _ in range(rounds):

@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -22,6 +23,9 @@ from starlette.routing import Mount, Route
 from starlette.templating import Jinja2Templates
 
 from consent_middleware import ConsentMiddleware, Settings, current_user
+
+if TYPE_CHECKING:
+    from example_app.dev_tenant import DevTenant
 
 logger = logging.getLogger("example_app")
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -84,7 +88,7 @@ def build_app(settings: Settings, extra_routes: list[Mount] | None = None) -> St
 
 def create_app(environ: Mapping[str, str] | None = None) -> Starlette:
     env = dict(os.environ if environ is None else environ)
-    public = {"public_paths": ("/", "/terms")}
+    public: dict[str, tuple[str, ...]] = {"public_paths": ("/", "/terms")}
     if env.get("AUTH0_DOMAIN"):
         for name, value in DEFAULTS.items():
             env.setdefault(name, value)
@@ -94,9 +98,20 @@ def create_app(environ: Mapping[str, str] | None = None) -> Starlette:
     return create_dev_app(env, public)
 
 
-def create_dev_app(env: dict[str, str], public: dict[str, tuple[str, ...]]) -> Starlette:
+def dev_tenant(base: str, client_secret: str, consent_claim: str, **options: Any) -> DevTenant:
+    """The embedded tenant for an app served at ``base``, with the example app registered."""
     from example_app.dev_tenant import DevClient, DevTenant
 
+    client = DevClient(
+        client_id=DEV_CLIENT_ID,
+        client_secret=client_secret,
+        redirect_uris=[f"{base}/auth/callback"],
+        logout_urls=[f"{base}/"],
+    )
+    return DevTenant(base + DEV_TENANT_PATH, [client], consent_claim, **options)
+
+
+def create_dev_app(env: dict[str, str], public: dict[str, tuple[str, ...]]) -> Starlette:
     base = env.get("APP_BASE_URL", "http://localhost:8000").rstrip("/")
     for name, value in DEFAULTS.items():
         env.setdefault(name, value)
@@ -105,18 +120,7 @@ def create_dev_app(env: dict[str, str], public: dict[str, tuple[str, ...]]) -> S
         # Fine for a dev tenant that forgets everything on restart anyway.
         env["AUTH0_SECRET"] = secrets.token_hex(32)
     client_secret = secrets.token_urlsafe(32)
-    tenant = DevTenant(
-        base_url=base + DEV_TENANT_PATH,
-        clients=[
-            DevClient(
-                client_id=DEV_CLIENT_ID,
-                client_secret=client_secret,
-                redirect_uris=[f"{base}/auth/callback"],
-                logout_urls=[f"{base}/"],
-            )
-        ],
-        consent_claim=env["CONSENT_CLAIM"],
-    )
+    tenant = dev_tenant(base, client_secret, env["CONSENT_CLAIM"])
     env.update(
         AUTH0_DOMAIN=base + DEV_TENANT_PATH,
         AUTH0_CLIENT_ID=DEV_CLIENT_ID,

@@ -16,8 +16,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from consent_middleware import Settings
-from example_app.app import DEV_CLIENT_ID, DEV_TENANT_PATH, build_app
-from example_app.dev_tenant import DevClient, DevTenant
+from example_app.app import DEV_CLIENT_ID, DEV_TENANT_PATH, build_app, dev_tenant
+from example_app.dev_tenant import DevTenant
 from tests.live_server import free_port, serve
 
 CLAIM = "https://consent.example.com/consent"
@@ -98,19 +98,7 @@ class Live:
 def live_example(**tenant_options: Any) -> Iterator[Live]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    tenant = DevTenant(
-        base_url=base + DEV_TENANT_PATH,
-        clients=[
-            DevClient(
-                client_id=DEV_CLIENT_ID,
-                client_secret=CLIENT_SECRET,
-                redirect_uris=[f"{base}/auth/callback"],
-                logout_urls=[f"{base}/"],
-            )
-        ],
-        consent_claim=CLAIM,
-        **tenant_options,
-    )
+    tenant = dev_tenant(base, CLIENT_SECRET, CLAIM, **tenant_options)
     server = Swappable()
     live = Live(base, tenant, server)
     live.deploy()

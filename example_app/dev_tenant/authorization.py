@@ -180,7 +180,7 @@ class _IdTokenSigning:
         return "RS256"
 
     def get_encode_header(self, client: DevClient) -> dict[str, str]:
-        return {"alg": "RS256", "typ": "JWT", "kid": self.tenant.keys.current.kid}
+        return {"alg": "RS256", "typ": "JWT", "kid": str(self.tenant.keys.current.kid)}
 
     def get_client_claims(self, client: DevClient) -> dict[str, Any]:
         return {"iss": self.tenant.issuer, "aud": client.client_id}
@@ -232,7 +232,8 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
         self.server.tenant.codes.pop(authorization_code.code, None)
 
     def authenticate_user(self, authorization_code: Code) -> dict[str, Any] | None:
-        return self.server.tenant.users.get(authorization_code.user_id)
+        user: dict[str, Any] | None = self.server.tenant.users.get(authorization_code.user_id)
+        return user
 
 
 class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
@@ -261,7 +262,8 @@ class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         # The post-login Action runs on refresh too, and denies flagged users (Auth0: 403).
         if tenant.users.is_blocked(refresh_token.user_id):
             raise AccessDeniedError(description="user is blocked", status_code=403)
-        return tenant.users.get(refresh_token.user_id)
+        user: dict[str, Any] | None = tenant.users.get(refresh_token.user_id)
+        return user
 
     def revoke_old_credential(self, refresh_token: RefreshRecord) -> None:
         if self.INCLUDE_NEW_REFRESH_TOKEN:

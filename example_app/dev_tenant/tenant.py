@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 from authlib.oauth2.rfc6749 import OAuth2Error, scope_to_list
-from joserfc.jwk import RSAKey
+from joserfc.jwk import KeyParameters, RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -53,8 +53,7 @@ class KeyRing:
         return self.keys[-1]
 
     def rotate(self) -> None:
-        kid = secrets.token_hex(8)
-        params = {"kid": kid, "use": "sig", "alg": "RS256"}
+        params: KeyParameters = {"kid": secrets.token_hex(8), "use": "sig", "alg": "RS256"}
         self.keys.append(RSAKey.generate_key(2048, parameters=params, private=True))
 
     def jwks(self) -> dict[str, Any]:

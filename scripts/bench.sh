@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up and run the benchmark: in-process µs per request, then wrk over loopback HTTP
+# (bare Starlette / behind the gate / SessionMiddleware + a hand-written check, alternated).
+# Extra arguments go to bench/run.py, e.g. scripts/bench.sh --rounds 5 --duration 10
+. "$(dirname "$0")/setup.sh" test,bench
+apt_install wrk:wrk
+exec .venv/bin/python -m bench.run "$@"
