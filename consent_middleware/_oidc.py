@@ -239,6 +239,9 @@ class OIDCClient:
         meta = await self.metadata()
         header = _jose.unverified_header(id_token)
         alg = str(header.get("alg"))
+        if alg not in _jose.ID_TOKEN_ALGORITHMS:
+            # Before any key lookup, so a forged token cannot make us refetch the JWKS.
+            raise IdTokenError(f"the ID token algorithm {alg!r} is not accepted")
         kid = header.get("kid")
         key = (await self._key_set()).find(kid, alg)
         if key is None:

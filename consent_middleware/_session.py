@@ -105,7 +105,8 @@ def user_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _cache_key(cookie_value: str) -> bytes:
-    return hashlib.blake2b(cookie_value.encode("latin-1", "replace"), digest_size=16).digest()
+    # UTF-8 with surrogatepass is injective, so distinct values never share a key.
+    return hashlib.blake2b(cookie_value.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class SessionStore(Protocol):

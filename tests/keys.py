@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -54,3 +58,20 @@ def id_token_claims(
         claims["nonce"] = nonce
     claims.update(extra)
     return claims
+
+
+def b64json(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def unsigned_token(claims: dict[str, Any], kid: str = "key-1") -> str:
+    """An ``alg: none`` token: no signature at all."""
+    return f"{b64json({'alg': 'none', 'kid': kid})}.{b64json(claims)}."
+
+
+def hs256_with_public_key(key: SigningKey, claims: dict[str, Any]) -> str:
+    """The classic key-confusion forgery: HMAC keyed with the published public key.
+    Built by hand because JOSE libraries rightly refuse to sign this way."""
+    signing_input = f"{b64json({'alg': 'HS256', 'kid': key.kid})}.{b64json(claims)}"
+    mac = hmac.new(key.public_pem, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"

@@ -8,7 +8,7 @@ import pytest
 
 from consent_middleware import IdTokenError
 from consent_middleware._jose import KeySet, decrypt, derive_key, encrypt, verify_id_token
-from tests.keys import SigningKey, id_token_claims
+from tests.keys import SigningKey, hs256_with_public_key, id_token_claims, unsigned_token
 
 ISSUER = "https://tenant.example.com/"
 CLIENT = "client-1"
@@ -107,22 +107,13 @@ def test_signed_by_another_key(signing_key: SigningKey, other_key: SigningKey) -
 
 
 def test_alg_none_refused(signing_key: SigningKey) -> None:
-    token = f"{b64({'alg': 'none', 'kid': 'key-1'})}.{b64(id_token_claims(ISSUER, CLIENT))}."
+    token = unsigned_token(id_token_claims(ISSUER, CLIENT))
     with pytest.raises(IdTokenError, match="'none' is not accepted"):
         verify(token, signing_key)
 
 
 def test_hs256_with_public_key_as_secret_refused(signing_key: SigningKey) -> None:
-    # The classic key-confusion forgery: HMAC keyed with the published public key.
-    # Built by hand because JOSE libraries rightly refuse to sign this way.
-    import hashlib
-    import hmac
-
-    signing_input = (
-        f"{b64({'alg': 'HS256', 'kid': 'key-1'})}.{b64(id_token_claims(ISSUER, CLIENT))}"
-    )
-    mac = hmac.new(signing_key.public_pem, signing_input.encode(), hashlib.sha256).digest()
-    token = f"{signing_input}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+    token = hs256_with_public_key(signing_key, id_token_claims(ISSUER, CLIENT))
     with pytest.raises(IdTokenError, match="HS256"):
         verify(token, signing_key)
 

@@ -1,0 +1,71 @@
+"""The callback route with a bad ID token: a clear page naming the reason, and no session."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import respx
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from consent_middleware import ConsentMiddleware
+from tests.conftest import ISSUER, make_settings
+from tests.keys import SigningKey, hs256_with_public_key, id_token_claims, unsigned_token
+
+DOMAIN = "https://tenant.example.com"
+APP = "https://app.example.com"
+
+
+Forge = Callable[[SigningKey, SigningKey, dict[str, Any]], str]
+CASES: list[tuple[str, Forge, str]] = [
+    ("alg none", lambda k, o, c: unsigned_token(c), "none"),
+    ("HS256 with the public key", lambda k, o, c: hs256_with_public_key(k, c), "HS256"),
+    ("wrong iss", lambda k, o, c: k.sign({**c, "iss": "https://evil.example/"}), "issuer"),
+    ("wrong aud", lambda k, o, c: k.sign({**c, "aud": "someone-else"}), "audience"),
+    ("azp mismatch", lambda k, o, c: k.sign({**c, "azp": "someone-else"}), "authorized party"),
+    ("expired", lambda k, o, c: k.sign({**c, "exp": int(time.time()) - 3600}), "expired"),
+    ("iat in the future", lambda k, o, c: k.sign({**c, "iat": int(time.time()) + 3600}), "future"),
+    ("nonce mismatch", lambda k, o, c: k.sign({**c, "nonce": "other"}), "nonce"),
+    ("another key, same kid", lambda k, o, c: o.sign(c, kid=k.kid), "signature"),
+    ("truncated", lambda k, o, c: k.sign(c)[:-20], ""),
+    ("garbage", lambda k, o, c: "not.a.jwt", ""),
+]
+
+
+@pytest.mark.parametrize(("forge", "reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_rejected_id_token_creates_no_session(
+    signing_key: SigningKey, other_key: SigningKey, forge: Forge, reason: str
+) -> None:
+    app = Starlette()
+    app.add_middleware(ConsentMiddleware, settings=make_settings())
+    with respx.mock(assert_all_called=False) as mock, TestClient(app, base_url=APP) as client:
+        mock.route(host="testserver").pass_through()
+        mock.route(host="app.example.com").pass_through()
+        mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(
+            json={
+                "issuer": ISSUER,
+                "authorization_endpoint": f"{DOMAIN}/authorize",
+                "token_endpoint": f"{DOMAIN}/oauth/token",
+                "jwks_uri": f"{DOMAIN}/jwks",
+            }
+        )
+        jwks = mock.get(f"{DOMAIN}/jwks").respond(json={"keys": [signing_key.public_jwk]})
+        login = client.get("/auth/login", follow_redirects=False)
+        query = parse_qs(urlsplit(login.headers["location"]).query)
+        claims = id_token_claims(ISSUER, "client-1", nonce=query["nonce"][0])
+        mock.post(f"{DOMAIN}/oauth/token").respond(
+            json={"id_token": forge(signing_key, other_key, claims), "access_token": "at"}
+        )
+        response = client.get(
+            "/auth/callback", params={"code": "c", "state": query["state"][0]},
+            follow_redirects=False,
+        )  # fmt: skip
+    assert response.status_code == 400, response.text
+    assert "Sign-in rejected" in response.text and reason in response.text
+    assert jwks.call_count <= 1  # a forged token never buys a JWKS refetch
+    set_cookies = response.headers.get_list("set-cookie")
+    assert not any(c.startswith("__session") for c in set_cookies)
