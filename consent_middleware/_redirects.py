@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 # Control characters (CR/LF header injection, tabs browsers strip) and backslashes
 # (browsers read "/\evil" as "//evil") are refused outright rather than cleaned up.
@@ -25,7 +25,11 @@ def safe_return_to(value: str | None, base_url: str) -> str | None:
     if target.username or target.password:
         return None
     path = target.path or "/"
-    if path.startswith("//"):
+    # Refuse the percent-encoded forms too ("/%2F%2Fevil", "/%5Cevil", "%0d%0a"): a proxy
+    # or framework that decodes the path before redirecting would turn them into the real
+    # thing. Encoded slashes further in ("/files/a%2Fb") stay allowed.
+    decoded = unquote(path)
+    if path.startswith("//") or decoded.startswith("//") or _FORBIDDEN.search(decoded):
         return None
     url = f"{base.scheme}://{base.netloc}{path}"
     if target.query:

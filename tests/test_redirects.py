@@ -13,7 +13,7 @@ BASE = "https://app.example.com"
         ("/dashboard?x=1#top", f"{BASE}/dashboard?x=1#top"),
         ("dashboard", f"{BASE}/dashboard"),
         (f"{BASE}/a/b?c=d", f"{BASE}/a/b?c=d"),
-        ("/%2F%2Fevil.example", f"{BASE}/%2F%2Fevil.example"),  # stays a path on our origin
+        ("/files/a%2Fb?q=%2F%2F", f"{BASE}/files/a%2Fb?q=%2F%2F"),  # encoded, not leading
         ("/", f"{BASE}/"),
     ],
 )
@@ -42,6 +42,14 @@ def test_same_origin_targets_are_kept(value: str, expected: str) -> None:
         "/\tevil",
         "\x00/",
         " //evil.example",
+        "/%2F%2Fevil.example",
+        "%2F%2Fevil.example",
+        "%2f%2fevil.example",
+        "/%5Cevil.example",
+        "/%5C%5Cevil.example",
+        "/ok%0d%0aSet-Cookie:%20a=b",
+        "/%09/evil.example",
+        "%252F%252Fevil.example/../%2F%2Fx",
     ],
 )
 def test_other_origins_and_tricks_are_refused(value: str) -> None:

@@ -69,3 +69,37 @@ def test_rejected_id_token_creates_no_session(
     assert jwks.call_count <= 1  # a forged token never buys a JWKS refetch
     set_cookies = response.headers.get_list("set-cookie")
     assert not any(c.startswith("__session") for c in set_cookies)
+
+
+BAD_TARGETS = [
+    "https://evil.example/",
+    "//evil.example",
+    "/\\evil.example",
+    "javascript:alert(1)",
+    "/%2F%2Fevil.example",
+    "/ok\r\nSet-Cookie: a=b",
+]
+
+
+@pytest.mark.parametrize("target", BAD_TARGETS)
+def test_login_and_logout_refuse_foreign_targets(target: str) -> None:
+    app = Starlette()
+    app.add_middleware(ConsentMiddleware, settings=make_settings())
+    with respx.mock(assert_all_called=False) as mock, TestClient(app, base_url=APP) as client:
+        mock.route(host="app.example.com").pass_through()
+        mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(
+            json={
+                "issuer": ISSUER,
+                "authorization_endpoint": f"{DOMAIN}/authorize",
+                "token_endpoint": f"{DOMAIN}/oauth/token",
+                "jwks_uri": f"{DOMAIN}/jwks",
+                "end_session_endpoint": f"{DOMAIN}/oidc/logout",
+            }
+        )
+        login = client.get("/auth/login", params={"returnTo": target}, follow_redirects=False)
+        logout = client.get("/auth/logout", params={"returnTo": target}, follow_redirects=False)
+    assert login.status_code == 400 and "Refused return address" in login.text
+    assert "evil" not in login.headers.get("location", "")
+    location = urlsplit(logout.headers["location"])
+    assert location.netloc == "tenant.example.com"
+    assert parse_qs(location.query)["post_logout_redirect_uri"] == [f"{APP}/"]
