@@ -229,10 +229,11 @@ async def test_concurrent_refreshes_of_one_session_are_one_grant_at_a_time(
 
     with respx.mock(assert_all_called=False) as mock:
         provider(mock, signing_key)
-        mock.post(TOKEN_URL).mock(side_effect=slow_grant)
+        grant = mock.post(TOKEN_URL).mock(side_effect=slow_grant)
         one = session()
         results = await asyncio.gather(*(subject.refresh(one) for _ in range(5)))
     assert most == 1 and all(r.user[CLAIM] == ACCEPTED for r in results)
+    assert grant.call_count == 1  # the four that queued took the first grant's result
     await subject.engine.oidc.aclose()
 
 
