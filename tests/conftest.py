@@ -1,12 +1,21 @@
 from __future__ import annotations
 
 import pytest
+import respx
 
 from consent_middleware import Settings
 from tests.keys import SigningKey
 
-ISSUER = "https://tenant.example.com/"
+DOMAIN = "https://tenant.example.com"
+ISSUER = f"{DOMAIN}/"
 CLAIM = "https://consent.example.com/consent"
+DISCOVERY = {
+    "issuer": ISSUER,
+    "authorization_endpoint": f"{DOMAIN}/authorize",
+    "token_endpoint": f"{DOMAIN}/oauth/token",
+    "jwks_uri": f"{DOMAIN}/.well-known/jwks.json",
+    "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+}
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +46,11 @@ def make_settings(**overrides: object) -> Settings:
 @pytest.fixture
 def settings() -> Settings:
     return make_settings()
+
+
+def idp(mock: respx.MockRouter, keys: list[SigningKey], **discovery: object) -> respx.Route:
+    """Discovery and JWKS of the mocked provider; returns the JWKS route to count fetches."""
+    mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(json={**DISCOVERY, **discovery})
+    return mock.get(f"{DOMAIN}/.well-known/jwks.json").respond(
+        json={"keys": [k.public_jwk for k in keys]}
+    )

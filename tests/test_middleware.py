@@ -18,6 +18,7 @@ from consent_middleware import _middleware as middleware_module
 from consent_middleware._cookies import CHUNK_SIZE
 from consent_middleware._session import CookieSessionStore
 from tests.conftest import CLAIM, make_settings
+from tests.flow import run_lifespan
 
 SETTINGS = make_settings()
 STORE = CookieSessionStore(SETTINGS)
@@ -188,15 +189,7 @@ def test_lifespan_shutdown_closes_the_client_it_made() -> None:
 
     async def run(gate: ConsentMiddleware) -> httpx.AsyncClient:
         client = gate.engine.oidc.http
-        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
-
-        async def receive() -> dict[str, str]:
-            return next(messages)
-
-        async def send(message: dict[str, str]) -> None:
-            pass
-
-        await gate({"type": "lifespan"}, receive, send)
+        await run_lifespan(gate)
         return client
 
     assert asyncio.run(run(ConsentMiddleware(app, settings=SETTINGS))).is_closed

@@ -15,18 +15,8 @@ from consent_middleware import (
     TokenSet,
 )
 from consent_middleware._oidc import JWKS_MIN_REFETCH_INTERVAL, OIDCClient
-from tests.conftest import make_settings
+from tests.conftest import DISCOVERY, DOMAIN, ISSUER, idp, make_settings
 from tests.keys import SigningKey, id_token_claims
-
-DOMAIN = "https://tenant.example.com"
-ISSUER = f"{DOMAIN}/"
-DISCOVERY = {
-    "issuer": ISSUER,
-    "authorization_endpoint": f"{DOMAIN}/authorize",
-    "token_endpoint": f"{DOMAIN}/oauth/token",
-    "jwks_uri": f"{DOMAIN}/.well-known/jwks.json",
-    "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-}
 
 pytestmark = pytest.mark.anyio
 
@@ -34,11 +24,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def idp(mock: respx.MockRouter, keys: list[SigningKey], **discovery: object) -> None:
-    mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(json={**DISCOVERY, **discovery})
-    mock.get(f"{DOMAIN}/.well-known/jwks.json").respond(json={"keys": [k.public_jwk for k in keys]})
 
 
 def client() -> OIDCClient:

@@ -23,10 +23,9 @@ from consent_middleware._refresh import (
     SESSION_SCOPE_KEY,
     SessionRefresher,
 )
-from tests.conftest import CLAIM, ISSUER, make_settings
+from tests.conftest import CLAIM, DOMAIN, ISSUER, idp, make_settings
 from tests.keys import SigningKey, id_token_claims
 
-DOMAIN = "https://tenant.example.com"
 TOKEN_URL = f"{DOMAIN}/oauth/token"
 ACCEPTED = {"given": True, "version": "v2", "date": "2026-11-23T00:00:00.000Z"}
 
@@ -36,18 +35,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def provider(mock: respx.MockRouter, key: SigningKey) -> None:
-    mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(
-        json={
-            "issuer": ISSUER,
-            "authorization_endpoint": f"{DOMAIN}/authorize",
-            "token_endpoint": TOKEN_URL,
-            "jwks_uri": f"{DOMAIN}/jwks",
-        }
-    )
-    mock.get(f"{DOMAIN}/jwks").respond(json={"keys": [key.public_jwk]})
 
 
 def tokens(key: SigningKey, consent: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
@@ -102,7 +89,7 @@ def set_cookies(response: Any) -> list[str]:
 async def test_refresh_token_grant_then_straight_back(signing_key: SigningKey) -> None:
     subject = refresher()
     with respx.mock(assert_all_called=False) as mock:
-        provider(mock, signing_key)
+        idp(mock, [signing_key])
         grant = mock.post(TOKEN_URL).respond(json=tokens(signing_key, ACCEPTED))
         response = await subject.refresh_and_continue(
             request(), session(), "/dashboard?x=1", EXPECT_CONSENT
@@ -117,7 +104,7 @@ async def test_refresh_token_grant_then_straight_back(signing_key: SigningKey) -
 async def test_a_rotated_refresh_token_is_kept(signing_key: SigningKey) -> None:
     subject = refresher()
     with respx.mock(assert_all_called=False) as mock:
-        provider(mock, signing_key)
+        idp(mock, [signing_key])
         mock.post(TOKEN_URL).respond(json=tokens(signing_key, ACCEPTED, refresh_token="rt-2"))
         refreshed = await subject.refresh(session())
     assert refreshed.token_set.refresh_token == "rt-2"
@@ -128,7 +115,7 @@ async def test_a_rotated_refresh_token_is_kept(signing_key: SigningKey) -> None:
 async def test_failed_grant_falls_back_to_prompt_none(signing_key: SigningKey) -> None:
     subject = refresher()
     with respx.mock(assert_all_called=False) as mock:
-        provider(mock, signing_key)
+        idp(mock, [signing_key])
         mock.post(TOKEN_URL).respond(400, json={"error": "invalid_grant"})
         response = await subject.refresh_and_continue(
             request(), session(), "/dashboard", EXPECT_CONSENT
@@ -145,7 +132,7 @@ async def test_failed_grant_falls_back_to_prompt_none(signing_key: SigningKey) -
 async def test_no_refresh_token_goes_straight_to_prompt_none(signing_key: SigningKey) -> None:
     subject = refresher()
     with respx.mock(assert_all_called=False) as mock:
-        provider(mock, signing_key)
+        idp(mock, [signing_key])
         grant = mock.post(TOKEN_URL)
         response = await subject.refresh_and_continue(
             request(), session(refresh_token=None), "/dashboard", EXPECT_CONSENT
@@ -158,7 +145,7 @@ async def test_no_refresh_token_goes_straight_to_prompt_none(signing_key: Signin
 async def test_unreachable_token_endpoint_falls_back_too(signing_key: SigningKey) -> None:
     subject = refresher()
     with respx.mock(assert_all_called=False) as mock:
-        provider(mock, signing_key)
+        idp(mock, [signing_key])
         mock.post(TOKEN_URL).mock(side_effect=httpx.ConnectTimeout("slow"))
         response = await subject.refresh_and_continue(
             request(), session(), "/dashboard", EXPECT_CONSENT
@@ -170,7 +157,7 @@ async def test_unreachable_token_endpoint_falls_back_too(signing_key: SigningKey
 async def test_claim_still_missing_stops_with_an_explanation(signing_key: SigningKey) -> None:
     subject = refresher()
     with respx.mock(assert_all_called=False) as mock:
-        provider(mock, signing_key)
+        idp(mock, [signing_key])
         mock.post(TOKEN_URL).respond(json=tokens(signing_key, None))
         response = await subject.refresh_and_continue(
             request(), session(), "/dashboard", EXPECT_CONSENT
@@ -185,7 +172,7 @@ async def test_withdrawal_the_token_does_not_show_ends_the_session(
 ) -> None:
     subject = refresher()
     with respx.mock(assert_all_called=False) as mock:
-        provider(mock, signing_key)
+        idp(mock, [signing_key])
         mock.post(TOKEN_URL).respond(json=tokens(signing_key, ACCEPTED))
         response = await subject.refresh_and_continue(
             request({"headers": [(b"cookie", b"__session=the-old-one")]}),
@@ -203,7 +190,7 @@ async def test_a_token_for_another_user_is_refused(signing_key: SigningKey) -> N
     subject = refresher()
     other = id_token_claims(ISSUER, "client-1", nonce=None, sub="auth0|someone-else")
     with respx.mock(assert_all_called=False) as mock:
-        provider(mock, signing_key)
+        idp(mock, [signing_key])
         mock.post(TOKEN_URL).respond(
             json={"id_token": signing_key.sign(other), "access_token": "x", "expires_in": 60}
         )
@@ -228,7 +215,7 @@ async def test_concurrent_refreshes_of_one_session_are_one_grant_at_a_time(
         return httpx.Response(200, json=tokens(signing_key, ACCEPTED))
 
     with respx.mock(assert_all_called=False) as mock:
-        provider(mock, signing_key)
+        idp(mock, [signing_key])
         grant = mock.post(TOKEN_URL).mock(side_effect=slow_grant)
         one = session()
         results = await asyncio.gather(*(subject.refresh(one) for _ in range(5)))
@@ -242,7 +229,7 @@ async def test_refresh_session_for_apps(signing_key: SigningKey) -> None:
     current = session()
     req = request({REFRESHER_SCOPE_KEY: subject, SESSION_SCOPE_KEY: current})
     with respx.mock(assert_all_called=False) as mock:
-        provider(mock, signing_key)
+        idp(mock, [signing_key])
         mock.post(TOKEN_URL).respond(json=tokens(signing_key, ACCEPTED))
         refreshed = await refresh_session(req)
     assert refreshed.user[CLAIM] == ACCEPTED

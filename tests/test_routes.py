@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -13,11 +14,20 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from consent_middleware import ConsentMiddleware
-from tests.conftest import ISSUER, make_settings
+from tests.conftest import DOMAIN, ISSUER, idp, make_settings
 from tests.keys import SigningKey, hs256_with_public_key, id_token_claims, unsigned_token
 
-DOMAIN = "https://tenant.example.com"
 APP = "https://app.example.com"
+
+
+@contextmanager
+def gated_app() -> Iterator[tuple[respx.MockRouter, TestClient]]:
+    """An empty app behind the gate, its own traffic let through, the provider's mocked."""
+    app = Starlette()
+    app.add_middleware(ConsentMiddleware, settings=make_settings())
+    with respx.mock(assert_all_called=False) as mock, TestClient(app, base_url=APP) as client:
+        mock.route(host="app.example.com").pass_through()
+        yield mock, client
 
 
 Forge = Callable[[SigningKey, SigningKey, dict[str, Any]], str]
@@ -40,20 +50,8 @@ CASES: list[tuple[str, Forge, str]] = [
 def test_rejected_id_token_creates_no_session(
     signing_key: SigningKey, other_key: SigningKey, forge: Forge, reason: str
 ) -> None:
-    app = Starlette()
-    app.add_middleware(ConsentMiddleware, settings=make_settings())
-    with respx.mock(assert_all_called=False) as mock, TestClient(app, base_url=APP) as client:
-        mock.route(host="testserver").pass_through()
-        mock.route(host="app.example.com").pass_through()
-        mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(
-            json={
-                "issuer": ISSUER,
-                "authorization_endpoint": f"{DOMAIN}/authorize",
-                "token_endpoint": f"{DOMAIN}/oauth/token",
-                "jwks_uri": f"{DOMAIN}/jwks",
-            }
-        )
-        jwks = mock.get(f"{DOMAIN}/jwks").respond(json={"keys": [signing_key.public_jwk]})
+    with gated_app() as (mock, client):
+        jwks = idp(mock, [signing_key])
         login = client.get("/auth/login", follow_redirects=False)
         query = parse_qs(urlsplit(login.headers["location"]).query)
         claims = id_token_claims(ISSUER, "client-1", nonce=query["nonce"][0])
@@ -83,19 +81,8 @@ BAD_TARGETS = [
 
 @pytest.mark.parametrize("target", BAD_TARGETS)
 def test_login_and_logout_refuse_foreign_targets(target: str) -> None:
-    app = Starlette()
-    app.add_middleware(ConsentMiddleware, settings=make_settings())
-    with respx.mock(assert_all_called=False) as mock, TestClient(app, base_url=APP) as client:
-        mock.route(host="app.example.com").pass_through()
-        mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(
-            json={
-                "issuer": ISSUER,
-                "authorization_endpoint": f"{DOMAIN}/authorize",
-                "token_endpoint": f"{DOMAIN}/oauth/token",
-                "jwks_uri": f"{DOMAIN}/jwks",
-                "end_session_endpoint": f"{DOMAIN}/oidc/logout",
-            }
-        )
+    with gated_app() as (mock, client):
+        idp(mock, [], end_session_endpoint=f"{DOMAIN}/oidc/logout")
         login = client.get("/auth/login", params={"returnTo": target}, follow_redirects=False)
         logout = client.get("/auth/logout", params={"returnTo": target}, follow_redirects=False)
     assert login.status_code == 400 and "Refused return address" in login.text
