@@ -72,6 +72,14 @@ def unverified_header(token: str) -> dict[str, Any]:
     return header
 
 
+def accepted_algorithm(header: Mapping[str, Any]) -> str:
+    """The header's ``alg`` if it may sign an ID token; raises IdTokenError otherwise."""
+    alg = header.get("alg")
+    if alg not in ID_TOKEN_ALGORITHMS:
+        raise IdTokenError(f"the ID token algorithm {alg!r} is not accepted")
+    return str(alg)
+
+
 class KeySet:
     """The provider's signing keys by ``kid`` (keys meant for encryption are left out)."""
 
@@ -107,9 +115,7 @@ def verify_id_token(
     now: float | None = None,
 ) -> dict[str, Any]:
     """Verify signature and claims (OIDC Core 3.1.3.7); return the claims."""
-    alg = unverified_header(token).get("alg")
-    if alg not in ID_TOKEN_ALGORITHMS:
-        raise IdTokenError(f"the ID token algorithm {alg!r} is not accepted")
+    alg = accepted_algorithm(unverified_header(token))
     options = {
         "leeway": leeway,
         "require_iat": True,
