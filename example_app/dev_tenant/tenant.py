@@ -6,7 +6,6 @@ For development and tests only. Everything lives in memory and vanishes on resta
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -32,13 +31,13 @@ from example_app.dev_tenant.authorization import (
     TenantServer,
 )
 from example_app.dev_tenant.directory import MIN_PASSWORD_LENGTH, UserDirectory
+from example_app.dev_tenant.management import ManagementAPI, api_error
 from example_app.dev_tenant.pages import error_page, login_page, page
 
 logger = logging.getLogger("example_app.dev_tenant")
 
 SSO_COOKIE = "dev_tenant_sso"
 LOGIN_LIFETIME = 600
-RATE_LIMIT = 50  # Management API requests per second, like a paid Auth0 tenant's bucket
 
 
 class KeyRing:
@@ -96,8 +95,8 @@ class DevTenant:
         self.logins: dict[str, dict[str, Any]] = {}  # pending /u/login -> authorize params
         self.requests: list[tuple[str, str]] = []
         self._failures: list[Failure] = []
-        self._window = (0, 0)  # (second, requests in it) for the Management API rate limit
         self.server = TenantServer(self)
+        self.management = ManagementAPI(self)
         self._cookie_path = urlsplit(self.base_url).path or "/"
         self._app = Starlette(routes=self._routes())
         logger.warning(
@@ -112,12 +111,12 @@ class DevTenant:
             if failure is not None and failure.delay:
                 await asyncio.sleep(failure.delay)
             if failure is not None and failure.status is not None:
-                body = {
-                    "statusCode": failure.status,
-                    "error": "Injected failure",
-                    "message": "The development tenant was told to fail this request.",
-                }
-                response = JSONResponse(body, failure.status, headers=failure.headers)
+                response = api_error(
+                    failure.status,
+                    "Injected failure",
+                    "The development tenant was told to fail this request.",
+                    failure.headers,
+                )
                 await response(scope, receive, send)
                 return
         await self._app(scope, receive, send)
@@ -187,7 +186,9 @@ class DevTenant:
             Route("/oidc/logout", self.logout, methods=["GET", "POST"]),
             Route("/v2/logout", self.logout),
             Route(
-                "/api/v2/users/{user_id:path}", self.management, methods=["GET", "PATCH", "DELETE"]
+                "/api/v2/users/{user_id:path}",
+                self.management.user,
+                methods=["GET", "PATCH", "DELETE"],
             ),
         ]
 
@@ -342,7 +343,7 @@ class DevTenant:
             return JSONResponse(body, 401)
         return JSONResponse(body, status, headers=dict(headers))
 
-    def _bearer(self, request: Request, audience: str) -> AccessRecord | None:
+    def bearer(self, request: Request, audience: str) -> AccessRecord | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         record = self.access_tokens.get(token) if scheme.lower() == "bearer" else None
         if record is None or record.expires_at < time.time() or record.audience != audience:
@@ -350,7 +351,7 @@ class DevTenant:
         return record
 
     async def userinfo(self, request: Request) -> Response:
-        record = self._bearer(request, self.issuer + "userinfo")
+        record = self.bearer(request, self.issuer + "userinfo")
         if record is None or record.user_id is None:
             return JSONResponse(
                 {"error": "invalid_token"},
@@ -383,41 +384,3 @@ class DevTenant:
             response = page("Logged out", "<p>You are logged out of the development tenant.</p>")
         response.delete_cookie(SSO_COOKIE, path=self._cookie_path)
         return response
-
-    def _rate_limit_headers(self) -> tuple[dict[str, str], bool]:
-        second = int(time.time())
-        count = self._window[1] + 1 if self._window[0] == second else 1
-        self._window = (second, count)
-        headers = {
-            "x-ratelimit-limit": str(RATE_LIMIT),
-            "x-ratelimit-remaining": str(max(0, RATE_LIMIT - count)),
-            "x-ratelimit-reset": str(second + 1),
-        }
-        return headers, count > RATE_LIMIT
-
-    async def management(self, request: Request) -> Response:
-        headers, limited = self._rate_limit_headers()
-        if limited:
-            return _api_error(429, "Too Many Requests", "Global limit has been reached", headers)
-        if self._bearer(request, self.management_audience) is None:
-            return _api_error(401, "Unauthorized", "Invalid token", headers)
-        user_id = request.path_params["user_id"]
-        if request.method == "DELETE":
-            self.users.delete(user_id)  # Auth0 answers 204 whether or not the user existed
-            return Response(status_code=204, headers=headers)
-        if request.method == "GET":
-            user = self.users.get(user_id)
-        else:
-            try:
-                user = self.users.patch(user_id, json.loads(await request.body()))
-            except (ValueError, RecursionError) as error:  # bad JSON, or Auth0's 400
-                return _api_error(400, "Bad Request", str(error), headers)
-        if user is None:
-            return _api_error(404, "Not Found", "The user does not exist.", headers)
-        return JSONResponse(user, headers=headers)
-
-
-def _api_error(status: int, error: str, message: str, headers: dict[str, str]) -> Response:
-    return JSONResponse(
-        {"statusCode": status, "error": error, "message": message}, status, headers=headers
-    )
