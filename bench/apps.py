@@ -7,6 +7,7 @@ encrypted) plus a claim check in a middleware.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -103,7 +104,7 @@ def gate_cookie(claims: dict[str, object] | None = None) -> str:
             scope="openid profile email offline_access",
         ),
     )
-    header = CookieSessionStore(settings()).save(session, {})[0].decode()
+    header = asyncio.run(CookieSessionStore(settings()).save(session, {}))[0].decode()
     return header.split(";")[0]
 
 

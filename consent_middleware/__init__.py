@@ -8,28 +8,28 @@ from ._config import Settings
 from ._exceptions import (
     ConfigurationError,
     ConsentMiddlewareError,
-    IdentityProviderError,
-    IdTokenError,
-    ManagementAPIError,
+    NotGatedError,
     RefreshError,
-    TokenEndpointError,
 )
 from ._middleware import USER_SCOPE_KEY, ConsentMiddleware
 from ._models import Consent, User
+from ._oidc import TokenSet
 from ._refresh import refresh_session
-from ._session import CookieSessionStore, Session, SessionStore, TokenSet
+from ._session import CookieSessionStore, Session, SessionStore
 
-__version__ = "0.1.0"
+# The one place the version is written; pyproject.toml reads it from here.
+__version__ = "0.2.0"
 
 
 def current_user(request: HTTPConnection) -> User:
     """The gated user of this request; usable as a FastAPI dependency.
 
-    Raises ``LookupError`` on a route the gate does not cover (public paths).
+    Raises ``NotGatedError`` (a ``LookupError``) on a route the gate does not cover
+    (public paths, or an app not behind ``ConsentMiddleware``).
     """
     user = request.scope.get(USER_SCOPE_KEY)
     if not isinstance(user, User):
-        raise LookupError("no consented user: this path is not behind ConsentMiddleware's gate")
+        raise NotGatedError("no consented user: this path is not behind ConsentMiddleware's gate")
     return user
 
 
@@ -39,16 +39,14 @@ __all__ = [
     "ConsentMiddleware",
     "ConsentMiddlewareError",
     "CookieSessionStore",
-    "IdTokenError",
-    "IdentityProviderError",
-    "ManagementAPIError",
+    "NotGatedError",
     "RefreshError",
     "Session",
     "SessionStore",
     "Settings",
-    "TokenEndpointError",
     "TokenSet",
     "User",
+    "__version__",
     "current_user",
     "refresh_session",
 ]

@@ -13,13 +13,18 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from ._config import Settings
 from ._csrf import CSRF
-from ._engine import Engine, append_cookies
 from ._exceptions import ManagementAPIError
+from ._login import Login
+from ._management import ManagementClient
 from ._models import Consent
+from ._oidc import OIDCClient
+from ._pages import Pages
 from ._redirects import return_to_or_home
-from ._refresh import EXPECT_CONSENT, EXPECT_WITHDRAWAL, SessionRefresher
-from ._session import Session
+from ._refresh import SessionRefresher, with_cookies
+from ._session import Session, SessionStore
+from ._transactions import Expectation
 
 logger = logging.getLogger("consent_middleware")
 
@@ -28,18 +33,16 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def terms_statement(engine: Engine) -> str:
+def terms_statement(settings: Settings) -> str:
     """The exact text the user agrees to; its SHA-256 goes into the record."""
-    settings = engine.settings
     return settings.terms_text or (
         f"I have read and accept version {settings.terms_version} of the terms "
         f"published at {settings.terms_url}."
     )
 
 
-def consent_record(engine: Engine) -> dict[str, Any]:
-    settings = engine.settings
-    statement = terms_statement(engine)
+def consent_record(settings: Settings) -> dict[str, Any]:
+    statement = terms_statement(settings)
     return {
         "given": True,
         "version": settings.terms_version,
@@ -49,23 +52,37 @@ def consent_record(engine: Engine) -> dict[str, Any]:
     }
 
 
-def withdrawal_record(engine: Engine) -> dict[str, Any]:
+def withdrawal_record(settings: Settings) -> dict[str, Any]:
     return {
         "given": False,
-        "version": engine.settings.terms_version,
+        "version": settings.terms_version,
         "date": utc_now(),
         "withdrawn": True,
     }
 
 
 class ConsentRoutes:
-    def __init__(self, engine: Engine, refresher: SessionRefresher) -> None:
-        self.engine = engine
+    def __init__(
+        self,
+        settings: Settings,
+        oidc: OIDCClient,
+        sessions: SessionStore,
+        management: ManagementClient,
+        login: Login,
+        refresher: SessionRefresher,
+        pages: Pages,
+    ) -> None:
+        self.settings = settings
+        self.oidc = oidc
+        self.sessions = sessions
+        self.management = management
+        self.login = login
         self.refresher = refresher
-        self.csrf = CSRF(engine.settings.secret, engine.settings.app_base_url)
+        self.pages = pages
+        self.csrf = CSRF(settings.secret, settings.app_base_url)
 
     def routes(self) -> list[Route]:
-        path = self.engine.settings.consent_path
+        path = self.settings.consent_path
         return [
             Route(path, self.terms, methods=["GET"]),
             Route(path, self.accept, methods=["POST"]),
@@ -75,38 +92,36 @@ class ConsentRoutes:
 
     def _return_to(self, value: object) -> str:
         return return_to_or_home(
-            value if isinstance(value, str) else None, self.engine.settings.app_base_url
+            value if isinstance(value, str) else None, self.settings.app_base_url
         )
 
     async def _session_or_login(self, request: Request) -> Session | Response:
-        session = self.engine.sessions.load(request.cookies)
+        session = await self.sessions.load(request.cookies)
         if session is not None:
             return session
         if request.method == "GET":
             query = f"?{request.url.query}" if request.url.query else ""
-            return await self.engine.start_login(self.engine.url(request.url.path + query))
-        return self.engine.error_page(
+            return await self.login.redirect(self.pages.url(request.url.path + query))
+        return self.pages.sign_in_again(
             "Session expired",
             "Your session ended before the form was sent. Please sign in and try again.",
             401,
-            action_url=self.engine.url(f"{self.engine.settings.routes_prefix}/login"),
-            action_label="Sign in",
+            "Sign in",
         )
 
     def _page(
         self, session: Session, return_to: str, status_code: int = 200, error: str | None = None
     ) -> Response:
-        engine = self.engine
-        settings = engine.settings
+        settings = self.settings
         consent = Consent.from_claim(session.user.get(settings.consent_claim))
-        return engine.templates.render(
+        return self.pages.render(
             "consent.html",
             status_code,
             settings=settings,
             consent=consent,
             return_to=return_to,
             user=session.user,
-            statement=terms_statement(engine),
+            statement=terms_statement(settings),
             csrf_token=self.csrf.token(session),
             error=error,
             accepted=consent is not None and consent.covers(settings.terms_version),
@@ -121,7 +136,7 @@ class ConsentRoutes:
             return None
 
     def _forged(self) -> Response:
-        return self.engine.error_page(
+        return self.pages.error(
             "Request refused",
             "This form did not come from this site's own page, so nothing was changed. "
             "If you did mean to send it, open the page again and retry.",
@@ -142,7 +157,7 @@ class ConsentRoutes:
         if form is None or not self.csrf.check(request, session, form.get("csrf_token")):
             return self._forged()
         return_to = self._return_to(form.get("return_to"))
-        settings = self.engine.settings
+        settings = self.settings
         if form.get("version") != settings.terms_version:
             return self._page(
                 session,
@@ -153,8 +168,8 @@ class ConsentRoutes:
         if form.get("agree") != "yes":
             return self._page(session, return_to, 400, "Tick the box to accept the terms.")
         try:
-            await self.engine.management.update_user(
-                session.user["sub"], {"user_metadata": {"consent": consent_record(self.engine)}}
+            await self.management.update_user(
+                session.user["sub"], {"user_metadata": {"consent": consent_record(settings)}}
             )
         except ManagementAPIError as exc:
             logger.warning("saving consent failed: %s", exc)
@@ -166,22 +181,28 @@ class ConsentRoutes:
                 "changed. Please try again in a moment.",
             )
         return await self.refresher.refresh_and_continue(
-            request, session, return_to, EXPECT_CONSENT
+            request, session, return_to, Expectation.CONSENT
         )
 
     async def withdraw_page(self, request: Request) -> Response:
         session = await self._session_or_login(request)
         if isinstance(session, Response):
             return session
-        settings = self.engine.settings
-        return self.engine.templates.render(
+        return self._withdraw_page(session)
+
+    def _withdraw_page(
+        self, session: Session, status_code: int = 200, error: str | None = None
+    ) -> Response:
+        settings = self.settings
+        return self.pages.render(
             "withdraw.html",
+            status_code,
             settings=settings,
             user=session.user,
             csrf_token=self.csrf.token(session),
             mode=settings.withdraw_mode,
-            error=None,
-            home_url=self.engine.home_url,
+            error=error,
+            home_url=self.pages.home_url,
         )
 
     async def withdraw(self, request: Request) -> Response:
@@ -191,44 +212,37 @@ class ConsentRoutes:
         form = await self._form(request)
         if form is None or not self.csrf.check(request, session, form.get("csrf_token")):
             return self._forged()
-        engine = self.engine
-        settings = engine.settings
+        settings = self.settings
         sub = session.user["sub"]
-        body: dict[str, Any] = {"user_metadata": {"consent": withdrawal_record(engine)}}
+        body: dict[str, Any] = {"user_metadata": {"consent": withdrawal_record(settings)}}
         if settings.withdraw_mode == "flag":
             body["app_metadata"] = {"deleted": True}
         try:
             # The withdrawal is written first in every mode, so the tenant's logs show it
             # even when the account is deleted right after.
             try:
-                await engine.management.update_user(sub, body)
+                await self.management.update_user(sub, body)
             except ManagementAPIError as exc:
                 # An earlier attempt deleted the user but its answer was lost: go on.
                 if not (settings.withdraw_mode == "delete" and exc.status_code == 404):
                     raise
             if settings.withdraw_mode == "delete":
-                await engine.management.delete_user(sub)
+                await self.management.delete_user(sub)
         except ManagementAPIError as exc:
             logger.warning("withdrawal failed: %s", exc)
-            return engine.templates.render(
-                "withdraw.html",
+            # In delete mode the record may be written and the deletion not done yet:
+            # a retry repeats both, so the message does not claim nothing changed.
+            return self._withdraw_page(
+                session,
                 503,
-                settings=settings,
-                user=session.user,
-                csrf_token=self.csrf.token(session),
-                mode=settings.withdraw_mode,
-                home_url=engine.home_url,
-                # In delete mode the record may be written and the deletion not done yet:
-                # a retry repeats both, so the message does not claim nothing changed.
-                error="We could not complete your withdrawal just now. "
-                "Please try again in a moment.",
+                "We could not complete your withdrawal just now. Please try again in a moment.",
             )
         if settings.withdraw_mode == "revoke":
-            terms = engine.url(f"{settings.consent_path}?{urlencode({'returnTo': '/'})}")
+            terms = self.pages.url(f"{settings.consent_path}?{urlencode({'returnTo': '/'})}")
             return await self.refresher.refresh_and_continue(
-                request, session, terms, EXPECT_WITHDRAWAL
+                request, session, terms, Expectation.WITHDRAWAL
             )
         # flag and delete: the account may no longer sign in; end both sessions.
-        url = await engine.oidc.logout_url(session.token_set.id_token, engine.home_url)
+        url = await self.oidc.logout_url(session.token_set.id_token, self.pages.home_url)
         response = RedirectResponse(url, status_code=303)
-        return append_cookies(response, engine.sessions.clear(request.cookies))
+        return with_cookies(response, await self.sessions.clear(request.cookies))

@@ -1,30 +1,49 @@
-"""The parts every route shares, wired once per middleware instance."""
+"""The composition root: everything a gate needs, built once from settings.
+
+The middleware is one front over it; the sidecar is another. Nothing else constructs
+clients, stores or routes, so each is made exactly once per gate and wired the same way.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from ._config import Settings
-from ._exceptions import IdentityProviderError
+from ._consent import ConsentRoutes
+from ._exceptions import ConsentMiddlewareError
+from ._login import Login
 from ._management import ManagementClient
 from ._oidc import OIDCClient
-from ._session import CookieSessionStore, SessionStore, TransactionStore
-from ._templates import Templates
+from ._pages import Pages
+from ._refresh import SessionRefresher
+from ._routes import AuthRoutes
+from ._session import CookieSessionStore, SessionStore
+from ._transactions import TransactionStore
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 @dataclass
 class Engine:
     settings: Settings
+    http: httpx.AsyncClient
     oidc: OIDCClient
+    management: ManagementClient
     sessions: SessionStore
     transactions: TransactionStore
-    templates: Templates
-    management: ManagementClient
+    pages: Pages
+    login: Login
+    refresher: SessionRefresher
+    # path -> method -> endpoint, for the auth and consent routes.
+    routes: dict[str, dict[str, Endpoint]]
+    # A client passed in is the caller's to close; one made here is ours.
+    owns_http: bool = True
 
     @classmethod
     def create(
@@ -34,57 +53,55 @@ class Engine:
         session_store: SessionStore | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> Engine:
-        oidc = OIDCClient(settings, http_client)
+        # One pooled client for discovery, JWKS, grants and the Management API.
+        http = http_client or httpx.AsyncClient(timeout=settings.http_timeout)
+        oidc = OIDCClient(settings, http)
+        management = ManagementClient(settings, oidc)
+        sessions = session_store or CookieSessionStore(settings)
+        transactions = TransactionStore(settings)
+        pages = Pages(settings)
+        login = Login(oidc, transactions, pages)
+        refresher = SessionRefresher(settings, oidc, sessions, login, pages)
+        auth = AuthRoutes(settings, oidc, sessions, transactions, login, refresher, pages)
+        consent = ConsentRoutes(settings, oidc, sessions, management, login, refresher, pages)
+        routes: dict[str, dict[str, Endpoint]] = {}
+        for route in (*auth.routes(), *consent.routes()):
+            for method in route.methods or ():
+                routes.setdefault(route.path, {})[method] = route.endpoint
         return cls(
             settings=settings,
+            http=http,
             oidc=oidc,
-            sessions=session_store or CookieSessionStore(settings),
-            transactions=TransactionStore(settings),
-            templates=Templates(settings.templates_directory),
-            management=ManagementClient(settings, oidc),
+            management=management,
+            sessions=sessions,
+            transactions=transactions,
+            pages=pages,
+            login=login,
+            refresher=refresher,
+            routes=routes,
+            owns_http=http_client is None,
         )
 
-    @property
-    def home_url(self) -> str:
-        return f"{self.settings.app_base_url}/"
+    async def serve_own_route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one of the auth and consent routes.
 
-    def url(self, path: str) -> str:
-        return f"{self.settings.app_base_url}{path}"
+        An unknown path is a 404 page and a wrong method a 405 with ``Allow``; a package
+        error becomes its page through ``Pages.for_error``: never a 500.
+        """
+        methods = self.routes.get(scope["path"])
+        endpoint = methods.get(scope["method"]) if methods else None
+        if methods is None:
+            response = self.pages.status(404)
+        elif endpoint is None:
+            response = self.pages.status(405)
+            response.headers["Allow"] = ", ".join(sorted(methods))
+        else:
+            try:
+                response = await endpoint(Request(scope, receive))
+            except ConsentMiddlewareError as exc:
+                response = self.pages.for_error(exc)
+        await response(scope, receive, send)
 
-    def error_page(self, title: str, message: str, status_code: int, **context: Any) -> Response:
-        return self.templates.error(title, message, status_code, home_url=self.home_url, **context)
-
-    async def start_login(
-        self,
-        return_to: str,
-        extra: dict[str, str] | None = None,
-        purpose: str = "login",
-        expect: str | None = None,
-    ) -> Response:
-        """Redirect to the provider's /authorize with a fresh transaction cookie."""
-        tx = self.oidc.new_transaction(return_to, purpose, expect)
-        try:
-            url = await self.oidc.authorization_url(tx, extra or {})
-        except IdentityProviderError as exc:
-            return self.unreachable(exc)
-        response = RedirectResponse(url, status_code=302)
-        response.headers.append("set-cookie", self.transactions.save(tx).decode("latin-1"))
-        return response
-
-    def unreachable(self, exc: IdentityProviderError) -> Response:
-        return self.error_page(
-            "Sign-in service unavailable",
-            f"The identity provider could not be reached or answered badly ({exc}). "
-            "Please try again in a moment.",
-            502,
-        )
-
-
-def append_cookies(response: Response, cookies: list[bytes]) -> Response:
-    for value in cookies:
-        response.headers.append("set-cookie", value.decode("latin-1"))
-    return response
-
-
-def query_dict(request: Request) -> dict[str, str]:
-    return dict(request.query_params.items())
+    async def aclose(self) -> None:
+        if self.owns_http:
+            await self.http.aclose()

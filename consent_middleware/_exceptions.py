@@ -2,11 +2,18 @@
 
 ConsentMiddlewareError
 ├── ConfigurationError      missing or invalid settings, raised at start-up
+├── NotGatedError           asked for the gated user where the gate did not run
 ├── IdentityProviderError   the IdP could not be reached or answered badly
 │   ├── TokenEndpointError  the token endpoint refused a grant (OAuth error code kept)
 │   └── IdTokenError        an ID token failed verification (reason kept)
 ├── ManagementAPIError      the Management API failed after bounded retries
 └── RefreshError            a session could not be refreshed silently
+
+Library errors (httpx, python-jose) are translated where they are caught, always with
+``raise ... from exc`` so the original stays on ``__cause__`` for logs and debuggers.
+Only the errors an app can meet are exported from the package: ``ConfigurationError``
+(start-up), ``NotGatedError`` (``current_user``), ``RefreshError`` (``refresh_session``)
+and their base. The others are turned into pages or JSON by ``_pages.Pages.for_error``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,14 @@ class ConsentMiddlewareError(Exception):
 
 class ConfigurationError(ConsentMiddlewareError):
     """A setting is missing or invalid; the message names the variable."""
+
+
+class NotGatedError(ConsentMiddlewareError, LookupError):
+    """No consented user on this request: the path is public or not behind the gate.
+
+    Also a ``LookupError``, which is what this used to raise, so existing handlers keep
+    working.
+    """
 
 
 class IdentityProviderError(ConsentMiddlewareError):

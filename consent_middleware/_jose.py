@@ -65,8 +65,8 @@ def decrypt(token: str, keys: Iterable[bytes], now: float | None = None) -> dict
 def unverified_header(token: str) -> dict[str, Any]:
     try:
         header = jwt.get_unverified_header(token)
-    except (JOSEError, ValueError, TypeError):
-        raise IdTokenError("the ID token is not a well-formed JWT") from None
+    except (JOSEError, ValueError, TypeError) as exc:
+        raise IdTokenError("the ID token is not a well-formed JWT") from exc
     if not isinstance(header, dict):
         raise IdTokenError("the ID token is not a well-formed JWT")
     return header
@@ -77,6 +77,10 @@ def accepted_algorithm(header: Mapping[str, Any]) -> str:
     alg = header.get("alg")
     if alg not in ID_TOKEN_ALGORITHMS:
         raise IdTokenError(f"the ID token algorithm {alg!r} is not accepted")
+    # RFC 7515 4.1.11: a recipient must reject a JWS whose "crit" names an extension it does
+    # not understand. This package understands none, so any "crit" is refused.
+    if "crit" in header:
+        raise IdTokenError("the ID token's header names critical extensions (crit)")
     return str(alg)
 
 
@@ -114,7 +118,11 @@ def verify_id_token(
     access_token: str | None = None,
     now: float | None = None,
 ) -> dict[str, Any]:
-    """Verify signature and claims (OIDC Core 3.1.3.7); return the claims."""
+    """Verify signature and claims (OIDC Core 3.1.3.7); return the claims.
+
+    ``access_token``, when given, is checked against the token's ``at_hash`` if it has one
+    (OIDC Core 3.1.3.8 / 3.2.2.9: optional for the code flow, but binding when present).
+    """
     alg = accepted_algorithm(unverified_header(token))
     options = {
         "leeway": leeway,
@@ -135,12 +143,12 @@ def verify_id_token(
             access_token=access_token,
             options=options,
         )
-    except ExpiredSignatureError:
-        raise IdTokenError("the ID token has expired") from None
+    except ExpiredSignatureError as exc:
+        raise IdTokenError("the ID token has expired") from exc
     except JWTClaimsError as exc:
-        raise IdTokenError(f"the ID token's claims are invalid ({exc})") from None
-    except (JOSEError, ValueError, TypeError):
-        raise IdTokenError("the ID token's signature does not verify") from None
+        raise IdTokenError(f"the ID token's claims are invalid ({exc})") from exc
+    except (JOSEError, ValueError, TypeError) as exc:
+        raise IdTokenError("the ID token's signature does not verify") from exc
     now = time.time() if now is None else now
     iat = claims["iat"]
     if not isinstance(iat, int | float) or iat > now + leeway:

@@ -7,15 +7,14 @@ import email.utils
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from cachetools import TLRUCache
 
 from ._config import Settings
-from ._exceptions import IdentityProviderError, ManagementAPIError
-from ._oidc import OIDCClient
+from ._exceptions import IdentityProviderError, ManagementAPIError, TokenEndpointError
+from ._oidc import AccessToken, OIDCClient
 
 logger = logging.getLogger("consent_middleware")
 
@@ -27,13 +26,21 @@ MAX_TOTAL_WAIT = 8.0
 BACKOFF_BASE = 0.25
 
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 
 
-def _token_ttu(_key: str, value: tuple[str, float], now: float) -> float:
-    return now + value[1]
+class _Retryable(Exception):
+    """One failed attempt worth another try: what failed, and how long the server asked to wait."""
+
+    def __init__(self, failure: str, delay: float | None = None) -> None:
+        self.failure = failure
+        self.delay = delay
+        super().__init__(failure)
 
 
 class ManagementClient:
+    """Auth0's Management API, with a token from the protocol layer's client-credentials grant."""
+
     def __init__(
         self,
         settings: Settings,
@@ -44,12 +51,11 @@ class ManagementClient:
     ) -> None:
         self.settings = settings
         self.oidc = oidc
+        self.http = oidc.http
         self.sleep = sleep
         self.max_total_wait = max_total_wait
-        # One entry: (access token, seconds it stays usable); expires per the token's own life.
-        self._token: TLRUCache[str, tuple[str, float]] = TLRUCache(
-            maxsize=1, ttu=_token_ttu, timer=time.monotonic
-        )
+        # (token, monotonic deadline): the token is reused until shortly before it expires.
+        self._token: tuple[str, float] | None = None
         self._token_lock = asyncio.Lock()
         self.token_fetches = 0
 
@@ -63,58 +69,67 @@ class ManagementClient:
     async def delete_user(self, user_id: str) -> None:
         await self._api("DELETE", user_id)
 
+    def _cached_token(self) -> str | None:
+        if self._token is not None and self._token[1] > time.monotonic():
+            return self._token[0]
+        return None
+
     async def access_token(self) -> str:
-        cached = self._token.get("token")
-        if cached is not None:
-            return cached[0]
+        token = self._cached_token()
+        if token is not None:
+            return token
         # One fetch at a time: many accepts arriving together share a single token request.
         async with self._token_lock:
-            cached = self._token.get("token")
-            if cached is not None:
-                return cached[0]
-            token, lifetime = await self._fetch_token()
-            self._token["token"] = (token, max(1.0, lifetime - TOKEN_EXPIRY_MARGIN))
-            return token
+            token = self._cached_token()
+            if token is not None:
+                return token
+            self.token_fetches += 1
+            granted = await self._with_retries(self._fetch_token, "token request")
+            usable_for = max(1.0, granted.expires_in - TOKEN_EXPIRY_MARGIN)
+            self._token = (granted.token, time.monotonic() + usable_for)
+            return granted.token
 
-    async def _fetch_token(self) -> tuple[str, float]:
-        form = {"grant_type": "client_credentials", "audience": self.settings.management_audience}
+    async def _fetch_token(self) -> AccessToken:
+        settings = self.settings
         try:
-            url, form, auth = await self.oidc.client_auth(
-                form, self.settings.mgmt_client_id, self.settings.mgmt_client_secret
+            return await self.oidc.client_credentials_grant(
+                client_id=settings.mgmt_client_id,
+                client_secret=settings.mgmt_client_secret,
+                audience=settings.management_audience,
             )
+        except TokenEndpointError as exc:
+            if exc.status_code == 429:
+                raise _Retryable("rate limited (429)") from exc
+            raise ManagementAPIError(
+                f"the token endpoint refused the Management API token: {exc.error}",
+                exc.status_code,
+            ) from exc
         except IdentityProviderError as exc:
-            raise ManagementAPIError(f"could not discover the token endpoint: {exc}") from None
-        self.token_fetches += 1
-        response = await self._send(
-            lambda: self.oidc.http.post(
-                url,
-                data=form,
-                auth=auth or httpx.USE_CLIENT_DEFAULT,
-                headers={"Accept": "application/json"},
-            ),
-            "token request",
-        )
-        body = _json(response)
-        token = body.get("access_token")
-        if not isinstance(token, str):
-            raise ManagementAPIError("the token endpoint returned no Management API token")
-        expires_in = body.get("expires_in", 86400)
-        return token, float(expires_in) if isinstance(expires_in, int | float) else 86400.0
+            # Unreachable, a 5xx, or discovery failing: all worth another try.
+            raise _Retryable(str(exc)) from exc
 
     async def _api(self, method: str, user_id: str, body: Any = None) -> dict[str, Any]:
         url = f"{self.settings.domain}/api/v2/users/{quote(user_id, safe='')}"
         headers = {"Accept": "application/json"}
 
-        def call() -> Awaitable[httpx.Response]:
-            return self.oidc.http.request(method, url, json=body, headers=headers)
+        async def call() -> httpx.Response:
+            try:
+                response = await self.http.request(method, url, json=body, headers=headers)
+            except httpx.TransportError as exc:
+                raise _Retryable(type(exc).__name__) from exc
+            if response.status_code == 429:
+                raise _Retryable("rate limited (429)", _retry_after(response))
+            if response.status_code >= 500:
+                raise _Retryable(f"HTTP {response.status_code}")
+            return response
 
         for _ in range(2):
             headers["Authorization"] = f"Bearer {await self.access_token()}"
-            response = await self._send(call, f"{method} user")
+            response = await self._with_retries(call, f"{method} user")
             if response.status_code != 401:
                 break
             # The cached token was revoked or expired early: fetch a new one, once.
-            self._token.pop("token", None)
+            self._token = None
         if response.status_code == 204:
             return {}
         if response.status_code >= 400:
@@ -124,30 +139,20 @@ class ManagementClient:
             )
         return _json(response)
 
-    async def _send(
-        self, call: Callable[[], Awaitable[httpx.Response]], what: str
-    ) -> httpx.Response:
+    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry 429 (as told by Retry-After / x-ratelimit-reset), 5xx and timeouts."""
         deadline = time.monotonic() + self.max_total_wait
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        for number in range(1, MAX_ATTEMPTS + 1):
             try:
-                response = await call()
-            except httpx.TransportError as exc:
-                failure = f"{type(exc).__name__}"
-                delay = BACKOFF_BASE * 2 ** (attempt - 1)
-            else:
-                if response.status_code == 429:
-                    failure = "rate limited (429)"
-                    delay = _retry_after(response) or BACKOFF_BASE * 2 ** (attempt - 1)
-                elif response.status_code >= 500:
-                    failure = f"HTTP {response.status_code}"
-                    delay = BACKOFF_BASE * 2 ** (attempt - 1)
-                else:
-                    return response
-            remaining = deadline - time.monotonic()
-            if attempt == MAX_ATTEMPTS or delay > remaining:
-                raise ManagementAPIError(f"Management API {what} failed: {failure}")
-            logger.info("Management API %s: %s; retrying in %.2fs", what, failure, delay)
+                return await attempt()
+            except _Retryable as exc:
+                failure = exc
+            delay = failure.delay or BACKOFF_BASE * 2 ** (number - 1)
+            if number == MAX_ATTEMPTS or delay > deadline - time.monotonic():
+                raise ManagementAPIError(
+                    f"Management API {what} failed: {failure.failure}"
+                ) from failure
+            logger.info("Management API %s: %s; retrying in %.2fs", what, failure.failure, delay)
             await self.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -169,8 +174,8 @@ def _retry_after(response: httpx.Response) -> float | None:
 def _json(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
-    except ValueError:
-        raise ManagementAPIError("the Management API answered something that is not JSON") from None
+    except ValueError as exc:
+        raise ManagementAPIError("the Management API answered something that is not JSON") from exc
     if not isinstance(body, dict):
         raise ManagementAPIError("the Management API answered something that is not an object")
     return body

@@ -8,23 +8,15 @@ from dataclasses import dataclass
 import httpx
 from cachetools import LRUCache
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.routing import Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._config import Settings
-from ._consent import ConsentRoutes
 from ._cookies import request_cookies
 from ._engine import Engine
 from ._gate import Verdict, decide, is_own_route, is_public, refusal, wants_json
 from ._models import User
-from ._refresh import (
-    REFRESHED_SCOPE_KEY,
-    REFRESHER_SCOPE_KEY,
-    SESSION_SCOPE_KEY,
-    SessionRefresher,
-)
-from ._routes import AuthRoutes
-from ._session import CookieSessionStore, Session, SessionStore
+from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, SESSION_SCOPE_KEY
+from ._session import Session, SessionStore
 
 USER_SCOPE_KEY = "consent_middleware.user"
 ADMITTED_CACHE_SIZE = 4096
@@ -48,18 +40,10 @@ class ConsentMiddleware:
         self.engine = Engine.create(
             self.settings, session_store=session_store, http_client=http_client
         )
-        self.refresher = SessionRefresher(self.engine)
         # Requests already admitted, keyed by their raw Cookie header: a consented user's
         # request costs one dict lookup, no decryption and no parsing. Bounded, and each entry
         # is re-checked by the full path after REVALIDATE_AFTER seconds or at session expiry.
         self._admitted: LRUCache[bytes, _Admitted] = LRUCache(maxsize=ADMITTED_CACHE_SIZE)
-        self._cookie_is_session = isinstance(self.engine.sessions, CookieSessionStore)
-        self.router = Router(
-            routes=[
-                *AuthRoutes(self.engine, self.refresher).routes(),
-                *ConsentRoutes(self.engine, self.refresher).routes(),
-            ]
-        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,7 +54,7 @@ class ConsentMiddleware:
         path: str = scope["path"]
         settings = self.settings
         if is_own_route(path, settings):
-            await self.router(scope, receive, send)
+            await self.engine.serve_own_route(scope, receive, send)
             return
         if is_public(path, settings):
             await self.app(scope, receive, send)
@@ -79,7 +63,7 @@ class ConsentMiddleware:
         now = time.time()
         admitted = self._admitted.get(raw) if raw else None
         if admitted is None or admitted.until < now:
-            checked = self._admit(scope, raw, now)
+            checked = await self._admit(scope, raw, now)
             if isinstance(checked, Verdict):
                 await self._refuse(checked, scope, receive, send)
                 return
@@ -87,7 +71,7 @@ class ConsentMiddleware:
         scope[USER_SCOPE_KEY] = admitted.user
         scope[SESSION_SCOPE_KEY] = admitted.session
         scope.setdefault("state", {})["user"] = admitted.user
-        scope[REFRESHER_SCOPE_KEY] = self.refresher
+        scope[REFRESHER_SCOPE_KEY] = self.engine.refresher
         roll = admitted.roll
         sessions = self.engine.sessions
 
@@ -98,26 +82,27 @@ class ConsentMiddleware:
                 if current is not None or roll:
                     cookies = request_cookies(Headers(scope=scope))
                     response_headers = MutableHeaders(scope=message)
-                    for value in sessions.save(current or admitted.session, cookies):
+                    for value in await sessions.save(current or admitted.session, cookies):
                         response_headers.append("set-cookie", value.decode("latin-1"))
             await send(message)
 
         await self.app(scope, receive, send_with_session)
 
-    def _admit(self, scope: Scope, raw: bytes, now: float) -> _Admitted | Verdict:
+    async def _admit(self, scope: Scope, raw: bytes, now: float) -> _Admitted | Verdict:
         """The full check: decrypt (or the store's cache), decide."""
-        session = self.engine.sessions.load(request_cookies(Headers(scope=scope)))
+        sessions = self.engine.sessions
+        session = await sessions.load(request_cookies(Headers(scope=scope)))
         verdict = decide(session, self.settings)
         if verdict is not Verdict.ALLOW or session is None:
             return verdict
         user = User.from_claims(session.user, self.settings.consent_claim)
-        roll = self.engine.sessions.needs_roll(session, now)
+        roll = sessions.needs_roll(session, now)
         until = min(session.expires_at, now + REVALIDATE_AFTER)
         admitted = _Admitted(session, user, roll, until)
         # A session due to roll gets a new cookie on this response; caching the old value
-        # would only keep it alive. And only a cookie store's cookie is the whole session:
-        # a server-side store can end a session behind an unchanged cookie.
-        if not roll and self._cookie_is_session:
+        # would only keep it alive. And only a self-contained store's cookie is the whole
+        # session: a server-side store can end a session behind an unchanged cookie.
+        if not roll and sessions.self_contained:
             self._admitted[raw] = admitted
         return admitted
 
@@ -139,7 +124,7 @@ class ConsentMiddleware:
 
     async def aclose(self) -> None:
         """Close the HTTP client the middleware created (done at lifespan shutdown)."""
-        await self.engine.oidc.aclose()
+        await self.engine.aclose()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,33 +1,32 @@
-"""The OpenID Connect relying party: discovery, JWKS, code and refresh grants."""
+"""The OpenID Connect protocol: discovery, JWKS, and the code, refresh and client-credentials
+grants.
+
+Like panva's openid-client, this layer returns token sets and verified claims and knows
+nothing of cookies or sessions: what goes into a session is the caller's business.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx
-from authlib.common.security import generate_token
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from cachetools import TTLCache
 
 from . import _jose
 from ._config import Settings
 from ._exceptions import IdentityProviderError, IdTokenError, TokenEndpointError
-from ._session import Session, TokenSet, Transaction
-
-logger = logging.getLogger("consent_middleware")
 
 METADATA_TTL = 3600
 JWKS_TTL = 600
 # An unknown kid may mean the provider rotated its keys, or a forged header: refetch
 # the JWKS for it, but never more often than this, so forged tokens cannot hammer the IdP.
 JWKS_MIN_REFETCH_INTERVAL = 30
-# Parameters the middleware sets itself; a caller of /auth/login cannot override them.
+# Parameters the client sets itself; a caller cannot override them through ``extra``.
 RESERVED_AUTHORIZE_PARAMS = frozenset(
     {
         "client_id",
@@ -44,6 +43,34 @@ RESERVED_AUTHORIZE_PARAMS = frozenset(
         "returnTo",
     }
 )
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """The tokens of one token-endpoint answer (RFC 6749 5.1, OIDC Core 3.1.3.3)."""
+
+    access_token: str
+    id_token: str
+    refresh_token: str | None = None
+    # Unix seconds; 0 when the provider did not say (no ``expires_in``).
+    expires_at: int = 0
+    scope: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    """A grant's result: the token set and the ID token's verified claims."""
+
+    token_set: TokenSet
+    claims: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """A client-credentials grant's result (RFC 6749 4.4.3): no ID token, no refresh token."""
+
+    token: str
+    expires_in: float
 
 
 @dataclass(frozen=True)
@@ -74,7 +101,7 @@ class ProviderMetadata:
                 ),
             )
         except KeyError as exc:
-            raise IdentityProviderError(f"the discovery document lacks {exc.args[0]!r}") from None
+            raise IdentityProviderError(f"the discovery document lacks {exc.args[0]!r}") from exc
         # OIDC Discovery 4.3: the issuer must be the URL the document was fetched from.
         if issuer.rstrip("/") != expected_issuer.rstrip("/"):
             raise IdentityProviderError(
@@ -84,28 +111,18 @@ class ProviderMetadata:
 
 
 class OIDCClient:
-    def __init__(self, settings: Settings, http: httpx.AsyncClient | None = None) -> None:
+    """One relying party at one provider, over a pooled HTTP client it does not own."""
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
         self.settings = settings
-        self._http = http
-        self._owns_http = http is None  # a client passed in is the caller's to close
-        self._metadata: TTLCache[str, ProviderMetadata] = TTLCache(maxsize=1, ttl=METADATA_TTL)
-        self._jwks: TTLCache[str, _jose.KeySet] = TTLCache(maxsize=1, ttl=JWKS_TTL)
-        self._jwks_fetched_at = 0.0
+        self.http = http
+        # (value, monotonic deadline) pairs: one value each, so no cache object is needed.
+        self._metadata: tuple[ProviderMetadata, float] | None = None
+        self._jwks: tuple[_jose.KeySet, float] | None = None
+        self._jwks_fetched_at = -float("inf")
         # Separate locks: the JWKS fetch needs the metadata, and asyncio locks don't nest.
         self._metadata_lock = asyncio.Lock()
         self._jwks_lock = asyncio.Lock()
-
-    @property
-    def http(self) -> httpx.AsyncClient:
-        # Created on first use: one pooled client for the life of the middleware.
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.settings.http_timeout)
-        return self._http
-
-    async def aclose(self) -> None:
-        if self._owns_http and self._http is not None:
-            http, self._http = self._http, None
-            await http.aclose()
 
     async def _get_json(self, url: str, what: str) -> Any:
         try:
@@ -113,79 +130,79 @@ class OIDCClient:
         except httpx.HTTPError as exc:
             raise IdentityProviderError(
                 f"could not fetch the {what}: {type(exc).__name__}"
-            ) from None
+            ) from exc
         if response.status_code != 200:
             raise IdentityProviderError(f"the {what} answered HTTP {response.status_code}")
         try:
             return response.json()
-        except ValueError:
-            raise IdentityProviderError(f"the {what} is not valid JSON") from None
+        except ValueError as exc:
+            raise IdentityProviderError(f"the {what} is not valid JSON") from exc
 
     async def metadata(self) -> ProviderMetadata:
-        meta = self._metadata.get("meta")
-        if meta is None:
-            async with self._metadata_lock:
-                meta = self._metadata.get("meta")
-                if meta is None:
-                    url = f"{self.settings.domain}/.well-known/openid-configuration"
-                    document = await self._get_json(url, "discovery document")
-                    meta = ProviderMetadata.parse(document, self.settings.domain)
-                    self._metadata["meta"] = meta
-        return meta
+        cached = self._metadata
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        async with self._metadata_lock:
+            cached = self._metadata
+            if cached is not None and cached[1] > time.monotonic():
+                return cached[0]
+            url = f"{self.settings.domain}/.well-known/openid-configuration"
+            document = await self._get_json(url, "discovery document")
+            meta = ProviderMetadata.parse(document, self.settings.domain)
+            self._metadata = (meta, time.monotonic() + METADATA_TTL)
+            return meta
 
     async def _key_set(self, refetch: bool = False) -> _jose.KeySet:
-        keys = self._jwks.get("keys")
-        if keys is not None and not refetch:
-            return keys
+        cached = self._jwks
+        if cached is not None and cached[1] > time.monotonic() and not refetch:
+            return cached[0]
         async with self._jwks_lock:
-            keys = self._jwks.get("keys")
-            recently = time.monotonic() - self._jwks_fetched_at < JWKS_MIN_REFETCH_INTERVAL
-            if keys is not None and (not refetch or recently):
-                return keys
+            now = time.monotonic()
+            cached = self._jwks if self._jwks is not None and self._jwks[1] > now else None
+            recently = now - self._jwks_fetched_at < JWKS_MIN_REFETCH_INTERVAL
+            if cached is not None and (not refetch or recently):
+                return cached[0]
             meta = await self.metadata()
             document = await self._get_json(meta.jwks_uri, "JWKS")
             try:
                 keys = _jose.KeySet(document)
             except ValueError as exc:
-                raise IdentityProviderError(f"the JWKS is unusable: {exc}") from None
+                raise IdentityProviderError(f"the JWKS is unusable: {exc}") from exc
             self._jwks_fetched_at = time.monotonic()
-            self._jwks["keys"] = keys
+            self._jwks = (keys, self._jwks_fetched_at + JWKS_TTL)
             return keys
 
-    def new_transaction(
-        self, return_to: str, purpose: str = "login", expect: str | None = None
-    ) -> Transaction:
-        return Transaction(
-            state=generate_token(43),
-            nonce=generate_token(43),
-            code_verifier=generate_token(64),
-            return_to=return_to,
-            purpose=purpose,
-            expect=expect,
-        )
-
-    async def authorization_url(self, tx: Transaction, extra: dict[str, str]) -> str:
+    async def authorization_url(
+        self,
+        *,
+        state: str,
+        nonce: str,
+        code_verifier: str,
+        extra: dict[str, str] | None = None,
+        prompt: str | None = None,
+    ) -> str:
+        """The /authorize URL for the code flow with PKCE (RFC 7636, S256 only)."""
         meta = await self.metadata()
-        params = {k: v for k, v in extra.items() if k not in RESERVED_AUTHORIZE_PARAMS}
+        params = {k: v for k, v in (extra or {}).items() if k not in RESERVED_AUTHORIZE_PARAMS}
         if self.settings.audience:
             params.setdefault("audience", self.settings.audience)
-        if tx.purpose == "silent":
-            params["prompt"] = "none"
+        if prompt is not None:
+            params["prompt"] = prompt
         uri: str = prepare_grant_uri(
             meta.authorization_endpoint,
             self.settings.client_id,
             "code",
             redirect_uri=self.settings.callback_url,
             scope=self.settings.scope,
-            state=tx.state,
-            nonce=tx.nonce,
-            code_challenge=create_s256_code_challenge(tx.code_verifier),
+            state=state,
+            nonce=nonce,
+            code_challenge=create_s256_code_challenge(code_verifier),
             code_challenge_method="S256",
             **params,
         )
         return uri
 
-    async def client_auth(
+    async def _client_auth(
         self, form: dict[str, str], client_id: str, client_secret: str
     ) -> tuple[str, dict[str, str], httpx.BasicAuth | None]:
         """Token endpoint URL, form and auth for the method the provider supports."""
@@ -199,10 +216,11 @@ class OIDCClient:
             "the provider supports neither client_secret_basic nor client_secret_post"
         )
 
-    async def _token_request(self, form: dict[str, str]) -> dict[str, Any]:
-        url, form, auth = await self.client_auth(
-            form, self.settings.client_id, self.settings.client_secret
-        )
+    async def _token_request(
+        self, form: dict[str, str], client_id: str, client_secret: str
+    ) -> dict[str, Any]:
+        """POST to the token endpoint; the JSON answer, or a translated error."""
+        url, form, auth = await self._client_auth(form, client_id, client_secret)
         try:
             response = await self.http.post(
                 url,
@@ -213,13 +231,14 @@ class OIDCClient:
         except httpx.HTTPError as exc:
             raise IdentityProviderError(
                 f"could not reach the token endpoint: {type(exc).__name__}"
-            ) from None
+            ) from exc
         try:
             body = response.json()
         except ValueError:
             body = None
         if response.status_code != 200 or not isinstance(body, dict):
             # A 5xx is an outage, whatever its body says: "try again", not "refused".
+            # RFC 6749 5.2: an error answer names its error code.
             if (
                 response.status_code < 500
                 and isinstance(body, dict)
@@ -229,13 +248,24 @@ class OIDCClient:
                     body["error"], str(body.get("error_description", "")), response.status_code
                 )
             raise IdentityProviderError(f"the token endpoint answered HTTP {response.status_code}")
-        if not isinstance(body.get("id_token"), str) or not isinstance(
-            body.get("access_token"), str
-        ):
-            raise IdentityProviderError("the token endpoint returned no ID token")
+        if not isinstance(body.get("access_token"), str):
+            raise IdentityProviderError("the token endpoint returned no access token")
         return body
 
-    async def verify_id_token(self, id_token: str, nonce: str | None) -> dict[str, Any]:
+    async def _user_grant(
+        self, form: dict[str, str], nonce: str | None, previous_refresh_token: str | None = None
+    ) -> TokenResponse:
+        body = await self._token_request(form, self.settings.client_id, self.settings.client_secret)
+        if not isinstance(body.get("id_token"), str):
+            raise IdentityProviderError("the token endpoint returned no ID token")
+        claims = await self.verify_id_token(
+            body["id_token"], nonce, access_token=body["access_token"]
+        )
+        return TokenResponse(token_set_from(body, previous_refresh_token), claims)
+
+    async def verify_id_token(
+        self, id_token: str, nonce: str | None, access_token: str | None = None
+    ) -> dict[str, Any]:
         meta = await self.metadata()
         header = _jose.unverified_header(id_token)
         # Before any key lookup, so a forged token cannot make us refetch the JWKS.
@@ -253,33 +283,38 @@ class OIDCClient:
             client_id=self.settings.client_id,
             nonce=nonce,
             leeway=self.settings.clock_leeway,
+            access_token=access_token,
         )
 
-    async def exchange_code(self, code: str, tx: Transaction) -> tuple[dict[str, Any], TokenSet]:
-        body = await self._token_request(
-            {
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": self.settings.callback_url,
-                "code_verifier": tx.code_verifier,
-            }
-        )
-        claims = await self.verify_id_token(body["id_token"], tx.nonce)
-        return claims, token_set_from(body)
+    async def authorization_code_grant(
+        self, code: str, *, code_verifier: str, nonce: str
+    ) -> TokenResponse:
+        """OIDC Core 3.1.3: exchange the code; the ID token must carry this login's nonce."""
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": self.settings.callback_url,
+            "code_verifier": code_verifier,
+        }
+        return await self._user_grant(form, nonce)
 
-    async def refresh(self, session: Session) -> Session:
-        """Run the refresh-token grant and return the session with the new claims."""
-        refresh_token = session.token_set.refresh_token
-        if not refresh_token:
-            raise TokenEndpointError("invalid_grant", "the session holds no refresh token")
-        body = await self._token_request(
-            {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        )
-        claims = await self.verify_id_token(body["id_token"], None)
-        if claims["sub"] != session.user.get("sub"):
+    async def refresh_token_grant(self, refresh_token: str, *, sub: str) -> TokenResponse:
+        """OIDC Core 12.2: the new ID token must be for the same ``sub``."""
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        result = await self._user_grant(form, None, previous_refresh_token=refresh_token)
+        if result.claims["sub"] != sub:
             raise IdTokenError("the refreshed ID token is for a different user")
-        token_set = token_set_from(body, previous_refresh_token=refresh_token)
-        return session.refreshed(claims, token_set)
+        return result
+
+    async def client_credentials_grant(
+        self, *, client_id: str, client_secret: str, audience: str
+    ) -> AccessToken:
+        """RFC 6749 4.4, with Auth0's ``audience`` naming the API the token is for."""
+        form = {"grant_type": "client_credentials", "audience": audience}
+        body = await self._token_request(form, client_id, client_secret)
+        expires_in = body.get("expires_in", 86400)
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 86400.0
+        return AccessToken(body["access_token"], lifetime)
 
     async def logout_url(self, id_token: str | None, return_to: str) -> str:
         try:
@@ -288,6 +323,7 @@ class OIDCClient:
             # The IdP is down: the local session is gone anyway, so go home.
             return return_to
         if meta.end_session_endpoint:
+            # OIDC RP-Initiated Logout 1.0, section 2.
             params = {"post_logout_redirect_uri": return_to, "client_id": self.settings.client_id}
             if id_token:
                 params["id_token_hint"] = id_token

@@ -41,10 +41,3 @@ def safe_return_to(value: str | None, base_url: str) -> str | None:
 
 def return_to_or_home(value: str | None, base_url: str) -> str:
     return safe_return_to(value, base_url) or f"{base_url}/"
-
-
-def original_url(scope_path: str, query_string: bytes, base_url: str) -> str:
-    """The URL the browser asked for, as an absolute URL of the app."""
-    origin = "{0.scheme}://{0.netloc}".format(urlsplit(base_url))
-    query = query_string.decode("latin-1")
-    return f"{origin}{scope_path}{'?' + query if query else ''}"

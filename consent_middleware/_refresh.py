@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 from cachetools import LRUCache, TTLCache
 from starlette.requests import HTTPConnection
 from starlette.responses import RedirectResponse, Response
 
-from ._engine import Engine, append_cookies
+from ._config import Settings
 from ._exceptions import IdentityProviderError, RefreshError
+from ._login import Login
 from ._models import Consent
-from ._session import Session
+from ._oidc import OIDCClient
+from ._pages import Pages
+from ._session import Session, SessionStore
+from ._transactions import Expectation, Purpose
 
 logger = logging.getLogger("consent_middleware")
 
@@ -29,36 +34,38 @@ REFRESHED_SCOPE_KEY = "consent_middleware.refreshed"
 
 RECENT_REFRESH_TTL = 30.0
 
-EXPECT_CONSENT = "consent"
-EXPECT_WITHDRAWAL = "withdrawal"
 
-
-def expectation_met(session: Session, expect: str | None, engine: Engine) -> bool:
-    settings = engine.settings
+def expectation_met(session: Session, expect: Expectation | None, settings: Settings) -> bool:
     consent = Consent.from_claim(session.user.get(settings.consent_claim))
     covered = consent is not None and consent.covers(settings.terms_version)
-    if expect == EXPECT_CONSENT:
+    if expect is Expectation.CONSENT:
         return covered
-    if expect == EXPECT_WITHDRAWAL:
+    if expect is Expectation.WITHDRAWAL:
         return not covered
     return True
 
 
-def misconfigured(engine: Engine, expect: str | None) -> Response:
-    what = "the accepted terms" if expect == EXPECT_CONSENT else "the withdrawal"
-    return engine.error_page(
-        "Consent saved, but the sign-in does not show it",
-        f"Your choice was saved, but the identity provider's new ID token does not carry "
-        f"{what} in the {engine.settings.consent_claim} claim. The post-login Action that "
-        "copies user_metadata.consent into the ID token is probably missing or not deployed. "
-        "Please tell the site's administrator.",
-        502,
-    )
+def with_cookies(response: Response, cookies: list[bytes]) -> Response:
+    """``response`` with these ``Set-Cookie`` values appended."""
+    for value in cookies:
+        response.headers.append("set-cookie", value.decode("latin-1"))
+    return response
 
 
 class SessionRefresher:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(
+        self,
+        settings: Settings,
+        oidc: OIDCClient,
+        sessions: SessionStore,
+        login: Login,
+        pages: Pages,
+    ) -> None:
+        self.settings = settings
+        self.oidc = oidc
+        self.sessions = sessions
+        self.login = login
+        self.pages = pages
         # One refresh grant per session at a time: with rotating refresh tokens, two
         # concurrent grants would spend the same token and the second would fail.
         self._locks: LRUCache[str, asyncio.Lock] = LRUCache(maxsize=10_000)
@@ -71,20 +78,24 @@ class SessionRefresher:
 
     async def refresh(self, session: Session) -> Session:
         """The refresh-token grant only; raises RefreshError when it cannot be done."""
+        refresh_token = session.token_set.refresh_token
+        if not refresh_token:
+            raise RefreshError("the session holds no refresh token")
         lock = self._locks.get(session.sid)
         if lock is None:
             lock = self._locks[session.sid] = asyncio.Lock()
         async with lock:
-            spent = session.token_set.refresh_token
             recent = self._recent.get(session.sid)
-            if spent and recent is not None and recent[0] == spent:
+            if recent is not None and recent[0] == refresh_token:
                 return recent[1]
             try:
-                refreshed = await self.engine.oidc.refresh(session)
+                result = await self.oidc.refresh_token_grant(
+                    refresh_token, sub=str(session.user.get("sub"))
+                )
             except IdentityProviderError as exc:
                 raise RefreshError(f"the refresh-token grant failed: {exc}") from exc
-            if spent:
-                self._recent[session.sid] = (spent, refreshed)
+            refreshed = session.refreshed(result.claims, result.token_set)
+            self._recent[session.sid] = (refresh_token, refreshed)
             return refreshed
 
     async def refresh_and_continue(
@@ -92,32 +103,35 @@ class SessionRefresher:
         connection: HTTPConnection,
         session: Session,
         return_to: str,
-        expect: str | None,
+        expect: Expectation | None,
     ) -> Response:
-        engine = self.engine
         if session.token_set.refresh_token:
             try:
                 refreshed = await self.refresh(session)
             except RefreshError as exc:
                 logger.info("%s; trying prompt=none", exc)
             else:
-                return self.finish(connection, refreshed, return_to, expect)
-        return await engine.start_login(return_to, purpose="silent", expect=expect)
+                return await self.finish(connection.cookies, refreshed, return_to, expect)
+        return await self.login.redirect(return_to, purpose=Purpose.SILENT, expect=expect)
 
-    def finish(
-        self, connection: HTTPConnection, session: Session, return_to: str, expect: str | None
+    async def finish(
+        self,
+        cookies: Mapping[str, str],
+        session: Session,
+        return_to: str,
+        expect: Expectation | None,
     ) -> Response:
         """Store the new session and go on, or stop at the loop guard's page."""
-        engine = self.engine
-        if expectation_met(session, expect, engine):
+        if expectation_met(session, expect, self.settings):
             response: Response = RedirectResponse(return_to, status_code=303)
         else:
-            response = misconfigured(engine, expect)
-            if expect == EXPECT_WITHDRAWAL:
+            assert expect is not None  # no expectation is always met
+            response = self.pages.not_shown_by_provider(expect)
+            if expect is Expectation.WITHDRAWAL:
                 # A withdrawal the session cannot show must still stop the processing:
                 # end the local session rather than keep a token that says "consented".
-                return append_cookies(response, engine.sessions.clear(connection.cookies))
-        return append_cookies(response, engine.sessions.save(session, connection.cookies))
+                return with_cookies(response, await self.sessions.clear(cookies))
+        return with_cookies(response, await self.sessions.save(session, cookies))
 
 
 async def refresh_session(connection: HTTPConnection) -> Session:

@@ -1,4 +1,4 @@
-"""The session (nextjs-auth0 v4 ``__session`` format) and the login transactions."""
+"""The session (nextjs-auth0 v4 ``__session`` format) and where sessions are stored."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from cachetools import LRUCache
 from . import _jose
 from ._config import Settings
 from ._cookies import CookieWriter, read_chunked
+from ._oidc import TokenSet
 
 SESSION_COOKIE = "__session"
-TRANSACTION_PREFIX = "__txn_"
-TRANSACTION_LIFETIME = 3600
 # Re-issue the cookie only once this share of the inactivity window has passed, so a
 # busy user does not get a fresh encryption and Set-Cookie on every request.
 ROLL_FRACTION = 0.1
@@ -25,15 +24,6 @@ ROLL_FRACTION = 0.1
 PROTOCOL_CLAIMS = frozenset(
     {"iss", "aud", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "azp", "jti", "auth_time"}
 )
-
-
-@dataclass(frozen=True)
-class TokenSet:
-    access_token: str
-    id_token: str
-    refresh_token: str | None = None
-    expires_at: int = 0
-    scope: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,22 +100,45 @@ def _cache_key(cookie_value: str) -> bytes:
 
 
 class SessionStore(Protocol):
-    """Where sessions live. The cookie store keeps them whole in the browser; a
-    server-side store (Redis, say) would keep only an id in the cookie."""
+    """Where sessions live; implement it to keep them somewhere else.
 
-    def load(self, cookies: Mapping[str, str]) -> Session | None: ...
+    The cookie store keeps each session whole, encrypted, in the browser; a server-side
+    store keeps only an id in the cookie. ``cookies`` is always the request's cookies as a
+    name -> value mapping; the methods that write return complete ``Set-Cookie`` header
+    values for the response. Methods that may do I/O are coroutines.
+    """
 
-    def save(
+    #: True when the cookie *is* the session, so an unchanged cookie always means an
+    #: unchanged session and the gate may remember its decision by the cookie alone.
+    #: A server-side store answers False: it can end a session behind an unchanged cookie.
+    self_contained: bool
+
+    async def load(self, cookies: Mapping[str, str]) -> Session | None:
+        """The request's session, or None when there is none or it is unusable
+        (foreign, tampered, expired, ended). Must not raise for bad client input."""
+        ...
+
+    async def save(
         self, session: Session, cookies: Mapping[str, str], now: float | None = None
-    ) -> list[bytes]: ...
+    ) -> list[bytes]:
+        """Store ``session`` with a fresh expiry; the ``Set-Cookie`` values that point the
+        browser at it (and delete whatever cookie layout they replace)."""
+        ...
 
-    def clear(self, cookies: Mapping[str, str]) -> list[bytes]: ...
+    async def clear(self, cookies: Mapping[str, str]) -> list[bytes]:
+        """End the request's session; the ``Set-Cookie`` values that delete its cookies."""
+        ...
 
-    def needs_roll(self, session: Session, now: float | None = None) -> bool: ...
+    def needs_roll(self, session: Session, now: float | None = None) -> bool:
+        """Whether a request now should extend the session (rolling expiry). Pure
+        arithmetic on the session, no I/O: the gate asks it on every admitted request."""
+        ...
 
 
 class CookieSessionStore:
     """Encrypted, chunked cookies; the decrypted result cached per cookie value."""
+
+    self_contained = True
 
     def __init__(self, settings: Settings, cache_size: int = 10_000) -> None:
         self.settings = settings
@@ -136,7 +149,7 @@ class CookieSessionStore:
         # cookie; expiry is re-checked on every hit.
         self._cache: LRUCache[bytes, Session] = LRUCache(maxsize=cache_size)
 
-    def load(self, cookies: Mapping[str, str]) -> Session | None:
+    async def load(self, cookies: Mapping[str, str]) -> Session | None:
         value = read_chunked(SESSION_COOKIE, cookies)
         if not value:
             return None
@@ -163,7 +176,7 @@ class CookieSessionStore:
         gain = self.expiry(session, now) - session.expires_at
         return gain > self.settings.inactivity_duration * ROLL_FRACTION
 
-    def save(
+    async def save(
         self, session: Session, cookies: Mapping[str, str], now: float | None = None
     ) -> list[bytes]:
         now = time.time() if now is None else now
@@ -172,65 +185,8 @@ class CookieSessionStore:
         self._cache[_cache_key(value)] = replace(session, expires_at=expires_at)
         return self.writer.set_chunked(SESSION_COOKIE, value, int(expires_at - now), cookies)
 
-    def clear(self, cookies: Mapping[str, str]) -> list[bytes]:
+    async def clear(self, cookies: Mapping[str, str]) -> list[bytes]:
         value = read_chunked(SESSION_COOKIE, cookies)
         if value:
             self._cache.pop(_cache_key(value), None)
         return self.writer.delete_chunked(SESSION_COOKIE, cookies)
-
-
-@dataclass(frozen=True)
-class Transaction:
-    """One login in flight, kept in its own cookie so several tabs can log in at once."""
-
-    state: str
-    nonce: str
-    code_verifier: str
-    return_to: str
-    # "login" for an interactive login, "silent" for a prompt=none refresh.
-    purpose: str = "login"
-    # What the new session must show once back, or the flow stops (the loop guard):
-    # "consent" (the current terms accepted) or "withdrawal" (consent no longer given).
-    expect: str | None = None
-
-    def to_payload(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "nonce": self.nonce,
-            "codeVerifier": self.code_verifier,
-            "responseType": "code",
-            "returnTo": self.return_to,
-            "purpose": self.purpose,
-            "expect": self.expect,
-        }
-
-
-class TransactionStore:
-    def __init__(self, settings: Settings) -> None:
-        self.keys = [_jose.derive_key(s) for s in settings.secrets]
-        self.writer = CookieWriter(secure=settings.secure_cookies)
-
-    def save(self, tx: Transaction) -> bytes:
-        expires_at = int(time.time()) + TRANSACTION_LIFETIME
-        value = _jose.encrypt(tx.to_payload(), self.keys[0], expires_at)
-        return self.writer.set(TRANSACTION_PREFIX + tx.state, value, TRANSACTION_LIFETIME)
-
-    def load(self, state: str, cookies: Mapping[str, str]) -> Transaction | None:
-        value = cookies.get(TRANSACTION_PREFIX + state)
-        payload = _jose.decrypt(value, self.keys) if value else None
-        if not payload or payload.get("state") != state:
-            return None
-        try:
-            return Transaction(
-                state=state,
-                nonce=str(payload["nonce"]),
-                code_verifier=str(payload["codeVerifier"]),
-                return_to=str(payload["returnTo"]),
-                purpose=str(payload.get("purpose", "login")),
-                expect=_optional_str(payload.get("expect")),
-            )
-        except KeyError:
-            return None
-
-    def delete(self, state: str) -> bytes:
-        return self.writer.delete(TRANSACTION_PREFIX + state)

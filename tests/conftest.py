@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import httpx
 import pytest
 import respx
 
 from consent_middleware import Settings
+from consent_middleware._engine import Engine
+from consent_middleware._oidc import OIDCClient
 from tests.keys import SigningKey
 
 DOMAIN = "https://tenant.example.com"
@@ -16,6 +21,12 @@ DISCOVERY = {
     "jwks_uri": f"{DOMAIN}/.well-known/jwks.json",
     "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
 }
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    # The package is asyncio-only (asyncio locks); anyio's trio run would not apply.
+    return "asyncio"
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +57,28 @@ def make_settings(**overrides: object) -> Settings:
 @pytest.fixture
 def settings() -> Settings:
     return make_settings()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """A pooled client closed however the test ends (respx patches its transport)."""
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+@pytest.fixture
+def oidc(http: httpx.AsyncClient) -> OIDCClient:
+    return OIDCClient(make_settings(), http)
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[Engine]:
+    """Everything a gate needs, wired by the composition root; closed however the test ends."""
+    built = Engine.create(make_settings())
+    try:
+        yield built
+    finally:
+        await built.aclose()
 
 
 def idp(mock: respx.MockRouter, keys: list[SigningKey], **discovery: object) -> respx.Route:

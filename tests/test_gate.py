@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -11,7 +12,14 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
-from consent_middleware import ConsentMiddleware, Session, Settings, TokenSet, current_user
+from consent_middleware import (
+    ConsentMiddleware,
+    NotGatedError,
+    Session,
+    Settings,
+    TokenSet,
+    current_user,
+)
 from consent_middleware._session import CookieSessionStore
 from tests.conftest import CLAIM, make_settings
 from tests.test_session import jar
@@ -25,7 +33,7 @@ def session_cookies(settings: Settings, **claims: Any) -> dict[str, str]:
     session = Session.from_claims(
         {"sub": "auth0|1", "email": "a@b.c", **claims}, TokenSet("at", "idt", "rt")
     )
-    return jar(CookieSessionStore(settings).save(session, {}))
+    return jar(asyncio.run(CookieSessionStore(settings).save(session, {})))
 
 
 async def private(request: Request) -> Response:
@@ -35,7 +43,7 @@ async def private(request: Request) -> Response:
 
 
 async def public(request: Request) -> Response:
-    with pytest.raises(LookupError):
+    with pytest.raises(NotGatedError):
         current_user(request)
     return PlainTextResponse("public")
 
@@ -129,7 +137,8 @@ def test_consented_user_passes_and_is_exposed() -> None:
 def test_cookie_rolls_once_enough_of_the_window_has_passed() -> None:
     settings = make_settings(inactivity_duration=1000, absolute_duration=100_000)
     session = Session.from_claims({"sub": "auth0|1", **consent()}, TokenSet("at", "idt"))
-    cookies = jar(CookieSessionStore(settings).save(session, {}, now=time.time() - 500))
+    saved = CookieSessionStore(settings).save(session, {}, now=time.time() - 500)
+    cookies = jar(asyncio.run(saved))
     c = client(settings)
     c.cookies.update(cookies)
     response = c.get("/dashboard")

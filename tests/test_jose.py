@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from consent_middleware import IdTokenError
+from consent_middleware._exceptions import IdTokenError
 from consent_middleware._jose import KeySet, decrypt, derive_key, encrypt, verify_id_token
 from tests.keys import SigningKey, hs256_with_public_key, id_token_claims, unsigned_token
 

@@ -7,21 +7,15 @@ import httpx
 import pytest
 import respx
 
-from consent_middleware import ManagementAPIError
+from consent_middleware._exceptions import ManagementAPIError
 from consent_middleware._management import ManagementClient
 from consent_middleware._oidc import OIDCClient
-from tests.conftest import make_settings
+from tests.conftest import DOMAIN, idp, make_settings
 
-DOMAIN = "https://tenant.example.com"
 TOKEN_URL = f"{DOMAIN}/oauth/token"
 USER_URL = f"{DOMAIN}/api/v2/users/auth0%7Cabc"
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 class Sleeps:
@@ -35,28 +29,24 @@ class Sleeps:
         await asyncio.sleep(0)
 
 
-def management(sleeps: Sleeps | None = None, **settings: object) -> ManagementClient:
+def management(
+    http: httpx.AsyncClient, sleeps: Sleeps | None = None, **settings: object
+) -> ManagementClient:
     s = make_settings(mgmt_client_id="m2m", mgmt_client_secret="m2m-secret", **settings)
-    return ManagementClient(s, OIDCClient(s), sleep=sleeps or Sleeps())
+    return ManagementClient(s, OIDCClient(s, http), sleep=sleeps or Sleeps())
 
 
 def tenant(mock: respx.MockRouter, methods: list[str] | None = None) -> respx.Route:
-    mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(
-        json={
-            "issuer": f"{DOMAIN}/",
-            "authorization_endpoint": f"{DOMAIN}/authorize",
-            "token_endpoint": TOKEN_URL,
-            "jwks_uri": f"{DOMAIN}/jwks",
-            "token_endpoint_auth_methods_supported": methods or ["client_secret_post"],
-        }
-    )
+    idp(mock, [], token_endpoint_auth_methods_supported=methods or ["client_secret_post"])
     return mock.post(TOKEN_URL).respond(
         json={"access_token": "mgmt-token", "expires_in": 86400, "token_type": "Bearer"}
     )
 
 
-async def test_token_request_and_patch() -> None:
-    client = management()
+async def test_token_request_and_patch(http: httpx.AsyncClient) -> None:
+    client = management(
+        http,
+    )
     with respx.mock(assert_all_called=False) as mock:
         token = tenant(mock)
         patch = mock.patch(USER_URL).respond(json={"user_id": "auth0|abc"})
@@ -74,8 +64,10 @@ async def test_token_request_and_patch() -> None:
     assert request.content == b'{"user_metadata":{"consent":{"given":true}}}'
 
 
-async def test_token_is_cached_and_fetched_once_under_concurrency() -> None:
-    client = management()
+async def test_token_is_cached_and_fetched_once_under_concurrency(http: httpx.AsyncClient) -> None:
+    client = management(
+        http,
+    )
     with respx.mock(assert_all_called=False) as mock:
         token = tenant(mock)
         mock.get(USER_URL).respond(json={"user_id": "auth0|abc"})
@@ -85,8 +77,10 @@ async def test_token_is_cached_and_fetched_once_under_concurrency() -> None:
     assert client.token_fetches == 1
 
 
-async def test_token_expiry_margin_triggers_a_new_fetch() -> None:
-    client = management()
+async def test_token_expiry_margin_triggers_a_new_fetch(http: httpx.AsyncClient) -> None:
+    client = management(
+        http,
+    )
     with respx.mock(assert_all_called=False) as mock:
         token = tenant(mock)
         token.respond(json={"access_token": "short", "expires_in": 61})
@@ -96,9 +90,9 @@ async def test_token_expiry_margin_triggers_a_new_fetch() -> None:
     assert token.call_count == 2
 
 
-async def test_429_honours_retry_after_then_succeeds() -> None:
+async def test_429_honours_retry_after_then_succeeds(http: httpx.AsyncClient) -> None:
     sleeps = Sleeps()
-    client = management(sleeps)
+    client = management(http, sleeps)
     with respx.mock(assert_all_called=False) as mock:
         tenant(mock)
         route = mock.patch(USER_URL)
@@ -110,9 +104,9 @@ async def test_429_honours_retry_after_then_succeeds() -> None:
     assert sleeps.calls == [2.0]
 
 
-async def test_429_uses_x_ratelimit_reset() -> None:
+async def test_429_uses_x_ratelimit_reset(http: httpx.AsyncClient) -> None:
     sleeps = Sleeps()
-    client = management(sleeps)
+    client = management(http, sleeps)
     reset = str(int(time.time()) + 3)
     with respx.mock(assert_all_called=False) as mock:
         tenant(mock)
@@ -124,9 +118,9 @@ async def test_429_uses_x_ratelimit_reset() -> None:
     assert 1.5 < sleeps.calls[0] <= 3
 
 
-async def test_503_and_timeouts_are_retried_with_backoff() -> None:
+async def test_503_and_timeouts_are_retried_with_backoff(http: httpx.AsyncClient) -> None:
     sleeps = Sleeps()
-    client = management(sleeps)
+    client = management(http, sleeps)
     with respx.mock(assert_all_called=False) as mock:
         tenant(mock)
         mock.patch(USER_URL).side_effect = [
@@ -138,9 +132,9 @@ async def test_503_and_timeouts_are_retried_with_backoff() -> None:
     assert sleeps.calls == [0.25, 0.5]
 
 
-async def test_final_failure_is_a_management_error() -> None:
+async def test_final_failure_is_a_management_error(http: httpx.AsyncClient) -> None:
     sleeps = Sleeps()
-    client = management(sleeps)
+    client = management(http, sleeps)
     with respx.mock(assert_all_called=False) as mock:
         tenant(mock)
         route = mock.patch(USER_URL).respond(503)
@@ -150,9 +144,9 @@ async def test_final_failure_is_a_management_error() -> None:
     assert len(sleeps.calls) == 3
 
 
-async def test_retry_after_beyond_the_budget_fails_at_once() -> None:
+async def test_retry_after_beyond_the_budget_fails_at_once(http: httpx.AsyncClient) -> None:
     sleeps = Sleeps()
-    client = management(sleeps)
+    client = management(http, sleeps)
     with respx.mock(assert_all_called=False) as mock:
         tenant(mock)
         route = mock.patch(USER_URL).respond(429, headers={"Retry-After": "3600"})
@@ -161,8 +155,10 @@ async def test_retry_after_beyond_the_budget_fails_at_once() -> None:
     assert route.call_count == 1 and sleeps.calls == []
 
 
-async def test_client_errors_are_not_retried() -> None:
-    client = management()
+async def test_client_errors_are_not_retried(http: httpx.AsyncClient) -> None:
+    client = management(
+        http,
+    )
     with respx.mock(assert_all_called=False) as mock:
         tenant(mock)
         route = mock.get(USER_URL).respond(404, json={"message": "The user does not exist."})
@@ -171,8 +167,10 @@ async def test_client_errors_are_not_retried() -> None:
     assert info.value.status_code == 404 and route.call_count == 1
 
 
-async def test_401_refetches_the_token_once() -> None:
-    client = management()
+async def test_401_refetches_the_token_once(http: httpx.AsyncClient) -> None:
+    client = management(
+        http,
+    )
     with respx.mock(assert_all_called=False) as mock:
         token = tenant(mock)
         mock.get(USER_URL).side_effect = [httpx.Response(401), httpx.Response(200, json={})]
@@ -180,8 +178,10 @@ async def test_401_refetches_the_token_once() -> None:
     assert token.call_count == 2
 
 
-async def test_delete_answers_204() -> None:
-    client = management()
+async def test_delete_answers_204(http: httpx.AsyncClient) -> None:
+    client = management(
+        http,
+    )
     with respx.mock(assert_all_called=False) as mock:
         tenant(mock, ["client_secret_basic"])
         route = mock.delete(USER_URL).respond(204)

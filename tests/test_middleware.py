@@ -35,7 +35,7 @@ def cookie_value(claims: dict[str, Any] | None = None, padding: int = 0) -> str:
         {"sub": "auth0|1", **(claims if claims is not None else CONSENTED)},
         TokenSet("at" + "x" * padding, "idt", "rt", expires_at=int(time.time()) + 3600),
     )
-    headers = STORE.save(session, {})
+    headers = asyncio.run(STORE.save(session, {}))
     pairs = [h.decode().split(";", 1)[0] for h in headers]
     return "; ".join(p for p in pairs if not p.endswith("="))
 
@@ -118,7 +118,7 @@ def test_flipped_characters(at: int) -> None:
 def test_other_key_swapped_missing_and_huge_chunks() -> None:
     other = CookieSessionStore(make_settings(secret="o" * 40))
     session = Session.from_claims({"sub": "x", **CONSENTED}, TokenSet("at", "idt", "rt"))
-    foreign = other.save(session, {})[0].decode().split(";", 1)[0]
+    foreign = asyncio.run(other.save(session, {}))[0].decode().split(";", 1)[0]
     refused_as_logged_out(foreign.encode())
     chunks = dict(pair.split("=", 1) for pair in BIG.split("; "))
     swapped = {
@@ -188,7 +188,7 @@ def test_lifespan_shutdown_closes_the_client_it_made() -> None:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def run(gate: ConsentMiddleware) -> httpx.AsyncClient:
-        client = gate.engine.oidc.http
+        client = gate.engine.http
         await run_lifespan(gate)
         return client
 
@@ -202,19 +202,21 @@ def test_lifespan_shutdown_closes_the_client_it_made() -> None:
 class ServerSideStore:
     """A minimal server-side store: the cookie holds only an id."""
 
+    self_contained = False
+
     def __init__(self) -> None:
         self.sessions: dict[str, Session] = {}
 
-    def load(self, cookies: Mapping[str, str]) -> Session | None:
+    async def load(self, cookies: Mapping[str, str]) -> Session | None:
         return self.sessions.get(cookies.get("sid", ""))
 
-    def save(
+    async def save(
         self, session: Session, cookies: Mapping[str, str], now: float | None = None
     ) -> list[bytes]:
         self.sessions[session.sid] = session
         return [f"sid={session.sid}; Path=/; HttpOnly".encode()]
 
-    def clear(self, cookies: Mapping[str, str]) -> list[bytes]:
+    async def clear(self, cookies: Mapping[str, str]) -> list[bytes]:
         self.sessions.pop(cookies.get("sid", ""), None)
         return [b"sid=; Max-Age=0; Path=/"]
 
@@ -230,8 +232,10 @@ def test_a_server_side_store_ends_sessions_at_once() -> None:
         TokenSet("at", "idt", "rt", expires_at=int(time.time()) + 3600),
     )
     session = replace(session, expires_at=int(time.time()) + 3600)
-    store.save(session, {})
+    asyncio.run(store.save(session, {}))
     cookie = f"sid={session.sid}".encode()
     assert call(gate, cookie)[0] == 200
-    store.clear({"sid": session.sid})  # logged out elsewhere, same cookie in the browser
+    asyncio.run(
+        store.clear({"sid": session.sid})
+    )  # logged out elsewhere, same cookie in the browser
     assert call(gate, cookie)[0] == 307

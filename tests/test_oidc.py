@@ -7,40 +7,29 @@ import httpx
 import pytest
 import respx
 
-from consent_middleware import (
-    IdentityProviderError,
-    IdTokenError,
-    Session,
-    TokenEndpointError,
-    TokenSet,
-)
+from consent_middleware._exceptions import IdentityProviderError, IdTokenError, TokenEndpointError
 from consent_middleware._oidc import JWKS_MIN_REFETCH_INTERVAL, OIDCClient
+from consent_middleware._transactions import Transaction
 from tests.conftest import DISCOVERY, DOMAIN, ISSUER, idp, make_settings
 from tests.keys import SigningKey, id_token_claims
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def client() -> OIDCClient:
-    return OIDCClient(make_settings())
+def authorize_params(tx: Transaction) -> dict[str, str]:
+    return {"state": tx.state, "nonce": tx.nonce, "code_verifier": tx.code_verifier}
 
 
 async def test_authorization_url_has_pkce_state_nonce_and_forwarded_params(
-    signing_key: SigningKey,
+    signing_key: SigningKey, oidc: OIDCClient
 ) -> None:
-    oidc = client()
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
-        tx = oidc.new_transaction("https://app.example.com/x")
+        tx = Transaction("https://app.example.com/x")
         url = httpx.URL(
             await oidc.authorization_url(
-                tx,
-                {
+                **authorize_params(tx),
+                extra={
                     "prompt": "login",
                     "screen_hint": "signup",
                     "client_id": "evil",
@@ -60,46 +49,50 @@ async def test_authorization_url_has_pkce_state_nonce_and_forwarded_params(
     assert params["prompt"] == "login" and params["screen_hint"] == "signup"
 
 
-async def test_silent_transaction_sends_prompt_none(signing_key: SigningKey) -> None:
-    oidc = client()
+async def test_prompt_none_wins_over_a_forwarded_prompt(
+    signing_key: SigningKey, oidc: OIDCClient
+) -> None:
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
-        tx = oidc.new_transaction("https://app.example.com/", purpose="silent")
-        url = httpx.URL(await oidc.authorization_url(tx, {"prompt": "login"}))
+        tx = Transaction("https://app.example.com/")
+        url = httpx.URL(
+            await oidc.authorization_url(
+                **authorize_params(tx), extra={"prompt": "login"}, prompt="none"
+            )
+        )
     assert url.params["prompt"] == "none"
 
 
-async def test_discovery_issuer_mismatch_is_refused() -> None:
+async def test_discovery_issuer_mismatch_is_refused(oidc: OIDCClient) -> None:
     with respx.mock(assert_all_called=False) as mock:
         mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(
             json={**DISCOVERY, "issuer": "https://evil.example/"}
         )
         with pytest.raises(IdentityProviderError, match="issuer"):
-            await client().metadata()
+            await oidc.metadata()
 
 
 @pytest.mark.parametrize(
     "response",
     [httpx.Response(500), httpx.Response(200, text="<html>"), httpx.Response(200, json=[1])],
 )
-async def test_discovery_failures(response: httpx.Response) -> None:
+async def test_discovery_failures(response: httpx.Response, oidc: OIDCClient) -> None:
     with respx.mock(assert_all_called=False) as mock:
         mock.get(f"{DOMAIN}/.well-known/openid-configuration").mock(return_value=response)
         with pytest.raises(IdentityProviderError):
-            await client().metadata()
+            await oidc.metadata()
 
 
-async def test_discovery_timeout_is_an_idp_error() -> None:
+async def test_discovery_timeout_is_an_idp_error(oidc: OIDCClient) -> None:
     with respx.mock(assert_all_called=False) as mock:
         mock.get(f"{DOMAIN}/.well-known/openid-configuration").mock(
             side_effect=httpx.ConnectTimeout("slow")
         )
         with pytest.raises(IdentityProviderError, match="ConnectTimeout"):
-            await client().metadata()
+            await oidc.metadata()
 
 
-async def test_discovery_is_cached(signing_key: SigningKey) -> None:
-    oidc = client()
+async def test_discovery_is_cached(signing_key: SigningKey, oidc: OIDCClient) -> None:
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
         await oidc.metadata()
@@ -107,9 +100,10 @@ async def test_discovery_is_cached(signing_key: SigningKey) -> None:
         assert mock.calls.call_count == 1
 
 
-async def test_code_exchange_uses_basic_auth_and_verifies(signing_key: SigningKey) -> None:
-    oidc = client()
-    tx = oidc.new_transaction("https://app.example.com/")
+async def test_code_exchange_uses_basic_auth_and_verifies(
+    signing_key: SigningKey, oidc: OIDCClient
+) -> None:
+    tx = Transaction("https://app.example.com/")
     id_token = signing_key.sign(id_token_claims(ISSUER, "client-1", nonce=tx.nonce))
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
@@ -123,7 +117,9 @@ async def test_code_exchange_uses_basic_auth_and_verifies(signing_key: SigningKe
                 "token_type": "Bearer",
             }
         )
-        claims, token_set = await oidc.exchange_code("the-code", tx)
+        result = await oidc.authorization_code_grant(
+            "the-code", code_verifier=tx.code_verifier, nonce=tx.nonce
+        )
     request = token.calls.last.request
     expected = base64.b64encode(b"client-1:client-secret-1").decode()
     assert request.headers["authorization"] == f"Basic {expected}"
@@ -134,43 +130,42 @@ async def test_code_exchange_uses_basic_auth_and_verifies(signing_key: SigningKe
         "redirect_uri": "https://app.example.com/auth/callback",
         "code_verifier": tx.code_verifier,
     }
-    assert claims["sub"] == "auth0|user1"
-    assert token_set.refresh_token == "rt"
-    assert token_set.expires_at >= int(time.time()) + 86000
+    assert result.claims["sub"] == "auth0|user1"
+    assert result.token_set.refresh_token == "rt"
+    assert result.token_set.expires_at >= int(time.time()) + 86000
 
 
-async def test_client_secret_post_when_basic_is_not_offered(signing_key: SigningKey) -> None:
-    oidc = client()
-    tx = oidc.new_transaction("https://app.example.com/")
+async def test_client_secret_post_when_basic_is_not_offered(
+    signing_key: SigningKey, oidc: OIDCClient
+) -> None:
+    tx = Transaction("https://app.example.com/")
     id_token = signing_key.sign(id_token_claims(ISSUER, "client-1", nonce=tx.nonce))
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key], token_endpoint_auth_methods_supported=["client_secret_post"])
         token = mock.post(f"{DOMAIN}/oauth/token").respond(
             json={"access_token": "at", "id_token": id_token}
         )
-        await oidc.exchange_code("c", tx)
+        await oidc.authorization_code_grant("c", code_verifier=tx.code_verifier, nonce=tx.nonce)
     request = token.calls.last.request
     assert "authorization" not in request.headers
     form = dict(httpx.QueryParams(request.content.decode()))
     assert form["client_id"] == "client-1" and form["client_secret"] == "client-secret-1"
 
 
-async def test_token_endpoint_error_is_kept(signing_key: SigningKey) -> None:
-    oidc = client()
+async def test_token_endpoint_error_is_kept(signing_key: SigningKey, oidc: OIDCClient) -> None:
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
         mock.post(f"{DOMAIN}/oauth/token").respond(
             400, json={"error": "invalid_grant", "error_description": "bad code"}
         )
         with pytest.raises(TokenEndpointError) as info:
-            await oidc.exchange_code("c", oidc.new_transaction("/"))
+            await oidc.authorization_code_grant("c", code_verifier="v", nonce="n")
     assert info.value.error == "invalid_grant"
 
 
 async def test_unknown_kid_refetches_jwks_once_then_rejects(
-    signing_key: SigningKey, other_key: SigningKey
+    signing_key: SigningKey, other_key: SigningKey, oidc: OIDCClient
 ) -> None:
-    oidc = client()
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
         jwks = mock.routes[1]
@@ -192,8 +187,9 @@ async def test_unknown_kid_refetches_jwks_once_then_rejects(
         assert jwks.call_count == 2
 
 
-async def test_key_rotation_is_picked_up(signing_key: SigningKey, other_key: SigningKey) -> None:
-    oidc = client()
+async def test_key_rotation_is_picked_up(
+    signing_key: SigningKey, other_key: SigningKey, oidc: OIDCClient
+) -> None:
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
         await oidc.verify_id_token(signing_key.sign(id_token_claims(ISSUER, "client-1")), "n-1")
@@ -207,9 +203,9 @@ async def test_key_rotation_is_picked_up(signing_key: SigningKey, other_key: Sig
     assert claims["sub"] == "auth0|user1"
 
 
-async def test_refresh_keeps_session_identity_and_rotates(signing_key: SigningKey) -> None:
-    oidc = client()
-    session = Session.from_claims({"sub": "auth0|user1"}, TokenSet("at", "idt", "rt-1"))
+async def test_refresh_token_grant_returns_new_tokens_and_claims(
+    signing_key: SigningKey, oidc: OIDCClient
+) -> None:
     new_id_token = signing_key.sign(
         id_token_claims(ISSUER, "client-1", nonce=None, **{"https://c/x": {"given": True}})
     )
@@ -218,20 +214,21 @@ async def test_refresh_keeps_session_identity_and_rotates(signing_key: SigningKe
         token = mock.post(f"{DOMAIN}/oauth/token").respond(
             json={"access_token": "at-2", "id_token": new_id_token, "refresh_token": "rt-2"}
         )
-        refreshed = await oidc.refresh(session)
+        result = await oidc.refresh_token_grant("rt-1", sub="auth0|user1")
         form = dict(httpx.QueryParams(token.calls.last.request.content.decode()))
         assert form == {"grant_type": "refresh_token", "refresh_token": "rt-1"}
-        assert refreshed.sid == session.sid and refreshed.created_at == session.created_at
-        assert refreshed.token_set.refresh_token == "rt-2"
-        assert refreshed.user["https://c/x"] == {"given": True}
+        assert result.token_set.refresh_token == "rt-2"
+        assert result.token_set.access_token == "at-2"
+        assert result.claims["https://c/x"] == {"given": True}
         # Without rotation the old refresh token is kept.
         token.respond(json={"access_token": "at-3", "id_token": new_id_token})
-        assert (await oidc.refresh(refreshed)).token_set.refresh_token == "rt-2"
+        again = await oidc.refresh_token_grant("rt-2", sub="auth0|user1")
+        assert again.token_set.refresh_token == "rt-2"
 
 
-async def test_refresh_for_another_user_is_refused(signing_key: SigningKey) -> None:
-    oidc = client()
-    session = Session.from_claims({"sub": "auth0|someone"}, TokenSet("at", "idt", "rt"))
+async def test_refresh_for_another_user_is_refused(
+    signing_key: SigningKey, oidc: OIDCClient
+) -> None:
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
         mock.post(f"{DOMAIN}/oauth/token").respond(
@@ -241,19 +238,62 @@ async def test_refresh_for_another_user_is_refused(signing_key: SigningKey) -> N
             }
         )
         with pytest.raises(IdTokenError, match="different user"):
-            await oidc.refresh(session)
+            await oidc.refresh_token_grant("rt", sub="auth0|someone")
 
 
-async def test_logout_urls(signing_key: SigningKey) -> None:
+async def test_at_hash_is_checked_when_present(signing_key: SigningKey, oidc: OIDCClient) -> None:
+    claims = id_token_claims(ISSUER, "client-1", nonce=None)
+    # at_hash of a different access token (OIDC Core 3.1.3.8: binding when present).
+    claims["at_hash"] = "AAAAAAAAAAAAAAAAAAAAAA"
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        mock.post(f"{DOMAIN}/oauth/token").respond(
+            json={"access_token": "at-2", "id_token": signing_key.sign(claims)}
+        )
+        with pytest.raises(IdTokenError, match="at_hash"):
+            await oidc.refresh_token_grant("rt", sub="auth0|user1")
+
+
+async def test_client_credentials_grant(signing_key: SigningKey, oidc: OIDCClient) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        token = mock.post(f"{DOMAIN}/oauth/token").respond(
+            json={"access_token": "m2m", "expires_in": 600, "token_type": "Bearer"}
+        )
+        granted = await oidc.client_credentials_grant(
+            client_id="m2m-client", client_secret="m2m-secret", audience=f"{DOMAIN}/api/v2/"
+        )
+    assert granted.token == "m2m" and granted.expires_in == 600
+    form = dict(httpx.QueryParams(token.calls.last.request.content.decode()))
+    assert form == {"grant_type": "client_credentials", "audience": f"{DOMAIN}/api/v2/"}
+    expected = base64.b64encode(b"m2m-client:m2m-secret").decode()
+    assert token.calls.last.request.headers["authorization"] == f"Basic {expected}"
+
+
+async def test_translated_errors_keep_their_cause(oidc: OIDCClient) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(f"{DOMAIN}/.well-known/openid-configuration").mock(
+            side_effect=httpx.ConnectError("refused")
+        )
+        with pytest.raises(IdentityProviderError) as info:
+            await oidc.metadata()
+    assert isinstance(info.value.__cause__, httpx.ConnectError)
+
+
+async def test_logout_urls(signing_key: SigningKey, http: httpx.AsyncClient) -> None:
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key], end_session_endpoint=f"{DOMAIN}/oidc/logout")
-        url = httpx.URL(await client().logout_url("idt", "https://app.example.com/"))
+        url = httpx.URL(
+            await OIDCClient(make_settings(), http).logout_url("idt", "https://app.example.com/")
+        )
     assert url.path == "/oidc/logout"
     assert url.params["id_token_hint"] == "idt"
     assert url.params["post_logout_redirect_uri"] == "https://app.example.com/"
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
-        url = httpx.URL(await client().logout_url("idt", "https://app.example.com/"))
+        url = httpx.URL(
+            await OIDCClient(make_settings(), http).logout_url("idt", "https://app.example.com/")
+        )
     assert url.path == "/v2/logout"
     assert url.params["returnTo"] == "https://app.example.com/"
     assert url.params["client_id"] == "client-1"

@@ -16,25 +16,18 @@ from starlette.requests import Request
 from consent_middleware import RefreshError, Session, TokenSet, refresh_session
 from consent_middleware._engine import Engine
 from consent_middleware._refresh import (
-    EXPECT_CONSENT,
-    EXPECT_WITHDRAWAL,
     REFRESHED_SCOPE_KEY,
     REFRESHER_SCOPE_KEY,
     SESSION_SCOPE_KEY,
-    SessionRefresher,
 )
-from tests.conftest import CLAIM, DOMAIN, ISSUER, idp, make_settings
+from consent_middleware._transactions import Expectation
+from tests.conftest import CLAIM, DOMAIN, ISSUER, idp
 from tests.keys import SigningKey, id_token_claims
 
 TOKEN_URL = f"{DOMAIN}/oauth/token"
 ACCEPTED = {"given": True, "version": "v2", "date": "2026-11-23T00:00:00.000Z"}
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def tokens(key: SigningKey, consent: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
@@ -78,47 +71,45 @@ def request(scope_extra: dict[str, Any] | None = None) -> Request:
     return Request(scope)
 
 
-def refresher() -> SessionRefresher:
-    return SessionRefresher(Engine.create(make_settings()))
-
-
 def set_cookies(response: Any) -> list[str]:
     return [v.decode() for k, v in response.raw_headers if k == b"set-cookie"]
 
 
-async def test_refresh_token_grant_then_straight_back(signing_key: SigningKey) -> None:
-    subject = refresher()
+async def test_refresh_token_grant_then_straight_back(
+    signing_key: SigningKey, engine: Engine
+) -> None:
+    subject = engine.refresher
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
         grant = mock.post(TOKEN_URL).respond(json=tokens(signing_key, ACCEPTED))
         response = await subject.refresh_and_continue(
-            request(), session(), "/dashboard?x=1", EXPECT_CONSENT
+            request(), session(), "/dashboard?x=1", Expectation.CONSENT
         )
     assert response.status_code == 303 and response.headers["location"] == "/dashboard?x=1"
     form = parse_qs(grant.calls.last.request.content.decode())
     assert form["grant_type"] == ["refresh_token"] and form["refresh_token"] == ["rt-1"]
     assert any(c.startswith("__session=") for c in set_cookies(response))
-    await subject.engine.oidc.aclose()
 
 
-async def test_a_rotated_refresh_token_is_kept(signing_key: SigningKey) -> None:
-    subject = refresher()
+async def test_a_rotated_refresh_token_is_kept(signing_key: SigningKey, engine: Engine) -> None:
+    subject = engine.refresher
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
         mock.post(TOKEN_URL).respond(json=tokens(signing_key, ACCEPTED, refresh_token="rt-2"))
         refreshed = await subject.refresh(session())
     assert refreshed.token_set.refresh_token == "rt-2"
     assert refreshed.user[CLAIM] == ACCEPTED and refreshed.token_set.access_token == "at-2"
-    await subject.engine.oidc.aclose()
 
 
-async def test_failed_grant_falls_back_to_prompt_none(signing_key: SigningKey) -> None:
-    subject = refresher()
+async def test_failed_grant_falls_back_to_prompt_none(
+    signing_key: SigningKey, engine: Engine
+) -> None:
+    subject = engine.refresher
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
         mock.post(TOKEN_URL).respond(400, json={"error": "invalid_grant"})
         response = await subject.refresh_and_continue(
-            request(), session(), "/dashboard", EXPECT_CONSENT
+            request(), session(), "/dashboard", Expectation.CONSENT
         )
     assert response.status_code in (302, 303, 307)
     location = urlsplit(response.headers["location"])
@@ -126,51 +117,53 @@ async def test_failed_grant_falls_back_to_prompt_none(signing_key: SigningKey) -
     query = parse_qs(location.query)
     assert query["prompt"] == ["none"] and query["code_challenge_method"] == ["S256"]
     assert any(c.startswith("__txn_") for c in set_cookies(response))
-    await subject.engine.oidc.aclose()
 
 
-async def test_no_refresh_token_goes_straight_to_prompt_none(signing_key: SigningKey) -> None:
-    subject = refresher()
+async def test_no_refresh_token_goes_straight_to_prompt_none(
+    signing_key: SigningKey, engine: Engine
+) -> None:
+    subject = engine.refresher
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
         grant = mock.post(TOKEN_URL)
         response = await subject.refresh_and_continue(
-            request(), session(refresh_token=None), "/dashboard", EXPECT_CONSENT
+            request(), session(refresh_token=None), "/dashboard", Expectation.CONSENT
         )
     assert not grant.called
     assert parse_qs(urlsplit(response.headers["location"]).query)["prompt"] == ["none"]
-    await subject.engine.oidc.aclose()
 
 
-async def test_unreachable_token_endpoint_falls_back_too(signing_key: SigningKey) -> None:
-    subject = refresher()
+async def test_unreachable_token_endpoint_falls_back_too(
+    signing_key: SigningKey, engine: Engine
+) -> None:
+    subject = engine.refresher
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
         mock.post(TOKEN_URL).mock(side_effect=httpx.ConnectTimeout("slow"))
         response = await subject.refresh_and_continue(
-            request(), session(), "/dashboard", EXPECT_CONSENT
+            request(), session(), "/dashboard", Expectation.CONSENT
         )
     assert parse_qs(urlsplit(response.headers["location"]).query)["prompt"] == ["none"]
-    await subject.engine.oidc.aclose()
 
 
-async def test_claim_still_missing_stops_with_an_explanation(signing_key: SigningKey) -> None:
-    subject = refresher()
+async def test_claim_still_missing_stops_with_an_explanation(
+    signing_key: SigningKey, engine: Engine
+) -> None:
+    subject = engine.refresher
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
         mock.post(TOKEN_URL).respond(json=tokens(signing_key, None))
         response = await subject.refresh_and_continue(
-            request(), session(), "/dashboard", EXPECT_CONSENT
+            request(), session(), "/dashboard", Expectation.CONSENT
         )
     assert response.status_code == 502
     assert b"post-login Action" in response.body and b"location" not in response.body
-    await subject.engine.oidc.aclose()
 
 
 async def test_withdrawal_the_token_does_not_show_ends_the_session(
-    signing_key: SigningKey,
+    signing_key: SigningKey, engine: Engine
 ) -> None:
-    subject = refresher()
+    subject = engine.refresher
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
         mock.post(TOKEN_URL).respond(json=tokens(signing_key, ACCEPTED))
@@ -178,16 +171,15 @@ async def test_withdrawal_the_token_does_not_show_ends_the_session(
             request({"headers": [(b"cookie", b"__session=the-old-one")]}),
             session(consent=ACCEPTED),
             "/consent",
-            EXPECT_WITHDRAWAL,
+            Expectation.WITHDRAWAL,
         )
     assert response.status_code == 502
     cleared = [c for c in set_cookies(response) if c.startswith("__session=")]
     assert cleared and all("Max-Age=0" in c for c in cleared)
-    await subject.engine.oidc.aclose()
 
 
-async def test_a_token_for_another_user_is_refused(signing_key: SigningKey) -> None:
-    subject = refresher()
+async def test_a_token_for_another_user_is_refused(signing_key: SigningKey, engine: Engine) -> None:
+    subject = engine.refresher
     other = id_token_claims(ISSUER, "client-1", nonce=None, sub="auth0|someone-else")
     with respx.mock(assert_all_called=False) as mock:
         idp(mock, [signing_key])
@@ -196,13 +188,12 @@ async def test_a_token_for_another_user_is_refused(signing_key: SigningKey) -> N
         )
         with pytest.raises(RefreshError):
             await subject.refresh(session())
-    await subject.engine.oidc.aclose()
 
 
 async def test_concurrent_refreshes_of_one_session_are_one_grant_at_a_time(
-    signing_key: SigningKey,
+    signing_key: SigningKey, engine: Engine
 ) -> None:
-    subject = refresher()
+    subject = engine.refresher
     inside = 0
     most = 0
 
@@ -221,11 +212,10 @@ async def test_concurrent_refreshes_of_one_session_are_one_grant_at_a_time(
         results = await asyncio.gather(*(subject.refresh(one) for _ in range(5)))
     assert most == 1 and all(r.user[CLAIM] == ACCEPTED for r in results)
     assert grant.call_count == 1  # the four that queued took the first grant's result
-    await subject.engine.oidc.aclose()
 
 
-async def test_refresh_session_for_apps(signing_key: SigningKey) -> None:
-    subject = refresher()
+async def test_refresh_session_for_apps(signing_key: SigningKey, engine: Engine) -> None:
+    subject = engine.refresher
     current = session()
     req = request({REFRESHER_SCOPE_KEY: subject, SESSION_SCOPE_KEY: current})
     with respx.mock(assert_all_called=False) as mock:
@@ -236,4 +226,3 @@ async def test_refresh_session_for_apps(signing_key: SigningKey) -> None:
     assert req.scope[REFRESHED_SCOPE_KEY] is refreshed
     with pytest.raises(RefreshError):
         await refresh_session(request())  # not behind the gate
-    await subject.engine.oidc.aclose()

@@ -3,10 +3,14 @@ from __future__ import annotations
 import time
 from http.cookies import SimpleCookie
 
+import pytest
+
 from consent_middleware import Session, TokenSet
 from consent_middleware._jose import derive_key, encrypt
-from consent_middleware._session import CookieSessionStore, Transaction, TransactionStore
+from consent_middleware._session import CookieSessionStore
 from tests.conftest import make_settings
+
+pytestmark = pytest.mark.anyio
 
 
 def jar(headers: list[bytes]) -> dict[str, str]:
@@ -43,77 +47,68 @@ def test_payload_shape_matches_nextjs_auth0_v4() -> None:
     assert set(payload["internal"]) == {"sid", "createdAt"}
 
 
-def test_round_trip_through_cookies() -> None:
+async def test_round_trip_through_cookies() -> None:
     store = CookieSessionStore(make_settings())
     session = make_session(**{"https://consent.example.com/consent": {"given": True}})
-    loaded = store.load(jar(store.save(session, {})))
+    loaded = await store.load(jar(await store.save(session, {})))
     assert loaded is not None
     assert loaded.user == session.user and loaded.token_set == session.token_set
     assert loaded.sid == session.sid
 
 
-def test_big_session_is_chunked_and_read_back() -> None:
+async def test_big_session_is_chunked_and_read_back() -> None:
     store = CookieSessionStore(make_settings())
     session = make_session(blob="z" * 9000)
-    cookies = jar(store.save(session, {}))
+    cookies = jar(await store.save(session, {}))
     assert "__session__0" in cookies and "__session__2" in cookies
     # A fresh store (no cache) must decrypt the chunks.
-    loaded = CookieSessionStore(make_settings()).load(cookies)
+    loaded = await CookieSessionStore(make_settings()).load(cookies)
     assert loaded is not None and loaded.user["blob"] == "z" * 9000
     swapped = {
         **cookies,
         "__session__0": cookies["__session__1"],
         "__session__1": cookies["__session__0"],
     }
-    assert CookieSessionStore(make_settings()).load(swapped) is None
+    assert await CookieSessionStore(make_settings()).load(swapped) is None
     missing = {k: v for k, v in cookies.items() if k != "__session__1"}
-    assert CookieSessionStore(make_settings()).load(missing) is None
+    assert await CookieSessionStore(make_settings()).load(missing) is None
 
 
-def test_tampered_foreign_and_expired_cookies_mean_no_session() -> None:
+async def test_tampered_foreign_and_expired_cookies_mean_no_session() -> None:
     settings = make_settings()
     store = CookieSessionStore(settings)
-    cookies = jar(store.save(make_session(), {}))
+    cookies = jar(await store.save(make_session(), {}))
     value = cookies["__session"]
-    assert store.load({"__session": value[:-3] + ("AAA" if value[-3:] != "AAA" else "BBB")}) is None
-    assert store.load({"__session": "garbage"}) is None
+    assert (
+        await store.load({"__session": value[:-3] + ("AAA" if value[-3:] != "AAA" else "BBB")})
+        is None
+    )
+    assert await store.load({"__session": "garbage"}) is None
     other = CookieSessionStore(make_settings(secret="o" * 40))
-    assert other.load(cookies) is None
+    assert await other.load(cookies) is None
     expired = encrypt(
         make_session().to_payload(), derive_key(settings.secret), int(time.time()) - 60
     )
-    assert store.load({"__session": expired}) is None
+    assert await store.load({"__session": expired}) is None
     wrong_shape = encrypt({"user": "nope"}, derive_key(settings.secret), int(time.time()) + 60)
-    assert store.load({"__session": wrong_shape}) is None
+    assert await store.load({"__session": wrong_shape}) is None
 
 
-def test_previous_secret_still_decrypts() -> None:
+async def test_previous_secret_still_decrypts() -> None:
     old = CookieSessionStore(make_settings(secret="o" * 40))
-    cookies = jar(old.save(make_session(), {}))
+    cookies = jar(await old.save(make_session(), {}))
     rotated = CookieSessionStore(make_settings(secret="n" * 40, previous_secrets=("o" * 40,)))
-    assert rotated.load(cookies) is not None
+    assert await rotated.load(cookies) is not None
 
 
-def test_rolling_and_absolute_expiry() -> None:
+async def test_rolling_and_absolute_expiry() -> None:
     settings = make_settings(inactivity_duration=1000, absolute_duration=3000)
     store = CookieSessionStore(settings)
     now = time.time()
-    cookies = jar(store.save(make_session(), {}, now=now))
-    session = store.load(cookies)
+    cookies = jar(await store.save(make_session(), {}, now=now))
+    session = await store.load(cookies)
     assert session is not None
     assert not store.needs_roll(session, now + 50)  # under 10 % of the window gained
     assert store.needs_roll(session, now + 200)
     old = Session(user={"sub": "u"}, token_set=TokenSet("a", "i"), created_at=int(now) - 2990)
     assert store.expiry(old, now) == int(now) + 10  # capped by the absolute limit
-
-
-def test_transactions_are_per_state() -> None:
-    store = TransactionStore(make_settings())
-    a = Transaction("state-a", "n", "v", "https://app.example.com/x")
-    b = Transaction("state-b", "n2", "v2", "https://app.example.com/y", purpose="silent")
-    cookies = jar([store.save(a), store.save(b)])
-    assert store.load("state-a", cookies) == a
-    assert store.load("state-b", cookies) == b
-    assert store.load("state-c", cookies) is None
-    # A transaction cookie copied under another state name is refused.
-    assert store.load("state-x", {"__txn_state-x": cookies["__txn_state-a"]}) is None

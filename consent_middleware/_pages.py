@@ -1,0 +1,154 @@
+"""Every page the package renders, and the one mapping from its errors to answers.
+
+Templates are Jinja2, autoescaped; an app can override any of them by name with
+``Settings.templates_directory``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jinja2
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from ._config import Settings
+from ._exceptions import (
+    ConsentMiddlewareError,
+    IdentityProviderError,
+    IdTokenError,
+    ManagementAPIError,
+    TokenEndpointError,
+)
+from ._transactions import Expectation
+
+logger = logging.getLogger("consent_middleware")
+
+# Pages carry tokens for forms and per-user data: never cache them, never frame them.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "same-origin",
+}
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class Pages:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        loaders: list[jinja2.BaseLoader] = [jinja2.PackageLoader("consent_middleware", "templates")]
+        if settings.templates_directory:
+            loaders.insert(0, jinja2.FileSystemLoader(settings.templates_directory))
+        self.env = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(loaders), autoescape=True, undefined=jinja2.StrictUndefined
+        )
+
+    @property
+    def home_url(self) -> str:
+        return f"{self.settings.app_base_url}/"
+
+    def url(self, path: str) -> str:
+        """An absolute URL of the app for one of its paths."""
+        return f"{self.settings.app_base_url}{path}"
+
+    @property
+    def login_url(self) -> str:
+        return self.url(f"{self.settings.routes_prefix}/login")
+
+    def render(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        html = self.env.get_template(name).render(**context)
+        return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
+
+    def error(
+        self,
+        title: str,
+        message: str,
+        status_code: int,
+        *,
+        action_url: str | None = None,
+        action_label: str | None = None,
+    ) -> HTMLResponse:
+        return self.render(
+            "error.html",
+            status_code,
+            title=title,
+            message=message,
+            home_url=self.home_url,
+            action_url=action_url,
+            action_label=action_label,
+        )
+
+    def sign_in_again(self, title: str, message: str, status_code: int, label: str) -> Response:
+        """An error page whose way out is a fresh sign-in."""
+        return self.error(
+            title, message, status_code, action_url=self.login_url, action_label=label
+        )
+
+    def for_error(self, exc: ConsentMiddlewareError) -> Response:
+        """The one place an error becomes what the user sees. Messages explain without
+        leaking: the reason of a rejected ID token, an OAuth error code, never a token."""
+        if isinstance(exc, IdTokenError):
+            logger.warning("ID token rejected: %s", exc.reason)
+            return self.error(
+                "Sign-in rejected",
+                f"The identity provider's answer was rejected: {exc.reason}.",
+                400,
+            )
+        if isinstance(exc, TokenEndpointError):
+            logger.warning("token endpoint refused the grant: %s", exc.error)
+            return self.sign_in_again(
+                "Sign-in failed",
+                f"The identity provider refused to complete the sign-in ({exc.error}).",
+                400,
+                "Try again",
+            )
+        if isinstance(exc, IdentityProviderError):
+            logger.warning("identity provider unavailable: %s", exc)
+            return self.error(
+                "Sign-in service unavailable",
+                f"The identity provider could not be reached or answered badly ({exc}). "
+                "Please try again in a moment.",
+                502,
+            )
+        if isinstance(exc, ManagementAPIError):
+            logger.warning("Management API failed: %s", exc)
+            return self.error(
+                "Service unavailable",
+                "Your choice could not be saved just now. Please try again in a moment.",
+                503,
+            )
+        # RefreshError, and anything else that means the session cannot go on as it is.
+        logger.info("session could not be renewed: %s", exc)
+        return self.sign_in_again(
+            "Session could not be renewed",
+            "Your session could not be brought up to date. Please sign in again.",
+            401,
+            "Sign in",
+        )
+
+    def not_shown_by_provider(self, expect: Expectation) -> Response:
+        """The loop guard's page: the consent was saved but the new ID token ignores it."""
+        what = "the accepted terms" if expect is Expectation.CONSENT else "the withdrawal"
+        return self.error(
+            "Consent saved, but the sign-in does not show it",
+            f"Your choice was saved, but the identity provider's new ID token does not carry "
+            f"{what} in the {self.settings.consent_claim} claim. The post-login Action that "
+            "copies user_metadata.consent into the ID token is probably missing or not "
+            "deployed. Please tell the site's administrator.",
+            502,
+        )
+
+    def status(self, status_code: int) -> Response:
+        """Unknown paths and methods under the package's own routes: a plain 404/405."""
+        titles = {404: "Not found", 405: "Method not allowed"}
+        return self.error(
+            titles.get(status_code, "Request refused"),
+            "There is no such page here.",
+            status_code,
+        )
+
+    def json_error(self, error: str, status_code: int, **fields: str | list[str]) -> JSONResponse:
+        return JSONResponse({"error": error, **fields}, status_code=status_code, headers=NO_STORE)
