@@ -111,7 +111,8 @@ def gate_cookie(claims: dict[str, object] | None = None) -> str:
 def hand_written_cookie() -> str:
     # Starlette's SessionMiddleware format: base64(JSON) signed with itsdangerous.
     data = base64.b64encode(json.dumps({"user": CLAIMS}).encode())
-    return "session=" + TimestampSigner(SECRET).sign(data).decode()
+    signed: bytes = TimestampSigner(SECRET).sign(data)
+    return "session=" + signed.decode()
 
 
 APPS = {"bare": bare, "gate": gated, "hand": hand_written}

@@ -37,9 +37,18 @@ class SigningKey:
         public_jwk.update(kid=kid, use="sig", alg="RS256")
         return cls(kid, private_pem, public_pem, public_jwk)
 
-    def sign(self, claims: dict[str, Any], **headers: Any) -> str:
+    def sign(self, claims: dict[str, Any], access_token: str | None = None, **headers: Any) -> str:
+        """RS256; with ``access_token`` the token carries its ``at_hash``."""
         headers.setdefault("kid", self.kid)
-        return str(jwt.encode(claims, self.private_pem, algorithm="RS256", headers=headers))
+        return str(
+            jwt.encode(
+                claims,
+                self.private_pem,
+                algorithm="RS256",
+                headers=headers,
+                access_token=access_token,
+            )
+        )
 
 
 def id_token_claims(

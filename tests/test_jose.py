@@ -118,6 +118,27 @@ def test_hs256_with_public_key_as_secret_refused(signing_key: SigningKey) -> Non
         verify(token, signing_key)
 
 
+def test_unknown_critical_header_refused(signing_key: SigningKey) -> None:
+    # RFC 7515 4.1.11: "crit" naming an extension the recipient does not know is fatal.
+    token = signing_key.sign(id_token_claims(ISSUER, CLIENT), crit=["exp-ext"], **{"exp-ext": 1})
+    with pytest.raises(IdTokenError, match="crit"):
+        verify(token, signing_key)
+
+
+def test_at_hash_binds_the_access_token(signing_key: SigningKey) -> None:
+    token = signing_key.sign(id_token_claims(ISSUER, CLIENT), access_token="the-access-token")
+    claims = verify_id_token(
+        token, signing_key.public_jwk, issuer=ISSUER, client_id=CLIENT, nonce="n-1",
+        leeway=0, access_token="the-access-token",
+    )  # fmt: skip
+    assert "at_hash" in claims
+    with pytest.raises(IdTokenError, match="at_hash"):
+        verify_id_token(
+            token, signing_key.public_jwk, issuer=ISSUER, client_id=CLIENT, nonce="n-1",
+            leeway=0, access_token="another-access-token",
+        )  # fmt: skip
+
+
 @pytest.mark.parametrize("junk", ["", "abc", "a.b.c", "eyJhbGciOiJSUzI1NiJ9.e30"])
 def test_garbage_tokens(signing_key: SigningKey, junk: str) -> None:
     with pytest.raises(IdTokenError):
