@@ -36,6 +36,9 @@ ENV_NAMES: dict[str, str] = {
     "api_prefixes": "CONSENT_API_PREFIXES",
     "inactivity_duration": "CONSENT_SESSION_INACTIVITY",
     "absolute_duration": "CONSENT_SESSION_ABSOLUTE",
+    "revalidate_seconds": "CONSENT_REVALIDATE_SECONDS",
+    "ungated_websockets": "CONSENT_UNGATED_WEBSOCKETS",
+    "accepts_per_minute": "CONSENT_ACCEPTS_PER_MINUTE",
 }
 REQUIRED = (
     "domain",
@@ -47,8 +50,13 @@ REQUIRED = (
     "terms_version",
     "terms_url",
 )
-_LIST_FIELDS = {"previous_secrets", "public_paths", "api_prefixes"}
-_INT_FIELDS = {"inactivity_duration", "absolute_duration"}
+_LIST_FIELDS = {"previous_secrets", "public_paths", "api_prefixes", "ungated_websockets"}
+_INT_FIELDS = {
+    "inactivity_duration",
+    "absolute_duration",
+    "revalidate_seconds",
+    "accepts_per_minute",
+}
 
 
 def _name(field_name: str) -> str:
@@ -113,6 +121,13 @@ class Settings:
     api_prefixes: tuple[str, ...] = ()
     inactivity_duration: int = 24 * 3600
     absolute_duration: int = 3 * 24 * 3600
+    # Re-check every session with the provider this often (a refresh-token grant per active
+    # session per interval); 0 = only when a revocation mark asks for it.
+    revalidate_seconds: int = 0
+    # Websocket paths the gate lets through untouched (same "*" rule as public_paths).
+    ungated_websockets: tuple[str, ...] = ()
+    # Accepts (each a Management API write and a grant) one user may make per minute.
+    accepts_per_minute: int = 10
     routes_prefix: str = "/auth"
     consent_path: str = "/consent"
     templates_directory: str | None = None
@@ -155,7 +170,11 @@ class Settings:
             value = getattr(self, prefix_field)
             if not value.startswith("/") or value == "/" or value.endswith("/"):
                 raise ConfigurationError(f"{prefix_field} must look like '/auth', got {value!r}")
-        for list_field in ("public_paths", "api_prefixes"):
+        if self.revalidate_seconds < 0:
+            raise ConfigurationError(f"{_name('revalidate_seconds')} must be 0 (off) or more")
+        if self.accepts_per_minute < 1:
+            raise ConfigurationError(f"{_name('accepts_per_minute')} must be at least 1")
+        for list_field in ("public_paths", "api_prefixes", "ungated_websockets"):
             for path in getattr(self, list_field):
                 if not path.startswith("/"):
                     raise ConfigurationError(f"{_name(list_field)}: {path!r} must start with '/'")
@@ -182,10 +201,10 @@ class Settings:
             elif field_name in _INT_FIELDS:
                 try:
                     values[field_name] = int(raw)
-                except ValueError:
+                except ValueError as exc:
                     raise ConfigurationError(
-                        f"{env_name} must be a whole number of seconds, got {raw!r}"
-                    ) from None
+                        f"{env_name} must be a whole number, got {raw!r}"
+                    ) from exc
             else:
                 values[field_name] = raw.strip()
         values.update(overrides)

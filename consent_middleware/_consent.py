@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -23,10 +24,15 @@ from ._oidc import OIDCClient
 from ._pages import Pages
 from ._redirects import return_to_or_home
 from ._refresh import SessionRefresher, with_cookies
-from ._session import Session, SessionStore
+from ._revocation import Revocations
+from ._session import Session, SessionStore, now_ms
+from ._state import SharedState
 from ._transactions import Expectation
 
 logger = logging.getLogger("consent_middleware")
+
+# The same choice repeated within this many seconds of a recorded one is not written again.
+COALESCE_SECONDS = 60.0
 
 
 def utc_now() -> str:
@@ -70,11 +76,15 @@ class ConsentRoutes:
         management: ManagementClient,
         login: Login,
         refresher: SessionRefresher,
+        revocations: Revocations,
+        state: SharedState,
         pages: Pages,
     ) -> None:
         self.settings = settings
         self.oidc = oidc
         self.sessions = sessions
+        self.revocations = revocations
+        self.state = state
         self.management = management
         self.login = login
         self.refresher = refresher
@@ -167,22 +177,49 @@ class ConsentRoutes:
             )
         if form.get("agree") != "yes":
             return self._page(session, return_to, 400, "Tick the box to accept the terms.")
-        try:
-            await self.management.update_user(
-                session.user["sub"], {"user_metadata": {"consent": consent_record(settings)}}
-            )
-        except ManagementAPIError as exc:
-            logger.warning("saving consent failed: %s", exc)
-            return self._page(
+        sub = str(session.user["sub"])
+        # Each accept is a Management API write and a grant, both against tenant-wide
+        # rate limits: one user may not spend them for everyone.
+        count, reset_in = await self.state.incr(f"accepts:{sub}", 60)
+        if count > settings.accepts_per_minute:
+            response = self._page(
                 session,
                 return_to,
-                503,
-                "We could not save your consent just now, and nothing was "
-                "changed. Please try again in a moment.",
+                429,
+                "You have accepted many times in the last minute. Please wait a moment "
+                "and try again.",
             )
-        return await self.refresher.refresh_and_continue(
-            request, session, return_to, Expectation.CONSENT
-        )
+            response.headers["Retry-After"] = str(max(1, math.ceil(reset_in)))
+            return response
+        # Accept and withdrawal of one user run one at a time, and each ends with a grant
+        # sent after its write: the last session issued matches the last record.
+        accepted = f"accepted:{sub}:{settings.terms_version}"
+        async with self.state.lock(f"consent:{sub}"):
+            # The same accept again (a second tab, a double click) is folded into the
+            # first: its grant, sent after the write, serves this request too.
+            written_ms = await self.state.get_flag(accepted)
+            if written_ms is None:
+                try:
+                    await self.management.update_user(
+                        sub, {"user_metadata": {"consent": consent_record(settings)}}
+                    )
+                except ManagementAPIError as exc:
+                    logger.warning("saving consent failed: %s", exc)
+                    return self._page(
+                        session,
+                        return_to,
+                        503,
+                        "We could not save your consent just now, and nothing was "
+                        "changed. Please try again in a moment.",
+                    )
+                written_ms = now_ms()
+                await self.state.put_flag(accepted, written_ms, COALESCE_SECONDS)
+                await self.state.drop_flag(f"withdrawn:{sub}")
+                # The user's other sessions still say "not given": refreshed on next use.
+                await self.revocations.mark_user(sub)
+            return await self.refresher.refresh_and_continue(
+                request, session, return_to, Expectation.CONSENT, not_before=written_ms / 1000
+            )
 
     async def withdraw_page(self, request: Request) -> Response:
         session = await self._session_or_login(request)
@@ -213,36 +250,54 @@ class ConsentRoutes:
         if form is None or not self.csrf.check(request, session, form.get("csrf_token")):
             return self._forged()
         settings = self.settings
-        sub = session.user["sub"]
-        body: dict[str, Any] = {"user_metadata": {"consent": withdrawal_record(settings)}}
-        if settings.withdraw_mode == "flag":
-            body["app_metadata"] = {"deleted": True}
-        try:
-            # The withdrawal is written first in every mode, so the tenant's logs show it
-            # even when the account is deleted right after.
-            try:
-                await self.management.update_user(sub, body)
-            except ManagementAPIError as exc:
-                # An earlier attempt deleted the user but its answer was lost: go on.
-                if not (settings.withdraw_mode == "delete" and exc.status_code == 404):
-                    raise
-            if settings.withdraw_mode == "delete":
-                await self.management.delete_user(sub)
-        except ManagementAPIError as exc:
-            logger.warning("withdrawal failed: %s", exc)
-            # In delete mode the record may be written and the deletion not done yet:
-            # a retry repeats both, so the message does not claim nothing changed.
-            return self._withdraw_page(
-                session,
-                503,
-                "We could not complete your withdrawal just now. Please try again in a moment.",
-            )
-        if settings.withdraw_mode == "revoke":
-            terms = self.pages.url(f"{settings.consent_path}?{urlencode({'returnTo': '/'})}")
-            return await self.refresher.refresh_and_continue(
-                request, session, terms, Expectation.WITHDRAWAL
-            )
+        sub = str(session.user["sub"])
+        withdrawn = f"withdrawn:{sub}"
+        async with self.state.lock(f"consent:{sub}"):
+            # Never refused, however often: a repeat within a minute of a recorded
+            # withdrawal (and no accept since) is folded into it instead of written again.
+            written_ms = await self.state.get_flag(withdrawn)
+            if written_ms is None:
+                try:
+                    await self._record_withdrawal(sub)
+                except ManagementAPIError as exc:
+                    logger.warning("withdrawal failed: %s", exc)
+                    # In delete mode the record may be written and the deletion not done
+                    # yet: a retry repeats both, so the message does not claim nothing
+                    # changed.
+                    return self._withdraw_page(
+                        session,
+                        503,
+                        "We could not complete your withdrawal just now. "
+                        "Please try again in a moment.",
+                    )
+                written_ms = now_ms()
+                await self.state.put_flag(withdrawn, written_ms, COALESCE_SECONDS)
+                await self.state.drop_flag(f"accepted:{sub}:{settings.terms_version}")
+                # Processing stops everywhere: the user's other sessions are re-checked
+                # (sent to the terms page, or ended when the account is gone) on next use.
+                await self.revocations.mark_user(sub)
+            if settings.withdraw_mode == "revoke":
+                terms = self.pages.url(f"{settings.consent_path}?{urlencode({'returnTo': '/'})}")
+                return await self.refresher.refresh_and_continue(
+                    request, session, terms, Expectation.WITHDRAWAL, not_before=written_ms / 1000
+                )
         # flag and delete: the account may no longer sign in; end both sessions.
         url = await self.oidc.logout_url(session.token_set.id_token, self.pages.home_url)
         response = RedirectResponse(url, status_code=303)
         return with_cookies(response, await self.sessions.clear(request.cookies))
+
+    async def _record_withdrawal(self, sub: str) -> None:
+        mode = self.settings.withdraw_mode
+        body: dict[str, Any] = {"user_metadata": {"consent": withdrawal_record(self.settings)}}
+        if mode == "flag":
+            body["app_metadata"] = {"deleted": True}
+        # The withdrawal is written first in every mode, so the tenant's logs show it even
+        # when the account is deleted right after.
+        try:
+            await self.management.update_user(sub, body)
+        except ManagementAPIError as exc:
+            # An earlier attempt deleted the user but its answer was lost: go on.
+            if not (mode == "delete" and exc.status_code == 404):
+                raise
+        if mode == "delete":
+            await self.management.delete_user(sub)

@@ -22,8 +22,10 @@ from ._management import ManagementClient
 from ._oidc import OIDCClient
 from ._pages import Pages
 from ._refresh import SessionRefresher
+from ._revocation import Revocations
 from ._routes import AuthRoutes
 from ._session import CookieSessionStore, SessionStore
+from ._state import LocalState, SharedState
 from ._transactions import TransactionStore
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -36,6 +38,8 @@ class Engine:
     oidc: OIDCClient
     management: ManagementClient
     sessions: SessionStore
+    state: SharedState
+    revocations: Revocations
     transactions: TransactionStore
     pages: Pages
     login: Login
@@ -52,18 +56,25 @@ class Engine:
         *,
         session_store: SessionStore | None = None,
         http_client: httpx.AsyncClient | None = None,
+        shared_state: SharedState | None = None,
     ) -> Engine:
         # One pooled client for discovery, JWKS, grants and the Management API.
         http = http_client or httpx.AsyncClient(timeout=settings.http_timeout)
         oidc = OIDCClient(settings, http)
         management = ManagementClient(settings, oidc)
         sessions = session_store or CookieSessionStore(settings)
+        state = shared_state or LocalState()
+        revocations = Revocations(settings, state)
         transactions = TransactionStore(settings)
         pages = Pages(settings)
         login = Login(oidc, transactions, pages)
         refresher = SessionRefresher(settings, oidc, sessions, login, pages)
-        auth = AuthRoutes(settings, oidc, sessions, transactions, login, refresher, pages)
-        consent = ConsentRoutes(settings, oidc, sessions, management, login, refresher, pages)
+        auth = AuthRoutes(
+            settings, oidc, sessions, transactions, login, refresher, revocations, pages
+        )
+        consent = ConsentRoutes(
+            settings, oidc, sessions, management, login, refresher, revocations, state, pages
+        )
         routes: dict[str, dict[str, Endpoint]] = {}
         for route in (*auth.routes(), *consent.routes()):
             for method in route.methods or ():
@@ -74,6 +85,8 @@ class Engine:
             oidc=oidc,
             management=management,
             sessions=sessions,
+            state=state,
+            revocations=revocations,
             transactions=transactions,
             pages=pages,
             login=login,
@@ -82,13 +95,14 @@ class Engine:
             owns_http=http_client is None,
         )
 
-    async def serve_own_route(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def serve_own_route(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         """Answer one of the auth and consent routes.
 
-        An unknown path is a 404 page and a wrong method a 405 with ``Allow``; a package
-        error becomes its page through ``Pages.for_error``: never a 500.
+        ``path`` is the path below the app's mount point. An unknown path is a 404 page
+        and a wrong method a 405 with ``Allow``; a package error becomes its page through
+        ``Pages.for_error``: never a 500.
         """
-        methods = self.routes.get(scope["path"])
+        methods = self.routes.get(path)
         endpoint = methods.get(scope["method"]) if methods else None
         if methods is None:
             response = self.pages.status(404)
@@ -103,5 +117,6 @@ class Engine:
         await response(scope, receive, send)
 
     async def aclose(self) -> None:
+        await self.state.aclose()
         if self.owns_http:
             await self.http.aclose()

@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.types import Scope
 
 from ._config import Settings
 from ._models import Consent
@@ -28,6 +29,15 @@ def decide(session: Session | None, settings: Settings) -> Verdict:
     return Verdict.ALLOW
 
 
+def app_path(scope: Scope) -> str:
+    """The path below where the app is mounted (``root_path``), which is what settings name."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
 def is_own_route(path: str, settings: Settings) -> bool:
     """The auth and consent routes, which the middleware serves itself."""
     prefixes = (settings.routes_prefix, settings.consent_path)
@@ -36,11 +46,16 @@ def is_own_route(path: str, settings: Settings) -> bool:
 
 def is_public(path: str, settings: Settings) -> bool:
     """Configured public paths: exact ("/about"), or a prefix when they end in "*"."""
-    for public in settings.public_paths:
-        if public.endswith("*"):
-            if path.startswith(public[:-1]):
+    return matches(path, settings.public_paths)
+
+
+def matches(path: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``path`` is one of ``patterns``: exact, or a prefix when it ends in "*"."""
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            if path.startswith(pattern[:-1]):
                 return True
-        elif path == public:
+        elif path == pattern:
             return True
     return False
 
@@ -59,24 +74,37 @@ def wants_json(path: str, headers: Headers, settings: Settings) -> bool:
     return mode is not None and mode != "navigate" and headers.get("sec-fetch-dest") == "empty"
 
 
-def refusal(
-    verdict: Verdict, method: str, return_to: str, as_json: bool, settings: Settings
-) -> Response:
+def refusal_url(verdict: Verdict, return_to: str, settings: Settings, root_path: str = "") -> str:
+    """Where a refused request is sent: the login, or the terms page, keeping its URL."""
+    target = (
+        f"{settings.routes_prefix}/login" if verdict is Verdict.LOGIN else settings.consent_path
+    )
+    return f"{root_path}{target}?{urlencode({'returnTo': return_to})}"
+
+
+def refusal_body(
+    verdict: Verdict, return_to: str, settings: Settings
+) -> tuple[int, dict[str, str]]:
+    """The JSON an API client gets instead of a redirect: status and body."""
+    url = settings.app_base_url + refusal_url(verdict, return_to, settings)
     if verdict is Verdict.LOGIN:
-        url = f"{settings.routes_prefix}/login?{urlencode({'returnTo': return_to})}"
-        if as_json:
-            return _json("login_required", "login_url", url, 401, settings)
+        return 401, {"error": "login_required", "login_url": url}
+    return 403, {"error": "consent_required", "consent_url": url}
+
+
+def refusal(
+    verdict: Verdict,
+    method: str,
+    return_to: str,
+    as_json: bool,
+    settings: Settings,
+    root_path: str = "",
+) -> Response:
+    if as_json:
+        status, body = refusal_body(verdict, return_to, settings)
+        return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+    url = refusal_url(verdict, return_to, settings, root_path)
+    if verdict is Verdict.LOGIN:
         # 307 keeps the method, which only makes sense for GET/HEAD.
         return RedirectResponse(url, status_code=307 if method in ("GET", "HEAD") else 303)
-    url = f"{settings.consent_path}?{urlencode({'returnTo': return_to})}"
-    if as_json:
-        return _json("consent_required", "consent_url", url, 403, settings)
     return RedirectResponse(url, status_code=303)
-
-
-def _json(error: str, key: str, url: str, status: int, settings: Settings) -> Response:
-    return JSONResponse(
-        {"error": error, key: settings.app_base_url + url},
-        status_code=status,
-        headers={"Cache-Control": "no-store"},
-    )

@@ -2,25 +2,45 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 
 import httpx
 from cachetools import LRUCache
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import cookie_parser
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._config import Settings
-from ._cookies import request_cookies
 from ._engine import Engine
-from ._gate import Verdict, decide, is_own_route, is_public, refusal, wants_json
+from ._exceptions import RefreshError
+from ._gate import (
+    Verdict,
+    app_path,
+    decide,
+    is_own_route,
+    is_public,
+    matches,
+    refusal,
+    refusal_body,
+    wants_json,
+)
 from ._models import User
-from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, SESSION_SCOPE_KEY
-from ._session import Session, SessionStore
+from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, SESSION_SCOPE_KEY, with_cookies
+from ._revocation import Revocation
+from ._session import SESSION_COOKIE, Session, SessionStore
+from ._state import SharedState
 
 USER_SCOPE_KEY = "consent_middleware.user"
 ADMITTED_CACHE_SIZE = 4096
 REVALIDATE_AFTER = 60.0
+# RFC 9111 5.2.2: whenever this middleware sets a cookie, no cache may keep the response.
+PRIVATE = "private, no-store"
+_SESSION_PREFIX = SESSION_COOKIE.encode()
+_DENIAL_EXTENSION = "websocket.http.response"
 
 
 class ConsentMiddleware:
@@ -33,41 +53,64 @@ class ConsentMiddleware:
         *,
         session_store: SessionStore | None = None,
         http_client: httpx.AsyncClient | None = None,
+        shared_state: SharedState | None = None,
     ) -> None:
         self.app = app
         # Read settings now, so a bad value stops start-up, not a request.
         self.settings = settings if settings is not None else Settings.from_env()
         self.engine = Engine.create(
-            self.settings, session_store=session_store, http_client=http_client
+            self.settings,
+            session_store=session_store,
+            http_client=http_client,
+            shared_state=shared_state,
         )
-        # Requests already admitted, keyed by their raw Cookie header: a consented user's
-        # request costs one dict lookup, no decryption and no parsing. Bounded, and each entry
-        # is re-checked by the full path after REVALIDATE_AFTER seconds or at session expiry.
+        # Requests already admitted, keyed by a digest of their session cookies only (so
+        # other cookies cannot churn it): a consented user's request costs one dict lookup,
+        # no decryption and no parsing. Bounded, and each entry is re-checked by the full
+        # path after REVALIDATE_AFTER seconds or at session expiry; revocation marks are
+        # checked on every request, cached or not.
         self._admitted: LRUCache[bytes, _Admitted] = LRUCache(maxsize=ADMITTED_CACHE_SIZE)
+        parts = httpx.URL(self.settings.app_base_url)
+        self._origin = f"{parts.scheme}://{parts.netloc.decode('ascii')}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            if kind == "lifespan":
                 send = self._closing_on_shutdown(send)
             await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = app_path(scope)
         settings = self.settings
         if is_own_route(path, settings):
-            await self.engine.serve_own_route(scope, receive, send)
+            _merge_cookie_headers(scope)
+            await self.engine.serve_own_route(scope, receive, send, path)
             return
         if is_public(path, settings):
             await self.app(scope, receive, send)
             return
-        raw = _cookie_header(scope)
         now = time.time()
-        admitted = self._admitted.get(raw) if raw else None
-        if admitted is None or admitted.until < now:
-            checked = await self._admit(scope, raw, now)
-            if isinstance(checked, Verdict):
-                await self._refuse(checked, scope, receive, send)
-                return
-            admitted = checked
+        admitted = await self._admitted_or_verdict(scope, now)
+        if isinstance(admitted, Verdict):
+            await self._refuse(admitted, scope, receive, send)
+            return
+        session = admitted.session
+        if self._marks_apply():
+            status = self.engine.revocations.status(session, now)
+            if status is not Revocation.NONE:
+                self._admitted.pop(admitted.key, None)
+                fresh = await self._after_revocation(status, session, scope, receive, send)
+                if fresh is None:
+                    return
+                admitted = fresh
+        await self._pass(admitted, scope, receive, send)
+
+    async def _pass(self, admitted: _Admitted, scope: Scope, receive: Receive, send: Send) -> None:
         scope[USER_SCOPE_KEY] = admitted.user
         scope[SESSION_SCOPE_KEY] = admitted.session
         scope.setdefault("state", {})["user"] = admitted.user
@@ -75,44 +118,127 @@ class ConsentMiddleware:
         roll = admitted.roll
         sessions = self.engine.sessions
 
-        async def send_with_session(message: Message) -> None:
+        async def send_gated(message: Message) -> None:
             if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                # The answer depends on who asks: shared caches must key it by the cookie.
+                vary = headers.get("vary")
+                if vary is None:
+                    headers["vary"] = "Cookie"
+                elif "cookie" not in vary.lower() and vary.strip() != "*":
+                    headers["vary"] = f"{vary}, Cookie"
                 # A refresh_session() call during the request wins over a plain roll.
                 current = scope.get(REFRESHED_SCOPE_KEY)
                 if current is not None or roll:
-                    cookies = request_cookies(Headers(scope=scope))
-                    response_headers = MutableHeaders(scope=message)
+                    cookies = _request_cookies(scope)
                     for value in await sessions.save(current or admitted.session, cookies):
-                        response_headers.append("set-cookie", value.decode("latin-1"))
+                        headers.append("set-cookie", value.decode("latin-1"))
+                    headers["cache-control"] = PRIVATE
             await send(message)
 
-        await self.app(scope, receive, send_with_session)
+        await self.app(scope, receive, send_gated)
 
-    async def _admit(self, scope: Scope, raw: bytes, now: float) -> _Admitted | Verdict:
+    async def _admitted_or_verdict(self, scope: Scope, now: float) -> _Admitted | Verdict:
+        raw = _merge_cookie_headers(scope)
+        key = _session_key(raw)
+        admitted = self._admitted.get(key) if key else None
+        if admitted is not None and admitted.until >= now:
+            return admitted
+        return await self._admit(scope, raw, key, now)
+
+    async def _admit(self, scope: Scope, raw: bytes, key: bytes, now: float) -> _Admitted | Verdict:
         """The full check: decrypt (or the store's cache), decide."""
         sessions = self.engine.sessions
-        session = await sessions.load(request_cookies(Headers(scope=scope)))
+        session = await sessions.load(_request_cookies(scope)) if raw else None
         verdict = decide(session, self.settings)
         if verdict is not Verdict.ALLOW or session is None:
             return verdict
-        user = User.from_claims(session.user, self.settings.consent_claim)
         roll = sessions.needs_roll(session, now)
-        until = min(session.expires_at, now + REVALIDATE_AFTER)
-        admitted = _Admitted(session, user, roll, until)
+        admitted = self._admission(session, key, roll, now)
         # A session due to roll gets a new cookie on this response; caching the old value
         # would only keep it alive. And only a self-contained store's cookie is the whole
         # session: a server-side store can end a session behind an unchanged cookie.
-        if not roll and sessions.self_contained:
-            self._admitted[raw] = admitted
+        if key and not roll and sessions.self_contained:
+            self._admitted[key] = admitted
         return admitted
 
-    async def _refuse(self, verdict: Verdict, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
-        query = scope.get("query_string", b"").decode("latin-1")
-        return_to = path + (f"?{query}" if query else "")
-        as_json = wants_json(path, Headers(scope=scope), self.settings)
-        response = refusal(verdict, scope["method"], return_to, as_json, self.settings)
+    def _admission(self, session: Session, key: bytes, roll: bool, now: float) -> _Admitted:
+        user = User.from_claims(session.user, self.settings.consent_claim)
+        until = min(session.expires_at or now + REVALIDATE_AFTER, now + REVALIDATE_AFTER)
+        return _Admitted(session, user, roll, until, key)
+
+    def _marks_apply(self) -> bool:
+        return self.engine.state.has_marks or self.settings.revalidate_seconds > 0
+
+    async def _after_revocation(
+        self, status: Revocation, session: Session, scope: Scope, receive: Receive, send: Send
+    ) -> _Admitted | None:
+        """A stale session refreshed and let through, or the answer sent and None."""
+        engine = self.engine
+        cookies = _request_cookies(scope)
+        fresh: Session | None = None
+        if status is Revocation.STALE:
+            not_before = engine.revocations.fresh_after(session, time.time())
+            try:
+                fresh = await engine.refresher.refresh(session, not_before=not_before)
+            except RefreshError:
+                fresh = None  # the user is gone, or the session cannot be renewed: end it
+        if fresh is None:
+            response = self._refusal(Verdict.LOGIN, scope)
+            with_cookies(response, await engine.sessions.clear(cookies))
+            response.headers["cache-control"] = PRIVATE
+            await response(scope, receive, send)
+            return None
+        verdict = decide(fresh, self.settings)
+        if verdict is Verdict.ALLOW:
+            scope[REFRESHED_SCOPE_KEY] = fresh
+            return self._admission(fresh, b"", False, time.time())
+        response = self._refusal(verdict, scope)
+        with_cookies(response, await engine.sessions.save(fresh, cookies))
+        response.headers["cache-control"] = PRIVATE
         await response(scope, receive, send)
+        return None
+
+    def _refusal(self, verdict: Verdict, scope: Scope) -> Response:
+        query = scope.get("query_string", b"").decode("latin-1")
+        return_to = scope["path"] + (f"?{query}" if query else "")
+        as_json = wants_json(app_path(scope), Headers(scope=scope), self.settings)
+        return refusal(
+            verdict, scope["method"], return_to, as_json, self.settings, scope.get("root_path", "")
+        )
+
+    async def _refuse(self, verdict: Verdict, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._refusal(verdict, scope)(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Websockets get the pages' decision: a refused handshake, never an open socket."""
+        path = app_path(scope)
+        settings = self.settings
+        if is_public(path, settings) or matches(path, settings.ungated_websockets):
+            await self.app(scope, receive, send)
+            return
+        # Cross-site websocket hijacking: browsers send the page's Origin with every
+        # handshake and the cookie goes along, so a foreign page must be refused here.
+        origin = Headers(scope=scope).get("origin")
+        if origin is not None and origin != self._origin:
+            await _deny_websocket(scope, receive, send, 403, {"error": "forbidden_origin"})
+            return
+        now = time.time()
+        admitted = await self._admitted_or_verdict(scope, now)
+        if not isinstance(admitted, Verdict) and self._marks_apply():
+            status = self.engine.revocations.status(admitted.session, now)
+            # A handshake cannot carry a refreshed cookie reliably: the next page load
+            # refreshes (or ends) the session, then the socket may reconnect.
+            if status is not Revocation.NONE:
+                admitted = Verdict.LOGIN
+        if isinstance(admitted, Verdict):
+            status_code, body = refusal_body(admitted, scope["path"], settings)
+            await _deny_websocket(scope, receive, send, status_code, body)
+            return
+        scope[USER_SCOPE_KEY] = admitted.user
+        scope[SESSION_SCOPE_KEY] = admitted.session
+        scope.setdefault("state", {})["user"] = admitted.user
+        await self.app(scope, receive, send)
 
     def _closing_on_shutdown(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
@@ -123,7 +249,7 @@ class ConsentMiddleware:
         return wrapped
 
     async def aclose(self) -> None:
-        """Close the HTTP client the middleware created (done at lifespan shutdown)."""
+        """Close what the middleware created (done at lifespan shutdown)."""
         await self.engine.aclose()
 
 
@@ -133,11 +259,59 @@ class _Admitted:
     user: User
     roll: bool
     until: float
+    key: bytes
 
 
-def _cookie_header(scope: Scope) -> bytes:
-    # Straight off the scope: no Headers object and no parsing on the hot path.
-    for name, value in scope["headers"]:
-        if name == b"cookie":
-            return bytes(value)
-    return b""
+def _merge_cookie_headers(scope: Scope) -> bytes:
+    """The request's cookies as one header value.
+
+    RFC 9113 8.2.3: HTTP/2 may split the Cookie header into several fields, to be joined
+    with "; ". When it was split, the scope gets the joined header, so the app and every
+    cookie reader downstream see all cookies too.
+    """
+    found = [value for name, value in scope["headers"] if name == b"cookie"]
+    if len(found) < 2:
+        return bytes(found[0]) if found else b""
+    joined = b"; ".join(bytes(value) for value in found)
+    headers = [(name, value) for name, value in scope["headers"] if name != b"cookie"]
+    scope["headers"] = [*headers, (b"cookie", joined)]
+    return joined
+
+
+def _session_key(cookie_header: bytes) -> bytes:
+    """A digest of the session's cookies alone: b"" when there are none."""
+    if _SESSION_PREFIX not in cookie_header:
+        return b""
+    parts = [p.strip() for p in cookie_header.split(b";")]
+    own = b";".join(p for p in parts if p.startswith(_SESSION_PREFIX))
+    return hashlib.blake2b(own, digest_size=16).digest() if own else b""
+
+
+def _request_cookies(scope: Scope) -> dict[str, str]:
+    return cookie_parser(_merge_cookie_headers(scope).decode("latin-1"))
+
+
+async def _deny_websocket(
+    scope: Scope, receive: Receive, send: Send, status: int, body: dict[str, str]
+) -> None:
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if _DENIAL_EXTENSION in scope.get("extensions", {}):
+        # The ASGI websocket denial-response extension: a real HTTP answer to the handshake.
+        content = json.dumps(body).encode()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(content)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": content})
+        return
+    # Without it, closing before accepting makes the server answer the handshake with 403.
+    await send({"type": "websocket.close", "code": 1008})

@@ -8,6 +8,7 @@ nothing of cookies or sessions: what goes into a session is the caller's busines
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from . import _jose
 from ._config import Settings
 from ._exceptions import IdentityProviderError, IdTokenError, TokenEndpointError
+
+logger = logging.getLogger("consent_middleware")
 
 METADATA_TTL = 3600
 JWKS_TTL = 600
@@ -63,6 +66,9 @@ class TokenResponse:
 
     token_set: TokenSet
     claims: dict[str, Any]
+    # When the grant was sent (Unix seconds, this server's clock): the claims describe the
+    # user as of this moment or later.
+    requested_at: float
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class ProviderMetadata:
     token_endpoint: str
     jwks_uri: str
     end_session_endpoint: str | None
+    revocation_endpoint: str | None
     token_auth_methods: tuple[str, ...]
 
     @classmethod
@@ -94,6 +101,7 @@ class ProviderMetadata:
                 token_endpoint=str(document["token_endpoint"]),
                 jwks_uri=str(document["jwks_uri"]),
                 end_session_endpoint=document.get("end_session_endpoint") or None,
+                revocation_endpoint=document.get("revocation_endpoint") or None,
                 # RFC 8414: absent means client_secret_basic.
                 token_auth_methods=tuple(
                     document.get("token_endpoint_auth_methods_supported")
@@ -255,13 +263,14 @@ class OIDCClient:
     async def _user_grant(
         self, form: dict[str, str], nonce: str | None, previous_refresh_token: str | None = None
     ) -> TokenResponse:
+        requested_at = time.time()
         body = await self._token_request(form, self.settings.client_id, self.settings.client_secret)
         if not isinstance(body.get("id_token"), str):
             raise IdentityProviderError("the token endpoint returned no ID token")
         claims = await self.verify_id_token(
             body["id_token"], nonce, access_token=body["access_token"]
         )
-        return TokenResponse(token_set_from(body, previous_refresh_token), claims)
+        return TokenResponse(token_set_from(body, previous_refresh_token), claims, requested_at)
 
     async def verify_id_token(
         self, id_token: str, nonce: str | None, access_token: str | None = None
@@ -315,6 +324,27 @@ class OIDCClient:
         expires_in = body.get("expires_in", 86400)
         lifetime = float(expires_in) if isinstance(expires_in, int | float) else 86400.0
         return AccessToken(body["access_token"], lifetime)
+
+    async def revoke_refresh_token(self, refresh_token: str) -> bool:
+        """RFC 7009: revoke the token where the provider offers it; best effort (a logout
+        goes on whatever the answer). True when the provider confirmed it."""
+        try:
+            meta = await self.metadata()
+            if not meta.revocation_endpoint:
+                return False
+            _token_endpoint, form, auth = await self._client_auth(
+                {"token": refresh_token, "token_type_hint": "refresh_token"},
+                self.settings.client_id,
+                self.settings.client_secret,
+            )
+            response = await self.http.post(
+                meta.revocation_endpoint, data=form, auth=auth or httpx.USE_CLIENT_DEFAULT
+            )
+        except (IdentityProviderError, httpx.HTTPError) as exc:
+            logger.info("refresh token not revoked: %s", exc)
+            return False
+        # RFC 7009 2.2: 200 whether or not the token was valid.
+        return response.status_code == 200
 
     async def logout_url(self, id_token: str | None, return_to: str) -> str:
         try:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 from starlette.requests import HTTPConnection
 from starlette.responses import RedirectResponse, Response
 
@@ -32,7 +34,9 @@ SESSION_SCOPE_KEY = "consent_middleware.session"
 # A session refreshed during the request; the middleware writes its cookie on the way out.
 REFRESHED_SCOPE_KEY = "consent_middleware.refreshed"
 
-RECENT_REFRESH_TTL = 30.0
+# How long the result of a grant that rotated the refresh token is handed to requests that
+# still hold the spent token (sent before the new cookie reached the browser).
+ROTATED_RESULT_TTL = 30.0
 
 
 def expectation_met(session: Session, expect: Expectation | None, settings: Settings) -> bool:
@@ -43,6 +47,35 @@ def expectation_met(session: Session, expect: Expectation | None, settings: Sett
     if expect is Expectation.WITHDRAWAL:
         return not covered
     return True
+
+
+@dataclass
+class _Grant:
+    """One refresh-token grant of one session: in flight, or recently done."""
+
+    spent: str
+    started: float
+    result: asyncio.Future[Session] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    finished: float = 0.0
+    rotated: bool = False
+
+    def serves(self, refresh_token: str, not_before: float, now: float) -> bool:
+        """Whether a request holding ``refresh_token`` may take this grant's result."""
+        if self.spent != refresh_token or self.started < not_before:
+            return False
+        # Requests waiting on it take its result; once it is done, only a rotated token
+        # (dead now, so a new grant would fail) is served from it, and only for a while.
+        if not self.result.done():
+            return True
+        return self.rotated and now - self.finished < ROTATED_RESULT_TTL
+
+
+def _fail(grant: _Grant, failure: RefreshError) -> None:
+    grant.finished = time.time()
+    grant.result.set_exception(failure)
+    grant.result.exception()  # marked retrieved: the waiters get it, nobody else must
 
 
 def with_cookies(response: Response, cookies: list[bytes]) -> Response:
@@ -66,37 +99,52 @@ class SessionRefresher:
         self.sessions = sessions
         self.login = login
         self.pages = pages
-        # One refresh grant per session at a time: with rotating refresh tokens, two
-        # concurrent grants would spend the same token and the second would fail.
-        self._locks: LRUCache[str, asyncio.Lock] = LRUCache(maxsize=10_000)
-        # What the last grant of each session gave, by the refresh token it spent: requests
-        # that queued behind that grant (other tabs, same cookie) take its result instead
-        # of spending a rotated-away token.
-        self._recent: TTLCache[str, tuple[str, Session]] = TTLCache(
-            maxsize=10_000, ttl=RECENT_REFRESH_TTL
-        )
+        # The latest grant of each session: with rotating refresh tokens, two concurrent
+        # grants would spend the same token and the second would fail, so requests that
+        # arrive while one runs wait for it and take its result.
+        self._grants: LRUCache[str, _Grant] = LRUCache(maxsize=10_000)
 
-    async def refresh(self, session: Session) -> Session:
-        """The refresh-token grant only; raises RefreshError when it cannot be done."""
+    async def refresh(self, session: Session, *, not_before: float = 0.0) -> Session:
+        """The refresh-token grant only; raises RefreshError when it cannot be done.
+
+        ``not_before`` (Unix seconds): a grant started earlier is not good enough, because
+        the caller changed the user's record after that and needs claims that show it.
+        """
         refresh_token = session.token_set.refresh_token
         if not refresh_token:
             raise RefreshError("the session holds no refresh token")
-        lock = self._locks.get(session.sid)
-        if lock is None:
-            lock = self._locks[session.sid] = asyncio.Lock()
-        async with lock:
-            recent = self._recent.get(session.sid)
-            if recent is not None and recent[0] == refresh_token:
-                return recent[1]
-            try:
-                result = await self.oidc.refresh_token_grant(
-                    refresh_token, sub=str(session.user.get("sub"))
-                )
-            except IdentityProviderError as exc:
-                raise RefreshError(f"the refresh-token grant failed: {exc}") from exc
-            refreshed = session.refreshed(result.claims, result.token_set)
-            self._recent[session.sid] = (refresh_token, refreshed)
-            return refreshed
+        while True:
+            grant = self._grants.get(session.sid)
+            if grant is None:
+                break
+            if grant.serves(refresh_token, not_before, time.time()):
+                return await asyncio.shield(grant.result)
+            if grant.result.done():
+                break
+            # One grant per session at a time: wait for the running one, then look again.
+            await asyncio.wait([grant.result])
+        return await self._grant(session, refresh_token)
+
+    async def _grant(self, session: Session, refresh_token: str) -> Session:
+        grant = _Grant(refresh_token, time.time())
+        self._grants[session.sid] = grant
+        try:
+            result = await self.oidc.refresh_token_grant(
+                refresh_token, sub=str(session.user.get("sub"))
+            )
+        except IdentityProviderError as exc:
+            failure = RefreshError(f"the refresh-token grant failed: {exc}")
+            _fail(grant, failure)
+            raise failure from exc
+        except BaseException:
+            # Cancelled (the client went away) or a bug: the waiters must not hang.
+            _fail(grant, RefreshError("the refresh-token grant was interrupted"))
+            raise
+        refreshed = session.refreshed_by(result)
+        grant.finished = time.time()
+        grant.rotated = refreshed.token_set.refresh_token != refresh_token
+        grant.result.set_result(refreshed)
+        return refreshed
 
     async def refresh_and_continue(
         self,
@@ -104,10 +152,12 @@ class SessionRefresher:
         session: Session,
         return_to: str,
         expect: Expectation | None,
+        *,
+        not_before: float = 0.0,
     ) -> Response:
         if session.token_set.refresh_token:
             try:
-                refreshed = await self.refresh(session)
+                refreshed = await self.refresh(session, not_before=not_before)
             except RefreshError as exc:
                 logger.info("%s; trying prompt=none", exc)
             else:

@@ -15,6 +15,7 @@ from ._oidc import OIDCClient
 from ._pages import NO_STORE, Pages
 from ._redirects import return_to_or_home, safe_return_to
 from ._refresh import SessionRefresher, with_cookies
+from ._revocation import Revocations
 from ._session import Session, SessionStore
 from ._transactions import Purpose, Transaction, TransactionStore
 
@@ -33,11 +34,13 @@ class AuthRoutes:
         transactions: TransactionStore,
         login: Login,
         refresher: SessionRefresher,
+        revocations: Revocations,
         pages: Pages,
     ) -> None:
         self.settings = settings
         self.oidc = oidc
         self.sessions = sessions
+        self.revocations = revocations
         self.transactions = transactions
         self.login_flow = login
         self.refresher = refresher
@@ -126,13 +129,18 @@ class AuthRoutes:
         cookies = request.cookies
         current = await self.sessions.load(cookies)
         if current is not None and current.user.get("sub") == result.claims["sub"]:
-            session = current.refreshed(result.claims, result.token_set)
+            session = current.refreshed_by(result)
         else:
-            session = Session.from_claims(result.claims, result.token_set)
+            session = Session.from_grant(result)
         return await self.refresher.finish(cookies, session, tx.return_to, tx.expect)
 
     async def logout(self, request: Request) -> Response:
         session = await self.sessions.load(request.cookies)
+        if session is not None:
+            # Every copy of this cookie ends, not just the one in this browser.
+            await self.revocations.end_session(session.sid)
+            if session.token_set.refresh_token:
+                await self.oidc.revoke_refresh_token(session.token_set.refresh_token)
         return_to = return_to_or_home(
             request.query_params.get("returnTo"), self.settings.app_base_url
         )

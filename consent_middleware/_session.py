@@ -14,7 +14,7 @@ from cachetools import LRUCache
 from . import _jose
 from ._config import Settings
 from ._cookies import CookieWriter, read_chunked
-from ._oidc import TokenSet
+from ._oidc import TokenResponse, TokenSet
 
 SESSION_COOKIE = "__session"
 # Re-issue the cookie only once this share of the inactivity window has passed, so a
@@ -28,36 +28,75 @@ PROTOCOL_CLAIMS = frozenset(
 
 @dataclass(frozen=True)
 class Session:
+    """One signed-in user's session, in nextjs-auth0 v4's shape.
+
+    ``extra`` keeps what a session written elsewhere (nextjs-auth0, a later version of this
+    package) carries beyond the fields modelled here, so rolling or refreshing it rewrites
+    only what changed and carries every other field through untouched.
+    """
+
     user: dict[str, Any]
     token_set: TokenSet
     sid: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     created_at: int = field(default_factory=lambda: int(time.time()))
     # When the stored cookie expires; 0 for a session not yet written.
     expires_at: int = 0
+    # When the grant that produced these claims was sent, in Unix milliseconds by this
+    # server's clock: the claims are at least this fresh. A revocation mark is compared with
+    # it (not with createdAt, which survives a refresh). The provider's ``iat`` would do
+    # too, but its clock may run behind ours, and a refresh must never look stale forever.
+    issued_at: int = field(default_factory=lambda: now_ms())
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_claims(cls, claims: Mapping[str, Any], token_set: TokenSet) -> Session:
-        return cls(user=user_claims(claims), token_set=token_set)
+    def from_claims(
+        cls, claims: Mapping[str, Any], token_set: TokenSet, issued_at: int | None = None
+    ) -> Session:
+        return cls(user=user_claims(claims), token_set=token_set, issued_at=issued_at or now_ms())
 
-    def refreshed(self, claims: Mapping[str, Any], token_set: TokenSet) -> Session:
+    @classmethod
+    def from_grant(cls, grant: TokenResponse) -> Session:
+        return cls.from_claims(grant.claims, grant.token_set, _ms(grant.requested_at))
+
+    def refreshed(
+        self, claims: Mapping[str, Any], token_set: TokenSet, issued_at: int | None = None
+    ) -> Session:
         """Same session (sid, createdAt), new claims and tokens."""
-        return replace(self, user=user_claims(claims), token_set=token_set)
+        return replace(
+            self,
+            user=user_claims(claims),
+            token_set=token_set,
+            issued_at=issued_at or now_ms(),
+        )
+
+    def refreshed_by(self, grant: TokenResponse) -> Session:
+        return self.refreshed(grant.claims, grant.token_set, _ms(grant.requested_at))
 
     def to_payload(self) -> dict[str, Any]:
+        extra = self.extra
         token_set: dict[str, Any] = {
+            **_mapping(extra.get("tokenSet")),
             "accessToken": self.token_set.access_token,
             "idToken": self.token_set.id_token,
             "expiresAt": self.token_set.expires_at,
         }
-        if self.token_set.refresh_token:
-            token_set["refreshToken"] = self.token_set.refresh_token
-        if self.token_set.scope:
-            token_set["scope"] = self.token_set.scope
-        return {
-            "user": self.user,
-            "tokenSet": token_set,
-            "internal": {"sid": self.sid, "createdAt": self.created_at},
+        for key, value in (
+            ("refreshToken", self.token_set.refresh_token),
+            ("scope", self.token_set.scope),
+        ):
+            if value:
+                token_set[key] = value
+            else:
+                token_set.pop(key, None)
+        internal = {
+            **_mapping(extra.get("internal")),
+            "sid": self.sid,
+            "createdAt": self.created_at,
+            "issuedAt": self.issued_at,
         }
+        known = {"user", "tokenSet", "internal", "exp"}
+        others = {k: v for k, v in extra.items() if k not in known}
+        return {**others, "user": self.user, "tokenSet": token_set, "internal": internal}
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Session | None:
@@ -75,15 +114,32 @@ class Session:
                 expires_at=int(tokens.get("expiresAt", 0)),
                 scope=_optional_str(tokens.get("scope")),
             )
+            created_at = int(internal["createdAt"])
             return cls(
                 user=user,
                 token_set=token_set,
                 sid=str(internal["sid"]),
-                created_at=int(internal["createdAt"]),
+                created_at=created_at,
                 expires_at=int(payload["exp"]),
+                # A session written without it (nextjs-auth0, older versions) counts as
+                # issued when it was created: older is the safe side of a revocation mark.
+                issued_at=int(internal.get("issuedAt", created_at * 1000)),
+                extra=payload,
             )
         except (KeyError, TypeError, ValueError):
             return None
+
+
+def now_ms() -> int:
+    return _ms(time.time())
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
 
 
 def _optional_str(value: object) -> str | None:

@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.testclient import TestClient
+from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket
 
 from consent_middleware import (
@@ -154,12 +154,57 @@ def test_tampered_cookie_is_logged_out() -> None:
     assert c.get("/dashboard", headers={"accept": "text/html"}).status_code == 307
 
 
-def test_public_paths_and_websockets_bypass_the_gate() -> None:
+def test_public_paths_bypass_the_gate() -> None:
     c = client()
     assert c.get("/").text == "public"
     assert c.get("/static/app.css").text == "public"
-    with c.websocket_connect("/ws") as ws:
+
+
+def test_websockets_get_the_pages_decision() -> None:
+    settings = make_settings()
+    c = client(settings)
+    # No session: the handshake is refused with a real 401 (ASGI denial-response extension).
+    with pytest.raises(WebSocketDenialResponse) as denied:
+        c.websocket_connect("/ws").__enter__()
+    assert denied.value.status_code == 401
+    assert denied.value.json()["error"] == "login_required"
+    # A session without the current consent: 403 naming the terms page.
+    c.cookies.update(session_cookies(settings, **consent("v1")))
+    with pytest.raises(WebSocketDenialResponse) as denied:
+        c.websocket_connect("/ws").__enter__()
+    assert denied.value.status_code == 403
+    assert denied.value.json()["error"] == "consent_required"
+    # Consented, same origin: the socket opens and the app sees the user.
+    c.cookies.update(session_cookies(settings, **consent()))
+    with c.websocket_connect("/ws", headers={"origin": "https://app.example.com"}) as ws:
         assert ws.receive_text() == "hi"
+    # Consented, but a page on another site opened it (cross-site websocket hijacking).
+    with pytest.raises(WebSocketDenialResponse) as denied:
+        c.websocket_connect("/ws", headers={"origin": "https://evil.example"}).__enter__()
+    assert denied.value.status_code == 403
+
+
+def test_websocket_opt_out_and_servers_without_the_denial_extension() -> None:
+    settings = make_settings(ungated_websockets=("/ws",))
+    with client(settings).websocket_connect("/ws") as ws:
+        assert ws.receive_text() == "hi"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("a refused handshake must not reach the app")
+
+    gate = ConsentMiddleware(app, settings=make_settings())
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/ws", "headers": [], "query_string": b""}
+    asyncio.run(gate(scope, receive, send))
+    # Closing before accepting: the server answers the handshake with 403.
+    assert sent == [{"type": "websocket.close", "code": 1008}]
 
 
 def test_profile_route() -> None:

@@ -44,7 +44,47 @@ def test_payload_shape_matches_nextjs_auth0_v4() -> None:
         "expiresAt": 5,
         "scope": "openid",
     }
-    assert set(payload["internal"]) == {"sid", "createdAt"}
+    # issuedAt is ours (the ID token's iat); nextjs-auth0 carries unknown fields through.
+    assert set(payload["internal"]) == {"sid", "createdAt", "issuedAt"}
+
+
+async def test_fields_this_package_does_not_model_survive_a_roll_and_a_refresh() -> None:
+    settings = make_settings()
+    now = int(time.time())
+    written_elsewhere = {
+        "user": {"sub": "auth0|1", "email": "a@b.c"},
+        "tokenSet": {
+            "accessToken": "at",
+            "idToken": "idt",
+            "refreshToken": "rt",
+            "expiresAt": now + 60,
+            "scope": "openid offline_access",
+            "requestedScope": "openid profile email offline_access",
+            "audience": "https://api.example.com",
+            "token_type": "Bearer",
+        },
+        "accessTokens": [{"audience": "https://other.example.com", "accessToken": "at-2"}],
+        "internal": {"sid": "the-sid", "createdAt": now - 10, "sessionExpiresAt": now + 999},
+        "futureField": {"kept": True},
+    }
+    value = encrypt(written_elsewhere, derive_key(settings.secret), now + 600)
+    store = CookieSessionStore(settings)
+    loaded = await store.load({"__session": value})
+    assert loaded is not None and loaded.issued_at == (now - 10) * 1000  # createdAt, in ms
+    rolled = await CookieSessionStore(settings).load(jar(await store.save(loaded, {})))
+    assert rolled is not None
+    refreshed = rolled.refreshed(
+        {"sub": "auth0|1", "iat": now}, TokenSet("at-new", "idt-new", None, now + 60), now * 1000
+    )
+    payload = refreshed.to_payload()
+    assert payload["accessTokens"] == written_elsewhere["accessTokens"]
+    assert payload["futureField"] == {"kept": True}
+    assert payload["internal"]["sessionExpiresAt"] == now + 999
+    assert payload["internal"]["issuedAt"] == now * 1000
+    assert payload["tokenSet"]["requestedScope"] == "openid profile email offline_access"
+    assert payload["tokenSet"]["audience"] == "https://api.example.com"
+    assert payload["tokenSet"]["accessToken"] == "at-new"
+    assert "refreshToken" not in payload["tokenSet"]  # the new set has none: not the old one
 
 
 async def test_round_trip_through_cookies() -> None:
