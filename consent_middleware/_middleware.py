@@ -31,11 +31,12 @@ from ._gate import (
 from ._models import User
 from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, SESSION_SCOPE_KEY, with_cookies
 from ._revocation import Revocation
-from ._session import SESSION_COOKIE, Session, SessionStore
+from ._session import ENTRY_OVERHEAD, SESSION_COOKIE, Session, SessionStore
 from ._state import SharedState
 
 USER_SCOPE_KEY = "consent_middleware.user"
-ADMITTED_CACHE_SIZE = 4096
+# Memory the admitted-request cache may take, estimated from the session cookies' sizes.
+ADMITTED_CACHE_BYTES = 32 * 1024 * 1024
 REVALIDATE_AFTER = 60.0
 # RFC 9111 5.2.2: whenever this middleware sets a cookie, no cache may keep the response.
 PRIVATE = "private, no-store"
@@ -69,7 +70,9 @@ class ConsentMiddleware:
         # no decryption and no parsing. Bounded, and each entry is re-checked by the full
         # path after REVALIDATE_AFTER seconds or at session expiry; revocation marks are
         # checked on every request, cached or not.
-        self._admitted: LRUCache[bytes, _Admitted] = LRUCache(maxsize=ADMITTED_CACHE_SIZE)
+        self._admitted: LRUCache[bytes, _Admitted] = LRUCache(
+            maxsize=ADMITTED_CACHE_BYTES, getsizeof=_weight_of
+        )
         parts = httpx.URL(self.settings.app_base_url)
         self._origin = f"{parts.scheme}://{parts.netloc.decode('ascii')}"
 
@@ -140,13 +143,15 @@ class ConsentMiddleware:
 
     async def _admitted_or_verdict(self, scope: Scope, now: float) -> _Admitted | Verdict:
         raw = _merge_cookie_headers(scope)
-        key = _session_key(raw)
+        key, size = _session_key(raw)
         admitted = self._admitted.get(key) if key else None
         if admitted is not None and admitted.until >= now:
             return admitted
-        return await self._admit(scope, raw, key, now)
+        return await self._admit(scope, raw, key, size, now)
 
-    async def _admit(self, scope: Scope, raw: bytes, key: bytes, now: float) -> _Admitted | Verdict:
+    async def _admit(
+        self, scope: Scope, raw: bytes, key: bytes, size: int, now: float
+    ) -> _Admitted | Verdict:
         """The full check: decrypt (or the store's cache), decide."""
         sessions = self.engine.sessions
         session = await sessions.load(_request_cookies(scope)) if raw else None
@@ -154,18 +159,21 @@ class ConsentMiddleware:
         if verdict is not Verdict.ALLOW or session is None:
             return verdict
         roll = sessions.needs_roll(session, now)
-        admitted = self._admission(session, key, roll, now)
+        admitted = self._admission(session, key, roll, now, size)
         # A session due to roll gets a new cookie on this response; caching the old value
         # would only keep it alive. And only a self-contained store's cookie is the whole
         # session: a server-side store can end a session behind an unchanged cookie.
-        if key and not roll and sessions.self_contained:
-            self._admitted[key] = admitted
+        cache = self._admitted
+        if key and not roll and sessions.self_contained and admitted.weight <= cache.maxsize:
+            cache[key] = admitted
         return admitted
 
-    def _admission(self, session: Session, key: bytes, roll: bool, now: float) -> _Admitted:
+    def _admission(
+        self, session: Session, key: bytes, roll: bool, now: float, size: int = 0
+    ) -> _Admitted:
         user = User.from_claims(session.user, self.settings.consent_claim)
         until = min(session.expires_at or now + REVALIDATE_AFTER, now + REVALIDATE_AFTER)
-        return _Admitted(session, user, roll, until, key)
+        return _Admitted(session, user, roll, until, key, size + ENTRY_OVERHEAD)
 
     def _marks_apply(self) -> bool:
         return self.engine.state.has_marks or self.settings.revalidate_seconds > 0
@@ -260,6 +268,11 @@ class _Admitted:
     roll: bool
     until: float
     key: bytes
+    weight: int
+
+
+def _weight_of(admitted: _Admitted) -> int:
+    return admitted.weight
 
 
 def _merge_cookie_headers(scope: Scope) -> bytes:
@@ -278,13 +291,15 @@ def _merge_cookie_headers(scope: Scope) -> bytes:
     return joined
 
 
-def _session_key(cookie_header: bytes) -> bytes:
-    """A digest of the session's cookies alone: b"" when there are none."""
+def _session_key(cookie_header: bytes) -> tuple[bytes, int]:
+    """A digest of the session's cookies alone (b"" when there are none), and their size."""
     if _SESSION_PREFIX not in cookie_header:
-        return b""
+        return b"", 0
     parts = [p.strip() for p in cookie_header.split(b";")]
     own = b";".join(p for p in parts if p.startswith(_SESSION_PREFIX))
-    return hashlib.blake2b(own, digest_size=16).digest() if own else b""
+    if not own:
+        return b"", 0
+    return hashlib.blake2b(own, digest_size=16).digest(), len(own)
 
 
 def _request_cookies(scope: Scope) -> dict[str, str]:

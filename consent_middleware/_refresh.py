@@ -37,6 +37,8 @@ REFRESHED_SCOPE_KEY = "consent_middleware.refreshed"
 # How long the result of a grant that rotated the refresh token is handed to requests that
 # still hold the spent token (sent before the new cookie reached the browser).
 ROTATED_RESULT_TTL = 30.0
+# Memory the table of recent grants may take, estimated from the tokens it holds.
+GRANTS_BYTES = 16 * 1024 * 1024
 
 
 def expectation_met(session: Session, expect: Expectation | None, settings: Settings) -> bool:
@@ -72,6 +74,12 @@ class _Grant:
         return self.rotated and now - self.finished < ROTATED_RESULT_TTL
 
 
+def _weight(grant: _Grant) -> int:
+    # The result is not known when the grant is stored: count the spent token and room for
+    # the session that replaces it (tokens come back at about the size they went out).
+    return 8 * len(grant.spent) + 8 * 1024
+
+
 def _fail(grant: _Grant, failure: RefreshError) -> None:
     grant.finished = time.time()
     grant.result.set_exception(failure)
@@ -102,7 +110,7 @@ class SessionRefresher:
         # The latest grant of each session: with rotating refresh tokens, two concurrent
         # grants would spend the same token and the second would fail, so requests that
         # arrive while one runs wait for it and take its result.
-        self._grants: LRUCache[str, _Grant] = LRUCache(maxsize=10_000)
+        self._grants: LRUCache[str, _Grant] = LRUCache(maxsize=GRANTS_BYTES, getsizeof=_weight)
 
     async def refresh(self, session: Session, *, not_before: float = 0.0) -> Session:
         """The refresh-token grant only; raises RefreshError when it cannot be done.

@@ -17,6 +17,10 @@ from ._cookies import CookieWriter, read_chunked
 from ._oidc import TokenResponse, TokenSet
 
 SESSION_COOKIE = "__session"
+# Memory the decrypted-session cache may take, estimated from the cookies' sizes.
+SESSION_CACHE_BYTES = 64 * 1024 * 1024
+# What a cached entry costs beyond its cookie's characters: objects, dict slots, the key.
+ENTRY_OVERHEAD = 1024
 # Re-issue the cookie only once this share of the inactivity window has passed, so a
 # busy user does not get a fresh encryption and Set-Cookie on every request.
 ROLL_FRACTION = 0.1
@@ -150,6 +154,16 @@ def user_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if k not in PROTOCOL_CLAIMS}
 
 
+def weight(cookie_value: str | bytes) -> int:
+    """The memory a cache entry for this cookie takes, roughly: decoded claims and tokens
+    are a little smaller than their encrypted form, plus a fixed cost per entry."""
+    return len(cookie_value) + ENTRY_OVERHEAD
+
+
+def _weight_of(entry: tuple[Session, int]) -> int:
+    return entry[1]
+
+
 def _cache_key(cookie_value: str) -> bytes:
     # UTF-8 with surrogatepass is injective, so distinct values never share a key.
     return hashlib.blake2b(cookie_value.encode("utf-8", "surrogatepass"), digest_size=16).digest()
@@ -196,14 +210,17 @@ class CookieSessionStore:
 
     self_contained = True
 
-    def __init__(self, settings: Settings, cache_size: int = 10_000) -> None:
+    def __init__(self, settings: Settings, cache_bytes: int = SESSION_CACHE_BYTES) -> None:
         self.settings = settings
         self.keys = [_jose.derive_key(s) for s in settings.secrets]
         self.writer = CookieWriter(secure=settings.secure_cookies)
         # Keyed by a digest of the full cookie value, so a changed cookie is a new entry and
         # a stale one ages out of the LRU, while a key costs 16 bytes, not the 2-4 KB
-        # cookie; expiry is re-checked on every hit.
-        self._cache: LRUCache[bytes, Session] = LRUCache(maxsize=cache_size)
+        # cookie; expiry is re-checked on every hit. Bounded in bytes, not entries: a
+        # session's size follows its tokens, which the provider (or a client) chooses.
+        self._cache: LRUCache[bytes, tuple[Session, int]] = LRUCache(
+            maxsize=cache_bytes, getsizeof=_weight_of
+        )
 
     async def load(self, cookies: Mapping[str, str]) -> Session | None:
         value = read_chunked(SESSION_COOKIE, cookies)
@@ -211,17 +228,24 @@ class CookieSessionStore:
             return None
         now = time.time()
         key = _cache_key(value)
-        session = self._cache.get(key)
-        if session is None:
+        cached = self._cache.get(key)
+        if cached is None:
             payload = _jose.decrypt(value, self.keys, now)
             session = Session.from_payload(payload) if payload else None
             if session is None:
                 return None
-            self._cache[key] = session
+            self._remember(key, session, value)
+        else:
+            session = cached[0]
         if session.expires_at + _jose.COOKIE_CLOCK_SKEW < now:
             self._cache.pop(key, None)
             return None
         return session
+
+    def _remember(self, key: bytes, session: Session, value: str) -> None:
+        size = weight(value)
+        if size <= self._cache.maxsize:
+            self._cache[key] = (session, size)
 
     def expiry(self, session: Session, now: float) -> int:
         absolute = session.created_at + self.settings.absolute_duration
@@ -238,7 +262,7 @@ class CookieSessionStore:
         now = time.time() if now is None else now
         expires_at = self.expiry(session, now)
         value = _jose.encrypt(session.to_payload(), self.keys[0], expires_at)
-        self._cache[_cache_key(value)] = replace(session, expires_at=expires_at)
+        self._remember(_cache_key(value), replace(session, expires_at=expires_at), value)
         return self.writer.set_chunked(SESSION_COOKIE, value, int(expires_at - now), cookies)
 
     async def clear(self, cookies: Mapping[str, str]) -> list[bytes]:

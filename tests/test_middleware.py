@@ -173,12 +173,22 @@ def test_not_consented_is_never_cached() -> None:
     assert len(gate._admitted) == 0
 
 
-def test_admitted_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(middleware_module, "ADMITTED_CACHE_SIZE", 8)
+def test_admitted_cache_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    one = len(cookie_value({"n": 0, **CONSENTED})) + middleware_module.ENTRY_OVERHEAD
+    monkeypatch.setattr(middleware_module, "ADMITTED_CACHE_BYTES", 8 * one + one // 2)
     gate = ConsentMiddleware(ok, settings=SETTINGS)
     for i in range(20):
         assert call(gate, cookie_value({"n": i, **CONSENTED}).encode())[0] == 200
     assert len(gate._admitted) == 8
+    # Sessions over twice the size: the same bytes hold under half as many.
+    for i in range(20):
+        big = cookie_value({"n": i, **CONSENTED}, padding=one).encode()
+        assert call(gate, big)[0] == 200
+    assert 1 <= len(gate._admitted) <= 4
+    assert gate._admitted.currsize <= gate._admitted.maxsize
+    # One larger than the whole budget is served, just never cached.
+    huge = cookie_value({"n": -1, **CONSENTED}, padding=10 * one).encode()
+    assert call(gate, huge)[0] == 200
 
 
 def test_lifespan_shutdown_closes_the_client_it_made() -> None:
