@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from consent_middleware import ConsentMiddleware, Session, TokenSet, _jose
 from consent_middleware import _middleware as middleware_module
 from consent_middleware._cookies import CHUNK_SIZE
-from consent_middleware._session import CookieSessionStore
+from consent_middleware._session import ENTRY_OVERHEAD, CookieSessionStore
 from tests.conftest import CLAIM, make_settings
 from tests.flow import run_lifespan
 
@@ -174,7 +174,7 @@ def test_not_consented_is_never_cached() -> None:
 
 
 def test_admitted_cache_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    one = len(cookie_value({"n": 0, **CONSENTED})) + middleware_module.ENTRY_OVERHEAD
+    one = len(cookie_value({"n": 0, **CONSENTED})) + ENTRY_OVERHEAD
     monkeypatch.setattr(middleware_module, "ADMITTED_CACHE_BYTES", 8 * one + one // 2)
     gate = ConsentMiddleware(ok, settings=SETTINGS)
     for i in range(20):
