@@ -106,7 +106,9 @@ class ConsentRoutes:
         )
 
     async def _session_or_login(self, request: Request) -> Session | Response:
-        session = await self.sessions.load(request.cookies)
+        # An ended session (logged out, deleted elsewhere) may not give or withdraw consent.
+        loaded = await self.sessions.load(request.cookies)
+        session = loaded and await self.refresher.settle(loaded)
         if session is not None:
             return session
         if request.method == "GET":

@@ -16,7 +16,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._config import Settings
 from ._engine import Engine
-from ._exceptions import RefreshError
 from ._gate import (
     Verdict,
     app_path,
@@ -102,15 +101,17 @@ class ConsentMiddleware:
         if isinstance(admitted, Verdict):
             await self._refuse(admitted, scope, receive, send)
             return
-        session = admitted.session
         if self._marks_apply():
-            status = self.engine.revocations.status(session, now)
-            if status is not Revocation.NONE:
+            session = admitted.session
+            if self.engine.revocations.status(session, now) is not Revocation.NONE:
                 self._admitted.pop(admitted.key, None)
-                fresh = await self._after_revocation(status, session, scope, receive, send)
+                fresh = await self._after_revocation(session, scope, receive, send)
                 if fresh is None:
                     return
                 admitted = fresh
+        if admitted.verdict is not Verdict.ALLOW:
+            await self._refuse(admitted.verdict, scope, receive, send)
+            return
         await self._pass(admitted, scope, receive, send)
 
     async def _pass(self, admitted: _Admitted, scope: Scope, receive: Receive, send: Send) -> None:
@@ -152,19 +153,26 @@ class ConsentMiddleware:
     async def _admit(
         self, scope: Scope, raw: bytes, key: bytes, size: int, now: float
     ) -> _Admitted | Verdict:
-        """The full check: decrypt (or the store's cache), decide."""
+        """The full check: decrypt (or the store's cache), decide. A session that may not
+        pass is still returned (with its verdict): a revocation mark may change it."""
         sessions = self.engine.sessions
         session = await sessions.load(_request_cookies(scope)) if raw else None
-        verdict = decide(session, self.settings)
-        if verdict is not Verdict.ALLOW or session is None:
-            return verdict
+        if session is None:
+            return Verdict.LOGIN
         roll = sessions.needs_roll(session, now)
         admitted = self._admission(session, key, roll, now, size)
-        # A session due to roll gets a new cookie on this response; caching the old value
-        # would only keep it alive. And only a self-contained store's cookie is the whole
-        # session: a server-side store can end a session behind an unchanged cookie.
+        # Only consented requests are remembered. A session due to roll gets a new cookie
+        # on this response; caching the old value would only keep it alive. And only a
+        # self-contained store's cookie is the whole session: a server-side store can end
+        # a session behind an unchanged cookie.
         cache = self._admitted
-        if key and not roll and sessions.self_contained and admitted.weight <= cache.maxsize:
+        if (
+            key
+            and admitted.verdict is Verdict.ALLOW
+            and not roll
+            and sessions.self_contained
+            and admitted.weight <= cache.maxsize
+        ):
             cache[key] = admitted
         return admitted
 
@@ -173,36 +181,29 @@ class ConsentMiddleware:
     ) -> _Admitted:
         user = User.from_claims(session.user, self.settings.consent_claim)
         until = min(session.expires_at or now + REVALIDATE_AFTER, now + REVALIDATE_AFTER)
-        return _Admitted(session, user, roll, until, key, size + ENTRY_OVERHEAD)
+        verdict = decide(session, self.settings)
+        return _Admitted(session, user, roll, until, key, size + ENTRY_OVERHEAD, verdict)
 
     def _marks_apply(self) -> bool:
         return self.engine.state.has_marks or self.settings.revalidate_seconds > 0
 
     async def _after_revocation(
-        self, status: Revocation, session: Session, scope: Scope, receive: Receive, send: Send
+        self, session: Session, scope: Scope, receive: Receive, send: Send
     ) -> _Admitted | None:
         """A stale session refreshed and let through, or the answer sent and None."""
         engine = self.engine
         cookies = _request_cookies(scope)
-        fresh: Session | None = None
-        if status is Revocation.STALE:
-            not_before = engine.revocations.fresh_after(session, time.time())
-            try:
-                fresh = await engine.refresher.refresh(session, not_before=not_before)
-            except RefreshError:
-                fresh = None  # the user is gone, or the session cannot be renewed: end it
+        fresh = await engine.refresher.settle(session)
         if fresh is None:
             response = self._refusal(Verdict.LOGIN, scope)
             with_cookies(response, await engine.sessions.clear(cookies))
-            response.headers["cache-control"] = PRIVATE
-            await response(scope, receive, send)
-            return None
-        verdict = decide(fresh, self.settings)
-        if verdict is Verdict.ALLOW:
-            scope[REFRESHED_SCOPE_KEY] = fresh
-            return self._admission(fresh, b"", False, time.time())
-        response = self._refusal(verdict, scope)
-        with_cookies(response, await engine.sessions.save(fresh, cookies))
+        else:
+            admitted = self._admission(fresh, b"", False, time.time())
+            if admitted.verdict is Verdict.ALLOW:
+                scope[REFRESHED_SCOPE_KEY] = fresh
+                return admitted
+            response = self._refusal(admitted.verdict, scope)
+            with_cookies(response, await engine.sessions.save(fresh, cookies))
         response.headers["cache-control"] = PRIVATE
         await response(scope, receive, send)
         return None
@@ -233,14 +234,15 @@ class ConsentMiddleware:
             return
         now = time.time()
         admitted = await self._admitted_or_verdict(scope, now)
+        verdict = admitted if isinstance(admitted, Verdict) else admitted.verdict
         if not isinstance(admitted, Verdict) and self._marks_apply():
             status = self.engine.revocations.status(admitted.session, now)
             # A handshake cannot carry a refreshed cookie reliably: the next page load
             # refreshes (or ends) the session, then the socket may reconnect.
             if status is not Revocation.NONE:
-                admitted = Verdict.LOGIN
-        if isinstance(admitted, Verdict):
-            status_code, body = refusal_body(admitted, scope["path"], settings)
+                verdict = Verdict.LOGIN
+        if isinstance(admitted, Verdict) or verdict is not Verdict.ALLOW:
+            status_code, body = refusal_body(verdict, scope["path"], settings)
             await _deny_websocket(scope, receive, send, status_code, body)
             return
         scope[USER_SCOPE_KEY] = admitted.user
@@ -269,6 +271,7 @@ class _Admitted:
     until: float
     key: bytes
     weight: int
+    verdict: Verdict
 
 
 def _weight_of(admitted: _Admitted) -> int:

@@ -24,6 +24,7 @@ from ._login import Login
 from ._models import Consent
 from ._oidc import OIDCClient
 from ._pages import Pages
+from ._revocation import Revocation, Revocations
 from ._session import Session, SessionStore
 from ._transactions import Expectation, Purpose
 
@@ -73,6 +74,13 @@ class _Grant:
             return True
         return self.rotated and now - self.finished < ROTATED_RESULT_TTL
 
+    def successor(self, refresh_token: str) -> Session | None:
+        """The session this grant made from ``refresh_token``, if it rotated that token."""
+        done = self.result.done() and self.result.exception() is None
+        if done and self.rotated and self.spent == refresh_token:
+            return self.result.result()
+        return None
+
 
 def _weight(grant: _Grant) -> int:
     # The result is not known when the grant is stored: count the spent token and room for
@@ -100,11 +108,13 @@ class SessionRefresher:
         oidc: OIDCClient,
         sessions: SessionStore,
         login: Login,
+        revocations: Revocations,
         pages: Pages,
     ) -> None:
         self.settings = settings
         self.oidc = oidc
         self.sessions = sessions
+        self.revocations = revocations
         self.login = login
         self.pages = pages
         # The latest grant of each session: with rotating refresh tokens, two concurrent
@@ -127,6 +137,14 @@ class SessionRefresher:
                 break
             if grant.serves(refresh_token, not_before, time.time()):
                 return await asyncio.shield(grant.result)
+            successor = grant.successor(refresh_token)
+            if successor is not None and successor.token_set.refresh_token:
+                # That grant rotated our token away, but its claims are too old for us: go
+                # on from the token it handed out rather than spend a dead one (which a
+                # provider with reuse detection answers by revoking the whole family).
+                session = successor
+                refresh_token = successor.token_set.refresh_token
+                continue
             if grant.result.done():
                 break
             # One grant per session at a time: wait for the running one, then look again.
@@ -153,6 +171,35 @@ class SessionRefresher:
         grant.rotated = refreshed.token_set.refresh_token != refresh_token
         grant.result.set_result(refreshed)
         return refreshed
+
+    async def settle(self, session: Session) -> Session | None:
+        """``session`` once the revocation marks are applied: itself when nothing happened,
+        refreshed when it is stale, None when it has been ended (or cannot be renewed)."""
+        status = self.revocations.status(session, time.time())
+        if status is Revocation.NONE:
+            return session
+        if status is Revocation.STALE:
+            not_before = self.revocations.fresh_after(session, time.time())
+            try:
+                return await self.refresh(session, not_before=not_before)
+            except RefreshError as exc:
+                logger.info("a stale session could not be renewed, ending it: %s", exc)
+        return None
+
+    async def current_session(
+        self, cookies: Mapping[str, str]
+    ) -> tuple[Session | None, list[bytes]]:
+        """The request's session with the marks applied, and the ``Set-Cookie`` values that
+        record what changed (the refreshed session, or the ended one's deletion)."""
+        loaded = await self.sessions.load(cookies)
+        if loaded is None:
+            return None, []
+        settled = await self.settle(loaded)
+        if settled is None:
+            return None, await self.sessions.clear(cookies)
+        if settled is loaded:
+            return loaded, []
+        return settled, await self.sessions.save(settled, cookies)
 
     async def refresh_and_continue(
         self,

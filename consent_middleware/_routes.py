@@ -135,7 +135,7 @@ class AuthRoutes:
         return await self.refresher.finish(cookies, session, tx.return_to, tx.expect)
 
     async def logout(self, request: Request) -> Response:
-        session = await self.sessions.load(request.cookies)
+        session, _ = await self.refresher.current_session(request.cookies)
         if session is not None:
             # Every copy of this cookie ends, not just the one in this browser.
             await self.revocations.end_session(session.sid)

@@ -105,3 +105,30 @@ def test_withdraw_from_the_dashboard(chromium: Browser, live: Live) -> None:
     page.goto(f"{live.base}/dashboard")
     assert page.url.startswith(f"{live.base}/consent?")
     context.close()
+
+
+def test_withdrawal_in_one_browser_stops_the_other(chromium: Browser, live: Live) -> None:
+    # Two browsers, each with its own cookies and its own IdP session, one user.
+    first, second = chromium.new_context(), chromium.new_context()
+    pages = []
+    for context in (first, second):
+        page = context.new_page()
+        page.goto(f"{live.base}/dashboard")
+        sign_in(page)
+        # The first browser gets the terms; the second finds them accepted already.
+        page.wait_for_url(lambda url: "/consent?" in url or url.endswith("/dashboard"))
+        if "/consent?" in page.url:
+            page.get_by_role("checkbox").check()
+            page.get_by_role("button", name="Accept").click()
+        page.wait_for_url(f"{live.base}/dashboard")
+        pages.append(page)
+    a, b = pages
+    b.get_by_role("link", name="Withdraw consent").click()
+    b.get_by_role("button", name="Withdraw consent").click()
+    b.wait_for_url(f"{live.base}/consent?*")
+    # The other browser's cookie still says "consented": its next page is the terms page.
+    a.reload()
+    a.wait_for_url(f"{live.base}/consent?*")
+    assert "You withdrew your consent" in a.content()
+    first.close()
+    second.close()
