@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -16,7 +17,7 @@ from starlette.routing import Route
 
 from ._config import Settings
 from ._csrf import CSRF
-from ._exceptions import ManagementAPIError
+from ._exceptions import ManagementAPIError, SharedStateError
 from ._login import Login
 from ._management import ManagementClient
 from ._models import Consent
@@ -65,6 +66,15 @@ def withdrawal_record(settings: Settings) -> dict[str, Any]:
         "date": utc_now(),
         "withdrawn": True,
     }
+
+
+async def _best_effort(operation: Awaitable[object]) -> None:
+    """Bookkeeping after a write the Management API accepted: the shared store being away
+    must not turn a saved choice into an error page (the choice is what matters)."""
+    try:
+        await operation
+    except SharedStateError as exc:
+        logger.warning("shared store unavailable after a saved choice: %s", exc)
 
 
 class ConsentRoutes:
@@ -215,10 +225,10 @@ class ConsentRoutes:
                         "changed. Please try again in a moment.",
                     )
                 written_ms = now_ms()
-                await self.state.put_flag(accepted, written_ms, COALESCE_SECONDS)
-                await self.state.drop_flag(f"withdrawn:{sub}")
+                await _best_effort(self.state.put_flag(accepted, written_ms, COALESCE_SECONDS))
+                await _best_effort(self.state.drop_flag(f"withdrawn:{sub}"))
                 # The user's other sessions still say "not given": refreshed on next use.
-                await self.revocations.mark_user(sub)
+                await _best_effort(self.revocations.mark_user(sub))
             return await self.refresher.refresh_and_continue(
                 request, session, return_to, Expectation.CONSENT, not_before=written_ms / 1000
             )
@@ -273,11 +283,11 @@ class ConsentRoutes:
                         "Please try again in a moment.",
                     )
                 written_ms = now_ms()
-                await self.state.put_flag(withdrawn, written_ms, COALESCE_SECONDS)
-                await self.state.drop_flag(f"accepted:{sub}:{settings.terms_version}")
+                await _best_effort(self.state.put_flag(withdrawn, written_ms, COALESCE_SECONDS))
+                await _best_effort(self.state.drop_flag(f"accepted:{sub}:{settings.terms_version}"))
                 # Processing stops everywhere: the user's other sessions are re-checked
                 # (sent to the terms page, or ended when the account is gone) on next use.
-                await self.revocations.mark_user(sub)
+                await _best_effort(self.revocations.mark_user(sub))
             if settings.withdraw_mode == "revoke":
                 terms = self.pages.url(f"{settings.consent_path}?{urlencode({'returnTo': '/'})}")
                 return await self.refresher.refresh_and_continue(

@@ -68,7 +68,7 @@ class Engine:
         transactions = TransactionStore(settings)
         pages = Pages(settings)
         login = Login(oidc, transactions, pages)
-        refresher = SessionRefresher(settings, oidc, sessions, login, revocations, pages)
+        refresher = SessionRefresher(settings, oidc, sessions, login, revocations, state, pages)
         auth = AuthRoutes(
             settings, oidc, sessions, transactions, login, refresher, revocations, pages
         )

@@ -7,7 +7,8 @@ ConsentMiddlewareError
 │   ├── TokenEndpointError  the token endpoint refused a grant (OAuth error code kept)
 │   └── IdTokenError        an ID token failed verification (reason kept)
 ├── ManagementAPIError      the Management API failed after bounded retries
-└── RefreshError            a session could not be refreshed silently
+├── RefreshError            a session could not be refreshed silently
+└── SharedStateError        the shared store (Redis) is unreachable or too slow
 
 Library errors (httpx, python-jose) are translated where they are caught, always with
 ``raise ... from exc`` so the original stays on ``__cause__`` for logs and debuggers.
@@ -67,3 +68,8 @@ class ManagementAPIError(ConsentMiddlewareError):
 
 class RefreshError(ConsentMiddlewareError):
     """The session could not be refreshed without the browser."""
+
+
+class SharedStateError(ConsentMiddlewareError):
+    """The store the workers share (Redis) did not answer in time; requests that need it
+    get a 503 until it is back, and nothing the provider already accepted is undone."""

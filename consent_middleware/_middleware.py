@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._config import Settings
 from ._engine import Engine
+from ._exceptions import SharedStateError
 from ._gate import (
     Verdict,
     app_path,
@@ -97,18 +98,24 @@ class ConsentMiddleware:
             await self.app(scope, receive, send)
             return
         now = time.time()
-        admitted = await self._admitted_or_verdict(scope, now)
+        try:
+            admitted = await self._admitted_or_verdict(scope, now)
+            if not isinstance(admitted, Verdict) and self._marks_apply():
+                session = admitted.session
+                if self.engine.revocations.status(session, now) is not Revocation.NONE:
+                    self._admitted.pop(admitted.key, None)
+                    fresh = await self._after_revocation(session, scope, receive, send)
+                    if fresh is None:
+                        return
+                    admitted = fresh
+        except SharedStateError:
+            # Sessions or locks live in a store that is away: a clear 503, never a 500.
+            as_json = wants_json(path, Headers(scope=scope), settings)
+            await self.engine.pages.unavailable(as_json)(scope, receive, send)
+            return
         if isinstance(admitted, Verdict):
             await self._refuse(admitted, scope, receive, send)
             return
-        if self._marks_apply():
-            session = admitted.session
-            if self.engine.revocations.status(session, now) is not Revocation.NONE:
-                self._admitted.pop(admitted.key, None)
-                fresh = await self._after_revocation(session, scope, receive, send)
-                if fresh is None:
-                    return
-                admitted = fresh
         if admitted.verdict is not Verdict.ALLOW:
             await self._refuse(admitted.verdict, scope, receive, send)
             return

@@ -18,6 +18,7 @@ from ._exceptions import (
     IdentityProviderError,
     IdTokenError,
     ManagementAPIError,
+    SharedStateError,
     TokenEndpointError,
 )
 from ._transactions import Expectation
@@ -113,6 +114,9 @@ class Pages:
                 "Please try again in a moment.",
                 502,
             )
+        if isinstance(exc, SharedStateError):
+            logger.warning("shared store unavailable: %s", exc)
+            return self.unavailable()
         if isinstance(exc, ManagementAPIError):
             logger.warning("Management API failed: %s", exc)
             return self.error(
@@ -128,6 +132,19 @@ class Pages:
             401,
             "Sign in",
         )
+
+    def unavailable(self, as_json: bool = False) -> Response:
+        """The shared store (sessions, locks) is away: try again, nothing was lost."""
+        if as_json:
+            response: Response = self.json_error("temporarily_unavailable", 503)
+        else:
+            response = self.error(
+                "Temporarily unavailable",
+                "The site cannot check your session just now. Please try again in a moment.",
+                503,
+            )
+        response.headers["Retry-After"] = "5"
+        return response
 
     def not_shown_by_provider(self, expect: Expectation) -> Response:
         """The loop guard's page: the consent was saved but the new ID token ignores it."""

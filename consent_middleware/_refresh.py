@@ -8,24 +8,23 @@ an explanation when it is not there, so no path can loop.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
-from cachetools import LRUCache
 from starlette.requests import HTTPConnection
 from starlette.responses import RedirectResponse, Response
 
 from ._config import Settings
 from ._exceptions import IdentityProviderError, RefreshError
+from ._grants import Grants
 from ._login import Login
 from ._models import Consent
 from ._oidc import OIDCClient
 from ._pages import Pages
 from ._revocation import Revocation, Revocations
 from ._session import Session, SessionStore
+from ._state import SharedState
 from ._transactions import Expectation, Purpose
 
 logger = logging.getLogger("consent_middleware")
@@ -34,12 +33,6 @@ REFRESHER_SCOPE_KEY = "consent_middleware.refresher"
 SESSION_SCOPE_KEY = "consent_middleware.session"
 # A session refreshed during the request; the middleware writes its cookie on the way out.
 REFRESHED_SCOPE_KEY = "consent_middleware.refreshed"
-
-# How long the result of a grant that rotated the refresh token is handed to requests that
-# still hold the spent token (sent before the new cookie reached the browser).
-ROTATED_RESULT_TTL = 30.0
-# Memory the table of recent grants may take, estimated from the tokens it holds.
-GRANTS_BYTES = 16 * 1024 * 1024
 
 
 def expectation_met(session: Session, expect: Expectation | None, settings: Settings) -> bool:
@@ -50,48 +43,6 @@ def expectation_met(session: Session, expect: Expectation | None, settings: Sett
     if expect is Expectation.WITHDRAWAL:
         return not covered
     return True
-
-
-@dataclass
-class _Grant:
-    """One refresh-token grant of one session: in flight, or recently done."""
-
-    spent: str
-    started: float
-    result: asyncio.Future[Session] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    finished: float = 0.0
-    rotated: bool = False
-
-    def serves(self, refresh_token: str, not_before: float, now: float) -> bool:
-        """Whether a request holding ``refresh_token`` may take this grant's result."""
-        if self.spent != refresh_token or self.started < not_before:
-            return False
-        # Requests waiting on it take its result; once it is done, only a rotated token
-        # (dead now, so a new grant would fail) is served from it, and only for a while.
-        if not self.result.done():
-            return True
-        return self.rotated and now - self.finished < ROTATED_RESULT_TTL
-
-    def successor(self, refresh_token: str) -> Session | None:
-        """The session this grant made from ``refresh_token``, if it rotated that token."""
-        done = self.result.done() and self.result.exception() is None
-        if done and self.rotated and self.spent == refresh_token:
-            return self.result.result()
-        return None
-
-
-def _weight(grant: _Grant) -> int:
-    # The result is not known when the grant is stored: count the spent token and room for
-    # the session that replaces it (tokens come back at about the size they went out).
-    return 8 * len(grant.spent) + 8 * 1024
-
-
-def _fail(grant: _Grant, failure: RefreshError) -> None:
-    grant.finished = time.time()
-    grant.result.set_exception(failure)
-    grant.result.exception()  # marked retrieved: the waiters get it, nobody else must
 
 
 def with_cookies(response: Response, cookies: list[bytes]) -> Response:
@@ -109,6 +60,7 @@ class SessionRefresher:
         sessions: SessionStore,
         login: Login,
         revocations: Revocations,
+        state: SharedState,
         pages: Pages,
     ) -> None:
         self.settings = settings
@@ -117,10 +69,7 @@ class SessionRefresher:
         self.revocations = revocations
         self.login = login
         self.pages = pages
-        # The latest grant of each session: with rotating refresh tokens, two concurrent
-        # grants would spend the same token and the second would fail, so requests that
-        # arrive while one runs wait for it and take its result.
-        self._grants: LRUCache[str, _Grant] = LRUCache(maxsize=GRANTS_BYTES, getsizeof=_weight)
+        self.grants = Grants(state, settings.secret)
 
     async def refresh(self, session: Session, *, not_before: float = 0.0) -> Session:
         """The refresh-token grant only; raises RefreshError when it cannot be done.
@@ -128,49 +77,16 @@ class SessionRefresher:
         ``not_before`` (Unix seconds): a grant started earlier is not good enough, because
         the caller changed the user's record after that and needs claims that show it.
         """
-        refresh_token = session.token_set.refresh_token
-        if not refresh_token:
-            raise RefreshError("the session holds no refresh token")
-        while True:
-            grant = self._grants.get(session.sid)
-            if grant is None:
-                break
-            if grant.serves(refresh_token, not_before, time.time()):
-                return await asyncio.shield(grant.result)
-            successor = grant.successor(refresh_token)
-            if successor is not None and successor.token_set.refresh_token:
-                # That grant rotated our token away, but its claims are too old for us: go
-                # on from the token it handed out rather than spend a dead one (which a
-                # provider with reuse detection answers by revoking the whole family).
-                session = successor
-                refresh_token = successor.token_set.refresh_token
-                continue
-            if grant.result.done():
-                break
-            # One grant per session at a time: wait for the running one, then look again.
-            await asyncio.wait([grant.result])
-        return await self._grant(session, refresh_token)
+        return await self.grants.refresh(session, not_before, self._grant)
 
     async def _grant(self, session: Session, refresh_token: str) -> Session:
-        grant = _Grant(refresh_token, time.time())
-        self._grants[session.sid] = grant
         try:
             result = await self.oidc.refresh_token_grant(
                 refresh_token, sub=str(session.user.get("sub"))
             )
         except IdentityProviderError as exc:
-            failure = RefreshError(f"the refresh-token grant failed: {exc}")
-            _fail(grant, failure)
-            raise failure from exc
-        except BaseException:
-            # Cancelled (the client went away) or a bug: the waiters must not hang.
-            _fail(grant, RefreshError("the refresh-token grant was interrupted"))
-            raise
-        refreshed = session.refreshed_by(result)
-        grant.finished = time.time()
-        grant.rotated = refreshed.token_set.refresh_token != refresh_token
-        grant.result.set_result(refreshed)
-        return refreshed
+            raise RefreshError(f"the refresh-token grant failed: {exc}") from exc
+        return session.refreshed_by(result)
 
     async def settle(self, session: Session) -> Session | None:
         """``session`` once the revocation marks are applied: itself when nothing happened,

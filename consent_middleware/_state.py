@@ -18,14 +18,18 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-V = TypeVar("V", bound=tuple[int, float])
+from cachetools import LRUCache
+
+# Table values are (payload, expiry).
+V = TypeVar("V", bound=tuple[Any, float])
 
 # Bounds of the in-process tables: past them the oldest entries go first. A mark only
 # needs to outlive the sessions it ends (the absolute session lifetime).
 MAX_MARKS = 100_000
 MAX_COUNTERS = 100_000
+MAX_BLOB_BYTES = 32 * 1024 * 1024
 
 
 class MarkKind(enum.Enum):
@@ -57,6 +61,12 @@ class SharedState(Protocol):
 
     async def drop_flag(self, key: str) -> None: ...
 
+    async def put_blob(self, key: str, value: bytes, ttl: float) -> None:
+        """Keep ``value`` for ``ttl`` seconds, readable by every worker."""
+        ...
+
+    async def get_blob(self, key: str) -> bytes | None: ...
+
     async def publish_mark(self, kind: MarkKind, key: str, at: int, ttl: float) -> None:
         """Record a revocation mark (Unix ms) for ``ttl`` seconds, visible to every worker."""
         ...
@@ -68,6 +78,10 @@ class SharedState(Protocol):
     @property
     def has_marks(self) -> bool:
         """False when no mark of any kind is live: the gate's fast path skips the lookups."""
+        ...
+
+    async def start(self) -> None:
+        """Begin keeping the local view of the marks current (idempotent)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -83,6 +97,9 @@ class LocalState:
         # wall-clock for marks, which must mean the same on every replica.
         self._counters: dict[str, tuple[int, float]] = {}
         self._flags: dict[str, tuple[int, float]] = {}
+        self._blobs: LRUCache[str, tuple[bytes, float]] = LRUCache(
+            maxsize=MAX_BLOB_BYTES, getsizeof=_blob_size
+        )
         self._marks: dict[MarkKind, dict[str, tuple[int, float]]] = {k: {} for k in MarkKind}
 
     @asynccontextmanager
@@ -112,6 +129,15 @@ class LocalState:
     async def drop_flag(self, key: str) -> None:
         self._flags.pop(key, None)
 
+    async def put_blob(self, key: str, value: bytes, ttl: float) -> None:
+        entry = (value, time.monotonic() + ttl)
+        if _blob_size(entry) <= MAX_BLOB_BYTES:
+            self._blobs[key] = entry
+
+    async def get_blob(self, key: str) -> bytes | None:
+        found = self._blobs.get(key)
+        return found[0] if found is not None and found[1] > time.monotonic() else None
+
     async def publish_mark(self, kind: MarkKind, key: str, at: int, ttl: float) -> None:
         self.apply_mark(kind, key, at, time.time() + ttl)
 
@@ -136,8 +162,15 @@ class LocalState:
         marks = self._marks
         return bool(marks[MarkKind.SESSION] or marks[MarkKind.USER])
 
+    async def start(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
+
+
+def _blob_size(entry: tuple[bytes, float]) -> int:
+    return len(entry[0]) + 256
 
 
 def _bounded_put(table: dict[str, V], key: str, value: V, now: float, bound: int) -> None:
