@@ -13,6 +13,8 @@ from ._exceptions import ConfigurationError
 
 WithdrawMode = Literal["revoke", "flag", "delete"]
 WITHDRAW_MODES: tuple[str, ...] = ("revoke", "flag", "delete")
+SessionStoreName = Literal["cookie", "redis"]
+SESSION_STORES: tuple[str, ...] = ("cookie", "redis")
 MIN_SECRET_LENGTH = 32
 
 # Field name -> environment variable, so every message names what the user actually set.
@@ -39,6 +41,8 @@ ENV_NAMES: dict[str, str] = {
     "revalidate_seconds": "CONSENT_REVALIDATE_SECONDS",
     "ungated_websockets": "CONSENT_UNGATED_WEBSOCKETS",
     "accepts_per_minute": "CONSENT_ACCEPTS_PER_MINUTE",
+    "redis_url": "CONSENT_REDIS_URL",
+    "session_store": "CONSENT_SESSION_STORE",
 }
 REQUIRED = (
     "domain",
@@ -128,6 +132,11 @@ class Settings:
     ungated_websockets: tuple[str, ...] = ()
     # Accepts (each a Management API write and a grant) one user may make per minute.
     accepts_per_minute: int = 10
+    # State shared by every worker and replica (locks, marks, grant records, throttles):
+    # redis:// or rediss://. Empty = this process only.
+    redis_url: str = ""
+    # Where sessions live: whole in the cookie, or in Redis with an id in the cookie.
+    session_store: SessionStoreName = "cookie"
     routes_prefix: str = "/auth"
     consent_path: str = "/consent"
     templates_directory: str | None = None
@@ -170,6 +179,18 @@ class Settings:
             value = getattr(self, prefix_field)
             if not value.startswith("/") or value == "/" or value.endswith("/"):
                 raise ConfigurationError(f"{prefix_field} must look like '/auth', got {value!r}")
+        if self.session_store not in SESSION_STORES:
+            raise ConfigurationError(
+                f"{_name('session_store')} must be one of {', '.join(SESSION_STORES)}"
+            )
+        if self.redis_url:
+            scheme = urlsplit(self.redis_url).scheme
+            if scheme not in ("redis", "rediss", "unix"):
+                raise ConfigurationError(
+                    f"{_name('redis_url')} must be a redis://, rediss:// or unix:// URL"
+                )
+        elif self.session_store == "redis":
+            raise ConfigurationError(f"{_name('session_store')}=redis needs {_name('redis_url')}")
         if self.revalidate_seconds < 0:
             raise ConfigurationError(f"{_name('revalidate_seconds')} must be 0 (off) or more")
         if self.accepts_per_minute < 1:

@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from ._config import Settings
 from ._consent import ConsentRoutes
-from ._exceptions import ConsentMiddlewareError
+from ._exceptions import ConfigurationError, ConsentMiddlewareError
 from ._login import Login
 from ._management import ManagementClient
 from ._oidc import OIDCClient
@@ -62,15 +62,15 @@ class Engine:
         http = http_client or httpx.AsyncClient(timeout=settings.http_timeout)
         oidc = OIDCClient(settings, http)
         management = ManagementClient(settings, oidc)
-        sessions = session_store or CookieSessionStore(settings)
-        state = shared_state or LocalState()
+        state = shared_state or _shared_state(settings)
+        sessions = session_store or _session_store(settings, state)
         revocations = Revocations(settings, state)
         transactions = TransactionStore(settings)
         pages = Pages(settings)
         login = Login(oidc, transactions, pages)
         refresher = SessionRefresher(settings, oidc, sessions, login, revocations, state, pages)
         auth = AuthRoutes(
-            settings, oidc, sessions, transactions, login, refresher, revocations, pages
+            settings, oidc, sessions, transactions, login, refresher, revocations, state, pages
         )
         consent = ConsentRoutes(
             settings, oidc, sessions, management, login, refresher, revocations, state, pages
@@ -116,7 +116,34 @@ class Engine:
                 response = self.pages.for_error(exc)
         await response(scope, receive, send)
 
+    async def start(self) -> None:
+        """Begin following the shared state (idempotent; done before the first request)."""
+        await self.state.start()
+
     async def aclose(self) -> None:
         await self.state.aclose()
         if self.owns_http:
             await self.http.aclose()
+
+
+def _shared_state(settings: Settings) -> SharedState:
+    if not settings.redis_url:
+        return LocalState()
+    try:
+        from ._redis_state import RedisState
+    except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
+        raise ConfigurationError(
+            "CONSENT_REDIS_URL needs the redis extra: pip install 'consent-middleware[redis]'"
+        ) from exc
+    return RedisState(settings.redis_url)
+
+
+def _session_store(settings: Settings, state: SharedState) -> SessionStore:
+    if settings.session_store == "cookie":
+        return CookieSessionStore(settings)
+    from ._redis_sessions import RedisSessionStore
+    from ._redis_state import RedisState
+
+    if not isinstance(state, RedisState):
+        raise ConfigurationError("CONSENT_SESSION_STORE=redis needs a Redis shared state")
+    return RedisSessionStore(settings, state)

@@ -162,3 +162,55 @@ def verify_id_token(
     if not isinstance(claims["sub"], str) or not claims["sub"]:
         raise IdTokenError("the ID token has no subject")
     return claims
+
+
+# OIDC Back-Channel Logout 1.0, 2.4: the event a logout token must carry.
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+
+
+def verify_logout_token(
+    token: str,
+    key: Mapping[str, Any],
+    *,
+    issuer: str,
+    client_id: str,
+    leeway: int,
+    max_age: int,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Verify a logout token (Back-Channel Logout 1.0, 2.6); return its claims."""
+    alg = accepted_algorithm(unverified_header(token))
+    options = {
+        "leeway": leeway,
+        "require_iat": True,
+        "require_iss": True,
+        "require_aud": True,
+        # 2.4: exp is recommended, not required; when present it is checked.
+        "require_exp": False,
+        "verify_at_hash": False,
+    }
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, dict(key), algorithms=[alg], audience=client_id, issuer=issuer, options=options
+        )
+    except ExpiredSignatureError as exc:
+        raise IdTokenError("the logout token has expired") from exc
+    except JWTClaimsError as exc:
+        raise IdTokenError(f"the logout token's claims are invalid ({exc})") from exc
+    except (JOSEError, ValueError, TypeError) as exc:
+        raise IdTokenError("the logout token's signature does not verify") from exc
+    now = time.time() if now is None else now
+    iat = claims["iat"]
+    if not isinstance(iat, int | float) or iat > now + leeway or iat < now - max_age:
+        raise IdTokenError("the logout token was not issued just now (check the clocks)")
+    events = claims.get("events")
+    if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_LOGOUT_EVENT), dict):
+        raise IdTokenError("the logout token carries no back-channel logout event")
+    if "nonce" in claims:
+        raise IdTokenError("a logout token must not carry a nonce")
+    sid, sub = claims.get("sid"), claims.get("sub")
+    if not (isinstance(sid, str) and sid) and not (isinstance(sub, str) and sub):
+        raise IdTokenError("the logout token names neither a session (sid) nor a user (sub)")
+    if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+        raise IdTokenError("the logout token has no jti")
+    return claims

@@ -73,19 +73,37 @@ class ConsentMiddleware:
         self._admitted: LRUCache[bytes, _Admitted] = LRUCache(
             maxsize=ADMITTED_CACHE_BYTES, getsizeof=_weight_of
         )
+        self._started = False
         parts = httpx.URL(self.settings.app_base_url)
         self._origin = f"{parts.scheme}://{parts.netloc.decode('ascii')}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        if not self._started and kind != "lifespan":
+            await self._start()
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
         else:
             if kind == "lifespan":
+                receive = self._starting_up(receive)
                 send = self._closing_on_shutdown(send)
             await self.app(scope, receive, send)
+
+    async def _start(self) -> None:
+        # Follow the shared state (marks from other replicas) before gating anything.
+        self._started = True
+        await self.engine.start()
+
+    def _starting_up(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup" and not self._started:
+                await self._start()
+            return message
+
+        return wrapped
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = app_path(scope)

@@ -29,6 +29,8 @@ JWKS_TTL = 600
 # An unknown kid may mean the provider rotated its keys, or a forged header: refetch
 # the JWKS for it, but never more often than this, so forged tokens cannot hammer the IdP.
 JWKS_MIN_REFETCH_INTERVAL = 30
+# A logout token older than this is refused; its jti is remembered this long against replay.
+LOGOUT_TOKEN_MAX_AGE = 300
 # Parameters the client sets itself; a caller cannot override them through ``extra``.
 RESERVED_AUTHORIZE_PARAMS = frozenset(
     {
@@ -272,11 +274,9 @@ class OIDCClient:
         )
         return TokenResponse(token_set_from(body, previous_refresh_token), claims, requested_at)
 
-    async def verify_id_token(
-        self, id_token: str, nonce: str | None, access_token: str | None = None
-    ) -> dict[str, Any]:
-        meta = await self.metadata()
-        header = _jose.unverified_header(id_token)
+    async def _signing_key(self, token: str) -> dict[str, Any]:
+        """The provider's key that signed ``token`` (refetching the JWKS, rate-limited)."""
+        header = _jose.unverified_header(token)
         # Before any key lookup, so a forged token cannot make us refetch the JWKS.
         alg = _jose.accepted_algorithm(header)
         kid = header.get("kid")
@@ -284,7 +284,27 @@ class OIDCClient:
         if key is None:
             key = (await self._key_set(refetch=True)).find(kid, alg)
         if key is None:
-            raise IdTokenError("the ID token was signed with a key the provider does not publish")
+            raise IdTokenError("the token was signed with a key the provider does not publish")
+        return key
+
+    async def verify_logout_token(self, token: str) -> dict[str, Any]:
+        """OIDC Back-Channel Logout 1.0, 2.6: a logout token's verified claims."""
+        meta = await self.metadata()
+        key = await self._signing_key(token)
+        return _jose.verify_logout_token(
+            token,
+            key,
+            issuer=meta.issuer,
+            client_id=self.settings.client_id,
+            leeway=self.settings.clock_leeway,
+            max_age=LOGOUT_TOKEN_MAX_AGE,
+        )
+
+    async def verify_id_token(
+        self, id_token: str, nonce: str | None, access_token: str | None = None
+    ) -> dict[str, Any]:
+        meta = await self.metadata()
+        key = await self._signing_key(id_token)
         return _jose.verify_id_token(
             id_token,
             key,

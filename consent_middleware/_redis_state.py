@@ -42,6 +42,7 @@ LOCK_TTL = 15.0
 # Longest a request waits for a lock before giving up with a 503.
 LOCK_WAIT = 12.0
 LOCK_POLL = 0.02
+START_WAIT = 1.0
 RESUBSCRIBE_BACKOFF = (0.1, 0.5, 1.0, 2.0)
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -80,7 +81,8 @@ class RedisState:
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    async def _call(self, operation: Awaitable[T]) -> T:
+    async def call(self, operation: Awaitable[T]) -> T:
+        """Await a Redis command; a slow or absent Redis becomes ``SharedStateError``."""
         try:
             return await operation
         except (RedisError, OSError) as exc:
@@ -91,7 +93,7 @@ class RedisState:
         name = self._key("lock", key)
         owner = secrets.token_hex(16)
         deadline = time.monotonic() + LOCK_WAIT
-        while not await self._call(self.redis.set(name, owner, nx=True, px=int(LOCK_TTL * 1000))):
+        while not await self.call(self.redis.set(name, owner, nx=True, px=int(LOCK_TTL * 1000))):
             if time.monotonic() > deadline:
                 raise SharedStateError(f"waited too long for the lock {key!r}")
             await asyncio.sleep(LOCK_POLL)
@@ -100,7 +102,7 @@ class RedisState:
         finally:
             # A failed release only means the lock expires on its own, a little later.
             with contextlib.suppress(SharedStateError):
-                await self._call(self.redis.eval(_RELEASE, 1, name, owner))
+                await self.call(self.redis.eval(_RELEASE, 1, name, owner))
 
     async def incr(self, key: str, window: float) -> tuple[int, float]:
         name = self._key("count", key)
@@ -108,24 +110,24 @@ class RedisState:
             pipe.incr(name)
             pipe.pexpire(name, int(window * 1000), nx=True)
             pipe.pttl(name)
-            count, _, ttl = await self._call(pipe.execute())
+            count, _, ttl = await self.call(pipe.execute())
         return int(count), max(0.0, int(ttl) / 1000)
 
     async def put_flag(self, key: str, value: int, ttl: float) -> None:
-        await self._call(self.redis.set(self._key("flag", key), value, px=int(ttl * 1000)))
+        await self.call(self.redis.set(self._key("flag", key), value, px=int(ttl * 1000)))
 
     async def get_flag(self, key: str) -> int | None:
-        value = await self._call(self.redis.get(self._key("flag", key)))
+        value = await self.call(self.redis.get(self._key("flag", key)))
         return int(value) if value is not None else None
 
     async def drop_flag(self, key: str) -> None:
-        await self._call(self.redis.delete(self._key("flag", key)))
+        await self.call(self.redis.delete(self._key("flag", key)))
 
     async def put_blob(self, key: str, value: bytes, ttl: float) -> None:
-        await self._call(self.redis.set(self._key("blob", key), value, px=int(ttl * 1000)))
+        await self.call(self.redis.set(self._key("blob", key), value, px=int(ttl * 1000)))
 
     async def get_blob(self, key: str) -> bytes | None:
-        value = await self._call(self.redis.get(self._key("blob", key)))
+        value = await self.call(self.redis.get(self._key("blob", key)))
         return value.encode() if isinstance(value, str) else value
 
     async def publish_mark(self, kind: MarkKind, key: str, at: int, ttl: float) -> None:
@@ -133,12 +135,12 @@ class RedisState:
         until = time.time() + ttl
         self.local.apply_mark(kind, key, at, until)
         name = self._key("mark", kind.value, key)
-        await self._call(self.redis.eval(_MARK, 1, name, str(at), str(int(ttl * 1000))))
+        await self.call(self.redis.eval(_MARK, 1, name, str(at), str(int(ttl * 1000))))
         message = {"type": "mark", "kind": kind.value, "key": key, "at": at, "until": until}
         await self.publish(message)
 
     async def publish(self, message: dict[str, Any]) -> None:
-        await self._call(self.redis.publish(self.channel, json.dumps(message)))
+        await self.call(self.redis.publish(self.channel, json.dumps(message)))
 
     def mark(self, kind: MarkKind, key: str) -> int | None:
         return self.local.mark(kind, key)
@@ -154,6 +156,9 @@ class RedisState:
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._follow())
+            # Marks published before this worker started are loaded on subscribing; wait a
+            # moment for that, but never long: a Redis that is away must not stop start-up.
+            await self.wait_subscribed(START_WAIT)
 
     async def wait_subscribed(self, timeout: float) -> bool:
         try:

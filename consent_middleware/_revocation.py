@@ -48,7 +48,11 @@ class Revocations:
             ended = state.mark(MarkKind.SESSION, session.sid)
             if ended is not None and issued_at < ended:
                 return Revocation.ENDED
-            changed = state.mark(MarkKind.USER, str(session.user.get("sub")))
+            sub = str(session.user.get("sub"))
+            ended = state.mark(MarkKind.USER_ENDED, sub)
+            if ended is not None and issued_at < ended:
+                return Revocation.ENDED
+            changed = state.mark(MarkKind.USER, sub)
             if changed is not None and issued_at < changed:
                 return Revocation.STALE
         if self.revalidate_seconds and issued_at < (now - self.revalidate_seconds) * 1000:
@@ -65,6 +69,10 @@ class Revocations:
     async def end_session(self, sid: str) -> None:
         """Logout: every copy of this session ends."""
         await self.state.publish_mark(MarkKind.SESSION, sid, now_ms(), self.mark_lifetime)
+
+    async def end_user(self, sub: str) -> None:
+        """Back-channel logout by subject: every session of this user ends."""
+        await self.state.publish_mark(MarkKind.USER_ENDED, sub, now_ms(), self.mark_lifetime)
 
     async def mark_user(self, sub: str) -> int:
         """A change to the user's consent or account: their older sessions are stale."""

@@ -9,14 +9,15 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from ._config import Settings
-from ._exceptions import ConsentMiddlewareError
+from ._exceptions import ConsentMiddlewareError, IdTokenError
 from ._login import Login
-from ._oidc import OIDCClient
+from ._oidc import LOGOUT_TOKEN_MAX_AGE, OIDCClient
 from ._pages import NO_STORE, Pages
 from ._redirects import return_to_or_home, safe_return_to
 from ._refresh import SessionRefresher, with_cookies
 from ._revocation import Revocations
 from ._session import Session, SessionStore
+from ._state import SharedState
 from ._transactions import Purpose, Transaction, TransactionStore
 
 logger = logging.getLogger("consent_middleware")
@@ -35,12 +36,14 @@ class AuthRoutes:
         login: Login,
         refresher: SessionRefresher,
         revocations: Revocations,
+        state: SharedState,
         pages: Pages,
     ) -> None:
         self.settings = settings
         self.oidc = oidc
         self.sessions = sessions
         self.revocations = revocations
+        self.state = state
         self.transactions = transactions
         self.login_flow = login
         self.refresher = refresher
@@ -53,6 +56,7 @@ class AuthRoutes:
             Route(f"{prefix}/callback", self.callback, methods=["GET"]),
             Route(f"{prefix}/logout", self.logout, methods=["GET"]),
             Route(f"{prefix}/profile", self.profile, methods=["GET"]),
+            Route(f"{prefix}/backchannel-logout", self.backchannel_logout, methods=["POST"]),
         ]
 
     async def login(self, request: Request) -> Response:
@@ -128,9 +132,12 @@ class AuthRoutes:
         )
         cookies = request.cookies
         current = await self.sessions.load(cookies)
-        if current is not None and current.user.get("sub") == result.claims["sub"]:
+        same_user = current is not None and current.user.get("sub") == result.claims["sub"]
+        if current is not None and same_user and tx.purpose is Purpose.SILENT:
+            # A prompt=none round trip refreshes the session it started from.
             session = current.refreshed_by(result)
         else:
+            # A login is a new session (new sid, new store id): never one planted before it.
             session = Session.from_grant(result)
         return await self.refresher.finish(cookies, session, tx.return_to, tx.expect)
 
@@ -153,3 +160,42 @@ class AuthRoutes:
         if session is None:
             return self.pages.json_error("login_required", 401, login_url=self.pages.login_url)
         return JSONResponse(session.user, headers=NO_STORE)
+
+    async def backchannel_logout(self, request: Request) -> Response:
+        """OIDC Back-Channel Logout 1.0: the provider ends sessions from its side (2.5)."""
+        try:
+            form = await request.form()
+        except Exception:  # any unparsable body is the sender's mistake, never a 500
+            form = None
+        token = form.get("logout_token") if form is not None else None
+        if not isinstance(token, str) or not token:
+            return _logout_refused("the request carries no logout_token")
+        try:
+            claims = await self.oidc.verify_logout_token(token)
+        except IdTokenError as exc:
+            logger.warning("logout token refused: %s", exc.reason)
+            return _logout_refused(exc.reason)
+        # 2.6 step 10: a jti seen before is a replay. Counted in the shared state, so a
+        # token replayed to another replica is refused there too.
+        seen, _ = await self.state.incr(f"logout-jti:{claims['jti']}", LOGOUT_TOKEN_MAX_AGE)
+        if seen > 1:
+            return _logout_refused("this logout token was already used")
+        sid, sub = claims.get("sid"), claims.get("sub")
+        # 2.7: a sid ends that login session; a sub alone ends all of the user's.
+        if isinstance(sid, str) and sid:
+            await self.revocations.end_session(sid)
+            ended = await self.sessions.delete_by(sid=sid)
+        else:
+            await self.revocations.end_user(str(sub))
+            ended = await self.sessions.delete_by(sub=str(sub))
+        logger.info("back-channel logout ended %d stored session(s)", ended)
+        return Response(status_code=200, headers=NO_STORE)
+
+
+def _logout_refused(reason: str) -> Response:
+    # Back-Channel Logout 1.0, 2.8: 400 with an OAuth-style error body.
+    return JSONResponse(
+        {"error": "invalid_request", "error_description": reason},
+        status_code=400,
+        headers=NO_STORE,
+    )

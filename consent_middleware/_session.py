@@ -204,8 +204,29 @@ class SessionStore(Protocol):
         arithmetic on the session, no I/O: the gate asks it on every admitted request."""
         ...
 
+    async def delete_by(self, *, sid: str | None = None, sub: str | None = None) -> int:
+        """End every stored session with this ``sid`` or of this ``sub`` (back-channel
+        logout, account deletion); how many were ended. A store that keeps sessions only
+        in browsers ends none and answers 0: revocation marks end those."""
+        ...
 
-class CookieSessionStore:
+
+class RollingExpiry:
+    """nextjs-auth0 v4's rolling expiry: ``min(now + inactivity, createdAt + absolute)``."""
+
+    settings: Settings
+
+    def expiry(self, session: Session, now: float) -> int:
+        absolute = session.created_at + self.settings.absolute_duration
+        return int(min(absolute, now + self.settings.inactivity_duration))
+
+    def needs_roll(self, session: Session, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        gain = self.expiry(session, now) - session.expires_at
+        return gain > self.settings.inactivity_duration * ROLL_FRACTION
+
+
+class CookieSessionStore(RollingExpiry):
     """Encrypted, chunked cookies; the decrypted result cached per cookie value."""
 
     self_contained = True
@@ -247,15 +268,6 @@ class CookieSessionStore:
         if size <= self._cache.maxsize:
             self._cache[key] = (session, size)
 
-    def expiry(self, session: Session, now: float) -> int:
-        absolute = session.created_at + self.settings.absolute_duration
-        return int(min(absolute, now + self.settings.inactivity_duration))
-
-    def needs_roll(self, session: Session, now: float | None = None) -> bool:
-        now = time.time() if now is None else now
-        gain = self.expiry(session, now) - session.expires_at
-        return gain > self.settings.inactivity_duration * ROLL_FRACTION
-
     async def save(
         self, session: Session, cookies: Mapping[str, str], now: float | None = None
     ) -> list[bytes]:
@@ -270,3 +282,7 @@ class CookieSessionStore:
         if value:
             self._cache.pop(_cache_key(value), None)
         return self.writer.delete_chunked(SESSION_COOKIE, cookies)
+
+    async def delete_by(self, *, sid: str | None = None, sub: str | None = None) -> int:
+        # The sessions live in browsers: nothing to delete here. Revocation marks end them.
+        return 0

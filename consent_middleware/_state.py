@@ -37,6 +37,8 @@ class MarkKind(enum.Enum):
     SESSION = "sid"
     #: Every session of one user (``sub``) issued before the mark must be re-checked.
     USER = "sub"
+    #: Every session of one user issued before the mark ended (back-channel logout by sub).
+    USER_ENDED = "sub-ended"
 
 
 class SharedState(Protocol):
@@ -160,7 +162,7 @@ class LocalState:
     @property
     def has_marks(self) -> bool:
         marks = self._marks
-        return bool(marks[MarkKind.SESSION] or marks[MarkKind.USER])
+        return any(marks.values())
 
     async def start(self) -> None:
         return None

@@ -1,0 +1,159 @@
+"""Sessions kept in Redis; the cookie holds only an encrypted id (``CONSENT_SESSION_STORE=redis``).
+
+The cookie is nextjs-auth0 v4's stateful-store cookie: ``__session`` = JWE (``dir`` +
+``A256GCM``, the key derived from ``AUTH0_SECRET``) of ``{"id": ...}``. Key layout, under
+the shared state's prefix (default ``consent:``):
+
+- ``session:{id}``  the session payload as JSON (nextjs-auth0's shape, plus ``exp``), expiring
+                    with the session; rolling rewrites it with the new expiry;
+- ``sid:{sid}``     the ids of the sessions with this provider ``sid`` (a set);
+- ``sub:{sub}``     the ids of the sessions of this user (a set);
+
+so a logout by ``sid`` or ``sub`` (back-channel logout) costs one set read and one delete.
+A login always gets a new id (no fixation); a roll or a refresh of the same login keeps it.
+
+Each worker keeps what it read for a few seconds; a deletion anywhere is published on the
+shared channel and drops the copies at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from cachetools import TTLCache
+
+from . import _jose
+from ._config import Settings
+from ._cookies import CookieWriter, read_chunked
+from ._exceptions import SharedStateError
+from ._redis_state import RedisState
+from ._session import SESSION_COOKIE, RollingExpiry, Session
+
+logger = logging.getLogger("consent_middleware")
+
+# How long a worker may answer from what it read, when no deletion message reaches it.
+LOCAL_TTL = 5.0
+LOCAL_ENTRIES = 20_000
+
+
+class RedisSessionStore(RollingExpiry):
+    self_contained = False
+
+    def __init__(self, settings: Settings, state: RedisState) -> None:
+        self.settings = settings
+        self.state = state
+        self.redis = state.redis
+        self.keys = [_jose.derive_key(s) for s in settings.secrets]
+        self.writer = CookieWriter(secure=settings.secure_cookies)
+        self._local: TTLCache[str, Session] = TTLCache(LOCAL_ENTRIES, ttl=LOCAL_TTL)
+        state.listen(self._on_message)
+
+    def _key(self, *parts: str) -> str:
+        return self.state.prefix + ":".join(parts)
+
+    def _id(self, cookies: Mapping[str, str]) -> str | None:
+        value = read_chunked(SESSION_COOKIE, cookies)
+        payload = _jose.decrypt(value, self.keys) if value else None
+        session_id = payload.get("id") if payload else None
+        return session_id if isinstance(session_id, str) and session_id else None
+
+    async def load(self, cookies: Mapping[str, str]) -> Session | None:
+        session_id = self._id(cookies)
+        if session_id is None:
+            return None
+        session = self._local.get(session_id)
+        if session is None:
+            raw = await self.state.call(self.redis.get(self._key("session", session_id)))
+            session = _parse(raw)
+            if session is None:
+                return None
+            self._local[session_id] = session
+        if session.expires_at + _jose.COOKIE_CLOCK_SKEW < time.time():
+            return None
+        return session
+
+    async def save(
+        self, session: Session, cookies: Mapping[str, str], now: float | None = None
+    ) -> list[bytes]:
+        now = time.time() if now is None else now
+        expires_at = self.expiry(session, now)
+        stored = replace(session, expires_at=expires_at)
+        previous = self._id(cookies)
+        session_id = previous if previous and await self._same_login(previous, stored) else None
+        session_id = session_id or secrets.token_urlsafe(24)
+        ttl_ms = max(1, int((expires_at - now) * 1000))
+        lifetime_ms = self.settings.absolute_duration * 1000
+        sub = str(session.user.get("sub"))
+        payload = {**stored.to_payload(), "exp": expires_at}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key("session", session_id), json.dumps(payload), px=ttl_ms)
+            for index in (self._key("sid", stored.sid), self._key("sub", sub)):
+                pipe.sadd(index, session_id)
+                pipe.pexpire(index, lifetime_ms)
+            if previous and previous != session_id:
+                pipe.delete(self._key("session", previous))
+            await self.state.call(pipe.execute())
+        self._local[session_id] = stored
+        value = _jose.encrypt({"id": session_id}, self.keys[0], expires_at)
+        return self.writer.set_chunked(SESSION_COOKIE, value, int(expires_at - now), cookies)
+
+    async def _same_login(self, session_id: str, session: Session) -> bool:
+        """Whether ``session_id`` holds this very login (same sid, same createdAt)."""
+        current = self._local.get(session_id)
+        if current is None:
+            raw = await self.state.call(self.redis.get(self._key("session", session_id)))
+            current = _parse(raw)
+        return (
+            current is not None
+            and current.sid == session.sid
+            and current.created_at == session.created_at
+        )
+
+    async def clear(self, cookies: Mapping[str, str]) -> list[bytes]:
+        session_id = self._id(cookies)
+        if session_id is not None:
+            await self._delete([session_id])
+        return self.writer.delete_chunked(SESSION_COOKIE, cookies)
+
+    async def delete_by(self, *, sid: str | None = None, sub: str | None = None) -> int:
+        indexes = [self._key("sid", sid)] if sid else []
+        indexes += [self._key("sub", sub)] if sub else []
+        if not indexes:
+            return 0
+        members = await self.state.call(self.redis.sunion(indexes))
+        ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        await self._delete(ids)
+        return len(ids)
+
+    async def _delete(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        await self.state.call(self.redis.delete(*(self._key("session", i) for i in ids)))
+        for session_id in ids:
+            self._local.pop(session_id, None)
+        try:
+            await self.state.publish({"type": "sessions-ended", "ids": ids})
+        except SharedStateError as exc:
+            # Deleted in Redis already; other workers drop their copies within LOCAL_TTL.
+            logger.warning("could not announce ended sessions: %s", exc)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "sessions-ended":
+            for session_id in message.get("ids", []):
+                self._local.pop(str(session_id), None)
+
+
+def _parse(raw: bytes | str | None) -> Session | None:
+    if raw is None:
+        return None
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return None
+    return Session.from_payload(payload) if isinstance(payload, dict) else None
