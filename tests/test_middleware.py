@@ -233,6 +233,12 @@ class ServerSideStore:
     def needs_roll(self, session: Session, now: float | None = None) -> bool:
         return False
 
+    async def delete_by(self, *, sid: str | None = None, sub: str | None = None) -> int:
+        ended = [k for k, s in self.sessions.items() if s.sid == sid or s.user["sub"] == sub]
+        for key in ended:
+            del self.sessions[key]
+        return len(ended)
+
 
 def test_a_server_side_store_ends_sessions_at_once() -> None:
     store = ServerSideStore()
