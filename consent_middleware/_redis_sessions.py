@@ -100,6 +100,9 @@ class RedisSessionStore(RollingExpiry):
                 pipe.delete(self._key("session", previous))
             await self.state.call(pipe.execute())
         self._local[session_id] = stored
+        if previous:
+            # Other workers may hold the version this one replaces: they drop it now.
+            await self._announce(sorted({previous, session_id}))
         value = _jose.encrypt({"id": session_id}, self.keys[0], expires_at)
         return self.writer.set_chunked(SESSION_COOKIE, value, int(expires_at - now), cookies)
 
@@ -137,14 +140,18 @@ class RedisSessionStore(RollingExpiry):
         await self.state.call(self.redis.delete(*(self._key("session", i) for i in ids)))
         for session_id in ids:
             self._local.pop(session_id, None)
+        await self._announce(ids)
+
+    async def _announce(self, ids: list[str]) -> None:
+        """Tell the other workers these sessions changed or ended."""
         try:
-            await self.state.publish({"type": "sessions-ended", "ids": ids})
+            await self.state.publish({"type": "sessions-changed", "ids": ids})
         except SharedStateError as exc:
-            # Deleted in Redis already; other workers drop their copies within LOCAL_TTL.
-            logger.warning("could not announce ended sessions: %s", exc)
+            # Written in Redis already; other workers drop their copies within LOCAL_TTL.
+            logger.warning("could not announce changed sessions: %s", exc)
 
     def _on_message(self, message: dict[str, Any]) -> None:
-        if message.get("type") == "sessions-ended":
+        if message.get("type") == "sessions-changed":
             for session_id in message.get("ids", []):
                 self._local.pop(str(session_id), None)
 
