@@ -242,7 +242,7 @@ def test_back_channel_logout_reaches_both_replicas(running: Cluster) -> None:
 def forged(running: Cluster, **claims: Any) -> str:
     from tests.keys import SigningKey
 
-    key = SigningKey.generate(running.tenant.keys.current.kid)
+    key = SigningKey.generate(str(running.tenant.keys.current.kid))
     body = {
         "iss": running.tenant.issuer,
         "aud": CLIENT_ID,
