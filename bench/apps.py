@@ -1,8 +1,9 @@
-"""The three apps the benchmark compares, each serving the same trivial endpoint.
+"""The apps the benchmark compares, each serving the same trivial endpoint.
 
 (a) bare Starlette; (b) behind ConsentMiddleware with a valid, consented session;
 (c) what people write by hand today: Starlette's SessionMiddleware (signed, not
-encrypted) plus a claim check in a middleware.
+encrypted) plus a claim check in a middleware; (d) behind ConsentMiddleware with the
+session in Redis (``BENCH_REDIS_URL``), the cookie holding only its id.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import json
 import os
 import time
+from typing import Any
 
 from itsdangerous import TimestampSigner
 from starlette.applications import Starlette
@@ -23,6 +25,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from consent_middleware import ConsentMiddleware, Session, Settings, TokenSet
+from consent_middleware._redis_sessions import RedisSessionStore
+from consent_middleware._redis_state import RedisState
 from consent_middleware._session import CookieSessionStore
 
 CLAIM = "https://consent.example.com/consent"
@@ -45,7 +49,7 @@ async def hello(request: Request) -> Response:
     return PlainTextResponse("hello")
 
 
-def settings() -> Settings:
+def settings(**overrides: Any) -> Settings:
     return Settings(
         domain="https://tenant.example.com",
         client_id="bench",
@@ -55,7 +59,12 @@ def settings() -> Settings:
         consent_claim=CLAIM,
         terms_version=VERSION,
         terms_url="https://app.example.com/terms",
+        **overrides,
     )
+
+
+def redis_settings() -> Settings:
+    return settings(redis_url=os.environ["BENCH_REDIS_URL"], session_store="redis")
 
 
 def bare() -> Starlette:
@@ -65,6 +74,13 @@ def bare() -> Starlette:
 def gated() -> Starlette:
     return Starlette(
         routes=[Route("/", hello)], middleware=[Middleware(ConsentMiddleware, settings=settings())]
+    )
+
+
+def gated_redis() -> Starlette:
+    return Starlette(
+        routes=[Route("/", hello)],
+        middleware=[Middleware(ConsentMiddleware, settings=redis_settings())],
     )
 
 
@@ -93,8 +109,8 @@ def hand_written() -> Starlette:
     )
 
 
-def gate_cookie(claims: dict[str, object] | None = None) -> str:
-    session = Session.from_claims(
+def bench_session(claims: dict[str, object] | None = None) -> Session:
+    return Session.from_claims(
         claims or CLAIMS,
         TokenSet(
             access_token="a" * 800,
@@ -104,8 +120,28 @@ def gate_cookie(claims: dict[str, object] | None = None) -> str:
             scope="openid profile email offline_access",
         ),
     )
-    header = asyncio.run(CookieSessionStore(settings()).save(session, {}))[0].decode()
+
+
+async def sealed_cookie(store: CookieSessionStore, claims: dict[str, object] | None = None) -> str:
+    header = (await store.save(bench_session(claims), {}))[0].decode()
     return header.split(";")[0]
+
+
+def gate_cookie(claims: dict[str, object] | None = None) -> str:
+    return asyncio.run(sealed_cookie(CookieSessionStore(settings()), claims))
+
+
+def redis_gate_cookie() -> str:
+    """A consented session stored in Redis; the cookie that points at it."""
+
+    async def store() -> bytes:
+        state = RedisState(os.environ["BENCH_REDIS_URL"])
+        try:
+            return (await RedisSessionStore(redis_settings(), state).save(bench_session(), {}))[0]
+        finally:
+            await state.aclose()
+
+    return asyncio.run(store()).decode().split(";")[0]
 
 
 def hand_written_cookie() -> str:
@@ -115,15 +151,17 @@ def hand_written_cookie() -> str:
     return "session=" + signed.decode()
 
 
-APPS = {"bare": bare, "gate": gated, "hand": hand_written}
+APPS = {"bare": bare, "gate": gated, "hand": hand_written, "redis": gated_redis}
 
 
-def request_cookie() -> str:
-    """The one Cookie header every app gets, so all three parse the same request and the
-    difference measured is the middleware, not the header size."""
-    return f"{gate_cookie()}; {hand_written_cookie()}"
+def request_cookie(name: str = "gate") -> str:
+    """The Cookie header an app gets: (a), (b) and (c) the same one, so all three parse the
+    same request and the difference measured is the middleware, not the header size. (d)
+    gets its own session cookie (the id of a session in Redis) in place of (b)'s."""
+    session = redis_gate_cookie() if name == "redis" else gate_cookie()
+    return f"{session}; {hand_written_cookie()}"
 
 
-# uvicorn --factory bench.apps:app with BENCH_APP=bare|gate|hand
+# uvicorn --factory bench.apps:app with BENCH_APP=bare|gate|hand|redis
 def app() -> Starlette:
     return APPS[os.environ["BENCH_APP"]]()

@@ -151,11 +151,10 @@ class ConsentMiddleware:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 # The answer depends on who asks: shared caches must key it by the cookie.
-                vary = headers.get("vary")
-                if vary is None:
-                    headers["vary"] = "Cookie"
-                elif "cookie" not in vary.lower() and vary.strip() != "*":
-                    headers["vary"] = f"{vary}, Cookie"
+                fields = headers.getlist("vary")
+                if _needs_vary_cookie(fields):
+                    # One field holding every token the app sent, and Cookie.
+                    headers["vary"] = ", ".join([*fields, "Cookie"])
                 # A refresh_session() call during the request wins over a plain roll.
                 current = scope.get(REFRESHED_SCOPE_KEY)
                 if current is not None or roll:
@@ -301,6 +300,13 @@ class _Admitted:
 
 def _weight_of(admitted: _Admitted) -> int:
     return admitted.weight
+
+
+def _needs_vary_cookie(fields: list[str]) -> bool:
+    """Whether the app's Vary fields (RFC 9110 12.5.5: a list, possibly over several
+    fields) lack Cookie; "*" already varies on everything."""
+    tokens = {token.strip().lower() for field in fields for token in field.split(",")}
+    return not tokens & {"cookie", "*"}
 
 
 def _merge_cookie_headers(scope: Scope) -> bytes:

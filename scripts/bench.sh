@@ -3,5 +3,5 @@
 # (bare Starlette / behind the gate / SessionMiddleware + a hand-written check, alternated).
 # Extra arguments go to bench/run.py, e.g. scripts/bench.sh --rounds 5 --duration 10
 . "$(dirname "$0")/setup.sh" test,bench
-apt_install wrk:wrk
+apt_install wrk:wrk redis-server:redis-server
 exec .venv/bin/python -m bench.run "$@"

@@ -1,0 +1,88 @@
+"""A measured memory bound: state a client can grow (its cookies) does not grow the process."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import time
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+from consent_middleware import ConsentMiddleware, Session, TokenSet
+from consent_middleware._session import CookieSessionStore
+from tests.conftest import CLAIM, make_settings
+from tests.test_session import jar
+
+REQUESTS = 4096
+EXTRA_COOKIE_BYTES = 60 * 1024
+# Keyed by the whole Cookie header, the admitted cache kept every distinct header:
+# 4,096 x 60 KB, about 250 MB. Keyed by the session's cookies alone, it keeps one entry.
+MAX_GROWTH = 40 * 1024 * 1024
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes() -> int:
+    """The process's resident set now (not its peak), after a full collection."""
+    gc.collect()
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE_SIZE
+
+
+async def ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def scope_for(cookie: bytes) -> dict[str, Any]:
+    return {
+        "type": "http", "method": "GET", "path": "/private", "raw_path": b"/private",
+        "query_string": b"", "scheme": "https", "root_path": "",
+        "headers": [(b"host", b"app.example.com"), (b"accept", b"text/html"), (b"cookie", cookie)],
+        "server": ("app.example.com", 443), "client": ("127.0.0.1", 1),
+    }  # fmt: skip
+
+
+def cookie_headers(session_cookie: bytes, count: int) -> Iterator[bytes]:
+    """``count`` Cookie headers, the session plus a different random ~60 KB cookie each,
+    made one at a time so the test itself holds only one of them."""
+    for _ in range(count):
+        extra = os.urandom(EXTRA_COOKIE_BYTES // 2).hex().encode()
+        yield session_cookie + b"; tracking=" + extra
+
+
+def test_random_extra_cookies_do_not_grow_memory() -> None:
+    settings = make_settings()
+    session = Session.from_claims(
+        {"sub": "auth0|mem", CLAIM: {"given": True, "version": "v2", "date": "2026-01-01"}},
+        TokenSet("at", "idt", "rt", expires_at=int(time.time()) + 3600),
+    )
+    cookies = jar(asyncio.run(CookieSessionStore(settings).save(session, {})))
+    session_cookie = "; ".join(f"{k}={v}" for k, v in cookies.items()).encode()
+    gate = ConsentMiddleware(ok, settings=settings)
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def run() -> int:
+        try:
+            # Warm up (first decryption, caches, allocator) before the baseline.
+            for cookie in cookie_headers(session_cookie, 16):
+                await gate(scope_for(cookie), receive, send)
+            before = resident_bytes()
+            for cookie in cookie_headers(session_cookie, REQUESTS):
+                await gate(scope_for(cookie), receive, send)
+            del cookie
+            return resident_bytes() - before
+        finally:
+            await gate.aclose()
+
+    growth = asyncio.run(run())
+    assert statuses == [200] * (16 + REQUESTS)
+    assert growth < MAX_GROWTH, f"resident memory grew by {growth / 2**20:.1f} MB"
+    assert len(gate._admitted) == 1
