@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import httpx
 from cachetools import LRUCache
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,7 +39,7 @@ USER_SCOPE_KEY = "consent_middleware.user"
 ADMITTED_CACHE_BYTES = 32 * 1024 * 1024
 REVALIDATE_AFTER = 60.0
 # RFC 9111 5.2.2: whenever this middleware sets a cookie, no cache may keep the response.
-PRIVATE = "private, no-store"
+PRIVATE = b"private, no-store"
 _SESSION_PREFIX = SESSION_COOKIE.encode()
 _DENIAL_EXTENSION = "websocket.http.response"
 
@@ -149,19 +149,20 @@ class ConsentMiddleware:
 
         async def send_gated(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
                 # The answer depends on who asks: shared caches must key it by the cookie.
-                fields = headers.getlist("vary")
-                if _needs_vary_cookie(fields):
-                    # One field holding every token the app sent, and Cookie.
-                    headers["vary"] = ", ".join([*fields, "Cookie"])
+                # Raw header pairs, not a Headers object: this runs on every response.
+                headers = _with_vary_cookie(message.get("headers", ()))
                 # A refresh_session() call during the request wins over a plain roll.
                 current = scope.get(REFRESHED_SCOPE_KEY)
                 if current is not None or roll:
                     cookies = _request_cookies(scope)
-                    for value in await sessions.save(current or admitted.session, cookies):
-                        headers.append("set-cookie", value.decode("latin-1"))
-                    headers["cache-control"] = PRIVATE
+                    headers = [(k, v) for k, v in headers if k != b"cache-control"]
+                    headers += [
+                        (b"set-cookie", value)
+                        for value in await sessions.save(current or admitted.session, cookies)
+                    ]
+                    headers.append((b"cache-control", PRIVATE))
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_gated)
@@ -206,7 +207,8 @@ class ConsentMiddleware:
         user = User.from_claims(session.user, self.settings.consent_claim)
         until = min(session.expires_at or now + REVALIDATE_AFTER, now + REVALIDATE_AFTER)
         verdict = decide(session, self.settings)
-        return _Admitted(session, user, roll, until, key, size + ENTRY_OVERHEAD, verdict)
+        # The entry holds its key (the cookie bytes) and the decoded session, about as big.
+        return _Admitted(session, user, roll, until, key, 2 * size + ENTRY_OVERHEAD, verdict)
 
     def _marks_apply(self) -> bool:
         return self.engine.state.has_marks or self.settings.revalidate_seconds > 0
@@ -228,7 +230,7 @@ class ConsentMiddleware:
                 return admitted
             response = self._refusal(admitted.verdict, scope)
             with_cookies(response, await engine.sessions.save(fresh, cookies))
-        response.headers["cache-control"] = PRIVATE
+        response.headers["cache-control"] = PRIVATE.decode()
         await response(scope, receive, send)
         return None
 
@@ -302,11 +304,20 @@ def _weight_of(admitted: _Admitted) -> int:
     return admitted.weight
 
 
-def _needs_vary_cookie(fields: list[str]) -> bool:
-    """Whether the app's Vary fields (RFC 9110 12.5.5: a list, possibly over several
-    fields) lack Cookie; "*" already varies on everything."""
-    tokens = {token.strip().lower() for field in fields for token in field.split(",")}
-    return not tokens & {"cookie", "*"}
+def _with_vary_cookie(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The response headers with Cookie in Vary: every Vary field the app sent (RFC 9110
+    12.5.5: a list, possibly over several fields) merged into one, Cookie added by token
+    unless present or "*"."""
+    headers = list(raw)
+    fields = [value for name, value in headers if name.lower() == b"vary"]
+    if not fields:
+        headers.append((b"vary", b"Cookie"))
+        return headers
+    tokens = {token.strip().lower() for field in fields for token in field.split(b",")}
+    if tokens & {b"cookie", b"*"}:
+        return headers
+    merged = b", ".join([*fields, b"Cookie"])
+    return [(n, v) for n, v in headers if n.lower() != b"vary"] + [(b"vary", merged)]
 
 
 def _merge_cookie_headers(scope: Scope) -> bytes:
@@ -326,14 +337,26 @@ def _merge_cookie_headers(scope: Scope) -> bytes:
 
 
 def _session_key(cookie_header: bytes) -> tuple[bytes, int]:
-    """A digest of the session's cookies alone (b"" when there are none), and their size."""
-    if _SESSION_PREFIX not in cookie_header:
+    """The session's cookies alone (b"" when there are none), and their size.
+
+    Every ``__session*`` pair is found with ``bytes.find`` (no split of the whole header):
+    a match inside another cookie's value only adds to the key, so two requests share a key
+    only when they carry the same session cookies. The bytes themselves are the cache key:
+    a dict hashes them in well under a microsecond and compares them in full, where a
+    cryptographic digest of a chunked session costs several.
+    """
+    position = cookie_header.find(_SESSION_PREFIX)
+    if position < 0:
         return b"", 0
-    parts = [p.strip() for p in cookie_header.split(b";")]
-    own = b";".join(p for p in parts if p.startswith(_SESSION_PREFIX))
-    if not own:
-        return b"", 0
-    return hashlib.blake2b(own, digest_size=16).digest(), len(own)
+    parts = []
+    while position >= 0:
+        end = cookie_header.find(b";", position)
+        if end < 0:
+            end = len(cookie_header)
+        parts.append(cookie_header[position:end].rstrip())
+        position = cookie_header.find(_SESSION_PREFIX, end)
+    own = b";".join(parts)
+    return own, len(own)
 
 
 def _request_cookies(scope: Scope) -> dict[str, str]:

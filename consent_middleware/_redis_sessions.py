@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from . import _jose
 from ._config import Settings
@@ -40,6 +40,8 @@ logger = logging.getLogger("consent_middleware")
 # How long a worker may answer from what it read, when no deletion message reaches it.
 LOCAL_TTL = 5.0
 LOCAL_ENTRIES = 20_000
+# An id cookie is a few hundred characters; anything much longer is not one of ours.
+MAX_ID_COOKIE = 2048
 
 
 class RedisSessionStore(RollingExpiry):
@@ -52,6 +54,9 @@ class RedisSessionStore(RollingExpiry):
         self.keys = [_jose.derive_key(s) for s in settings.secrets]
         self.writer = CookieWriter(secure=settings.secure_cookies)
         self._local: TTLCache[str, Session] = TTLCache(LOCAL_ENTRIES, ttl=LOCAL_TTL)
+        # Cookie value -> (id, cookie expiry): decrypting the id costs more than the rest of
+        # a request. A cookie is small (~200 bytes), so entries are bounded by count.
+        self._ids: LRUCache[str, tuple[str, int]] = LRUCache(LOCAL_ENTRIES)
         state.listen(self._on_message)
 
     def _key(self, *parts: str) -> str:
@@ -59,9 +64,20 @@ class RedisSessionStore(RollingExpiry):
 
     def _id(self, cookies: Mapping[str, str]) -> str | None:
         value = read_chunked(SESSION_COOKIE, cookies)
-        payload = _jose.decrypt(value, self.keys) if value else None
+        if not value or len(value) > MAX_ID_COOKIE:
+            return None
+        known = self._ids.get(value)
+        if known is not None:
+            if known[1] + _jose.COOKIE_CLOCK_SKEW >= time.time():
+                return known[0]
+            del self._ids[value]
+            return None
+        payload = _jose.decrypt(value, self.keys)
         session_id = payload.get("id") if payload else None
-        return session_id if isinstance(session_id, str) and session_id else None
+        if not (payload and isinstance(session_id, str) and session_id):
+            return None
+        self._ids[value] = (session_id, int(payload["exp"]))
+        return session_id
 
     async def load(self, cookies: Mapping[str, str]) -> Session | None:
         session_id = self._id(cookies)

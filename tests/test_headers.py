@@ -21,7 +21,6 @@ from starlette.testclient import TestClient
 
 from consent_middleware import ConsentMiddleware, Session, Settings, TokenSet, current_user
 from consent_middleware._cookies import CHUNK_SIZE
-from consent_middleware._middleware import PRIVATE
 from consent_middleware._session import CookieSessionStore
 from tests.conftest import CLAIM, DOMAIN, idp, make_settings
 from tests.test_session import jar
@@ -150,7 +149,7 @@ def test_a_rolled_session_cookie_makes_the_response_private() -> None:
     assert response.status_code == 200
     set_cookies = response.headers.get_list("set-cookie")
     assert any(c.startswith("__session=") for c in set_cookies), set_cookies
-    assert response.headers.get_list("cache-control") == [PRIVATE]
+    assert response.headers.get_list("cache-control") == ["private, no-store"]
     assert response.headers["cache-control"] == "private, no-store"
 
 

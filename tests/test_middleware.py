@@ -174,7 +174,7 @@ def test_not_consented_is_never_cached() -> None:
 
 
 def test_admitted_cache_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    one = len(cookie_value({"n": 0, **CONSENTED})) + ENTRY_OVERHEAD
+    one = 2 * len(cookie_value({"n": 0, **CONSENTED})) + ENTRY_OVERHEAD
     monkeypatch.setattr(middleware_module, "ADMITTED_CACHE_BYTES", 8 * one + one // 2)
     gate = ConsentMiddleware(ok, settings=SETTINGS)
     for i in range(20):
