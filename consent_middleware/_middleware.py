@@ -259,7 +259,12 @@ class ConsentMiddleware:
             await _deny_websocket(scope, receive, send, 403, {"error": "forbidden_origin"})
             return
         now = time.time()
-        admitted = await self._admitted_or_verdict(scope, now)
+        try:
+            admitted = await self._admitted_or_verdict(scope, now)
+        except SharedStateError:
+            body = {"error": "temporarily_unavailable"}
+            await _deny_websocket(scope, receive, send, 503, body)
+            return
         verdict = admitted if isinstance(admitted, Verdict) else admitted.verdict
         if not isinstance(admitted, Verdict) and self._marks_apply():
             status = self.engine.revocations.status(admitted.session, now)

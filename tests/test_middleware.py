@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import replace
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from consent_middleware import ConsentMiddleware, Session, TokenSet, _jose
 from consent_middleware import _middleware as middleware_module
 from consent_middleware._cookies import CHUNK_SIZE
+from consent_middleware._exceptions import SharedStateError
 from consent_middleware._session import ENTRY_OVERHEAD, CookieSessionStore
 from tests.conftest import CLAIM, make_settings
 from tests.flow import run_lifespan
@@ -255,3 +257,33 @@ def test_a_server_side_store_ends_sessions_at_once() -> None:
         store.clear({"sid": session.sid})
     )  # logged out elsewhere, same cookie in the browser
     assert call(gate, cookie)[0] == 307
+
+
+class AwayStore(ServerSideStore):
+    """A server-side store whose backend does not answer."""
+
+    async def load(self, cookies: Mapping[str, str]) -> Session | None:
+        raise SharedStateError("the shared store did not answer: timeout")
+
+
+def test_a_store_that_is_away_is_a_503_for_pages_apis_and_websockets() -> None:
+    gate = ConsentMiddleware(ok, settings=SETTINGS, session_store=AwayStore())
+    status, headers = call(gate, b"sid=abc")
+    assert status == 503 and headers[b"retry-after"] == b"5"
+    assert headers[b"content-type"].startswith(b"text/html")
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "websocket", "path": "/ws", "query_string": b"",
+        "headers": [(b"cookie", b"sid=abc")],
+        "extensions": {"websocket.http.response": {}},
+    }  # fmt: skip
+    asyncio.run(gate(scope, receive, send))
+    assert sent[0]["type"] == "websocket.http.response.start" and sent[0]["status"] == 503
+    assert json.loads(sent[1]["body"]) == {"error": "temporarily_unavailable"}
