@@ -13,9 +13,9 @@ from ._exceptions import (
 )
 from ._middleware import USER_SCOPE_KEY, ConsentMiddleware
 from ._models import Consent, User
-from ._oidc import TokenSet
 from ._refresh import refresh_session
 from ._session import CookieSessionStore, Session, SessionStore
+from ._tokens import TokenSet
 
 # The one place the version is written; pyproject.toml reads it from here.
 __version__ = "0.2.0"

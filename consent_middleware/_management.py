@@ -14,7 +14,8 @@ import httpx
 
 from ._config import Settings
 from ._exceptions import IdentityProviderError, ManagementAPIError, TokenEndpointError
-from ._oidc import AccessToken, OIDCClient
+from ._oidc import OIDCClient
+from ._tokens import AccessToken
 
 logger = logging.getLogger("consent_middleware")
 

@@ -21,6 +21,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from . import _jose
 from ._config import Settings
 from ._exceptions import IdentityProviderError, IdTokenError, TokenEndpointError
+from ._tokens import AccessToken, TokenResponse, token_set_from
 
 logger = logging.getLogger("consent_middleware")
 
@@ -48,37 +49,6 @@ RESERVED_AUTHORIZE_PARAMS = frozenset(
         "returnTo",
     }
 )
-
-
-@dataclass(frozen=True)
-class TokenSet:
-    """The tokens of one token-endpoint answer (RFC 6749 5.1, OIDC Core 3.1.3.3)."""
-
-    access_token: str
-    id_token: str
-    refresh_token: str | None = None
-    # Unix seconds; 0 when the provider did not say (no ``expires_in``).
-    expires_at: int = 0
-    scope: str | None = None
-
-
-@dataclass(frozen=True)
-class TokenResponse:
-    """A grant's result: the token set and the ID token's verified claims."""
-
-    token_set: TokenSet
-    claims: dict[str, Any]
-    # When the grant was sent (Unix seconds, this server's clock): the claims describe the
-    # user as of this moment or later.
-    requested_at: float
-
-
-@dataclass(frozen=True)
-class AccessToken:
-    """A client-credentials grant's result (RFC 6749 4.4.3): no ID token, no refresh token."""
-
-    token: str
-    expires_in: float
 
 
 @dataclass(frozen=True)
@@ -384,19 +354,6 @@ class OIDCClient:
                 {"client_id": self.settings.client_id, "returnTo": return_to},
             )
         return return_to
-
-
-def token_set_from(body: dict[str, Any], previous_refresh_token: str | None = None) -> TokenSet:
-    expires_in = body.get("expires_in")
-    expires_at = int(time.time()) + int(expires_in) if isinstance(expires_in, int | float) else 0
-    return TokenSet(
-        access_token=body["access_token"],
-        id_token=body["id_token"],
-        # Without rotation the provider returns no new refresh token: keep the old one.
-        refresh_token=body.get("refresh_token") or previous_refresh_token,
-        expires_at=expires_at,
-        scope=body.get("scope"),
-    )
 
 
 def _with_query(url: str, params: dict[str, str]) -> str:

@@ -14,7 +14,7 @@ from cachetools import LRUCache
 from . import _jose
 from ._config import Settings
 from ._cookies import CookieWriter, read_chunked
-from ._oidc import TokenResponse, TokenSet
+from ._tokens import TokenResponse, TokenSet
 
 SESSION_COOKIE = "__session"
 # Memory the decrypted-session cache may take, estimated from the cookies' sizes.

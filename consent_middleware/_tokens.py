@@ -1,0 +1,51 @@
+"""What the token endpoint hands out: token sets, verified grant results, M2M tokens."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """The tokens of one token-endpoint answer (RFC 6749 5.1, OIDC Core 3.1.3.3)."""
+
+    access_token: str
+    id_token: str
+    refresh_token: str | None = None
+    # Unix seconds; 0 when the provider did not say (no ``expires_in``).
+    expires_at: int = 0
+    scope: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    """A grant's result: the token set and the ID token's verified claims."""
+
+    token_set: TokenSet
+    claims: dict[str, Any]
+    # When the grant was sent (Unix seconds, this server's clock): the claims describe the
+    # user as of this moment or later.
+    requested_at: float
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """A client-credentials grant's result (RFC 6749 4.4.3): no ID token, no refresh token."""
+
+    token: str
+    expires_in: float
+
+
+def token_set_from(body: dict[str, Any], previous_refresh_token: str | None = None) -> TokenSet:
+    expires_in = body.get("expires_in")
+    expires_at = int(time.time()) + int(expires_in) if isinstance(expires_in, int | float) else 0
+    return TokenSet(
+        access_token=body["access_token"],
+        id_token=body["id_token"],
+        # Without rotation the provider returns no new refresh token: keep the old one.
+        refresh_token=body.get("refresh_token") or previous_refresh_token,
+        expires_at=expires_at,
+        scope=body.get("scope"),
+    )
