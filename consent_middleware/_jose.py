@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from jose import jwe, jwt
 from jose.constants import ALGORITHMS
-from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
+from jose.exceptions import ExpiredSignatureError, JOSEError, JWSError, JWTClaimsError, JWTError
 
 from ._exceptions import IdTokenError
 
@@ -107,6 +107,45 @@ class KeySet:
         return candidates[0] if candidates else None
 
 
+def _decoded(
+    token: str,
+    key: Mapping[str, Any],
+    what: str,
+    issuer: str,
+    client_id: str,
+    leeway: int,
+    options: dict[str, bool],
+    access_token: str | None = None,
+) -> dict[str, Any]:
+    """The signed token's claims once signature, ``iss``, ``aud``, ``iat`` and ``exp`` hold;
+    ``IdTokenError`` naming what failed otherwise."""
+    alg = accepted_algorithm(unverified_header(token))
+    required = {"require_iat": True, "require_iss": True, "require_aud": True}
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            dict(key),
+            algorithms=[alg],
+            audience=client_id,
+            issuer=issuer,
+            access_token=access_token,
+            options={"leeway": leeway, **required, **options},
+        )
+    except ExpiredSignatureError as exc:
+        raise IdTokenError(f"the {what} has expired") from exc
+    except JWTClaimsError as exc:
+        raise IdTokenError(f"the {what}'s claims are invalid ({exc})") from exc
+    except JWTError as exc:
+        # python-jose wraps a failed signature (JWSError) in JWTError, and reports a
+        # missing required claim with a bare JWTError.
+        if exc.args and isinstance(exc.args[0], JWSError):
+            raise IdTokenError(f"the {what}'s signature does not verify") from exc
+        raise IdTokenError(f"the {what}'s claims are invalid ({exc})") from exc
+    except (JOSEError, ValueError, TypeError) as exc:
+        raise IdTokenError(f"the {what}'s signature does not verify") from exc
+    return claims
+
+
 def verify_id_token(
     token: str,
     key: Mapping[str, Any],
@@ -123,32 +162,12 @@ def verify_id_token(
     ``access_token``, when given, is checked against the token's ``at_hash`` if it has one
     (OIDC Core 3.1.3.8 / 3.2.2.9: optional for the code flow, but binding when present).
     """
-    alg = accepted_algorithm(unverified_header(token))
     options = {
-        "leeway": leeway,
-        "require_iat": True,
         "require_exp": True,
-        "require_iss": True,
-        "require_aud": True,
         "require_sub": True,
         "verify_at_hash": access_token is not None,
     }
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            dict(key),
-            algorithms=[alg],
-            audience=client_id,
-            issuer=issuer,
-            access_token=access_token,
-            options=options,
-        )
-    except ExpiredSignatureError as exc:
-        raise IdTokenError("the ID token has expired") from exc
-    except JWTClaimsError as exc:
-        raise IdTokenError(f"the ID token's claims are invalid ({exc})") from exc
-    except (JOSEError, ValueError, TypeError) as exc:
-        raise IdTokenError("the ID token's signature does not verify") from exc
+    claims = _decoded(token, key, "ID token", issuer, client_id, leeway, options, access_token)
     now = time.time() if now is None else now
     iat = claims["iat"]
     if not isinstance(iat, int | float) or iat > now + leeway:
@@ -179,26 +198,9 @@ def verify_logout_token(
     now: float | None = None,
 ) -> dict[str, Any]:
     """Verify a logout token (Back-Channel Logout 1.0, 2.6); return its claims."""
-    alg = accepted_algorithm(unverified_header(token))
-    options = {
-        "leeway": leeway,
-        "require_iat": True,
-        "require_iss": True,
-        "require_aud": True,
-        # 2.4: exp is recommended, not required; when present it is checked.
-        "require_exp": False,
-        "verify_at_hash": False,
-    }
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            token, dict(key), algorithms=[alg], audience=client_id, issuer=issuer, options=options
-        )
-    except ExpiredSignatureError as exc:
-        raise IdTokenError("the logout token has expired") from exc
-    except JWTClaimsError as exc:
-        raise IdTokenError(f"the logout token's claims are invalid ({exc})") from exc
-    except (JOSEError, ValueError, TypeError) as exc:
-        raise IdTokenError("the logout token's signature does not verify") from exc
+    # 2.4: exp is recommended, not required; when present it is checked.
+    options = {"require_exp": False, "verify_at_hash": False}
+    claims = _decoded(token, key, "logout token", issuer, client_id, leeway, options)
     now = time.time() if now is None else now
     iat = claims["iat"]
     if not isinstance(iat, int | float) or iat > now + leeway or iat < now - max_age:

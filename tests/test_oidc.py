@@ -297,3 +297,92 @@ async def test_logout_urls(signing_key: SigningKey, http: httpx.AsyncClient) -> 
     assert url.path == "/v2/logout"
     assert url.params["returnTo"] == "https://app.example.com/"
     assert url.params["client_id"] == "client-1"
+
+
+async def test_discovery_without_a_required_field_names_it(oidc: OIDCClient) -> None:
+    document = {k: v for k, v in DISCOVERY.items() if k != "jwks_uri"}
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(json=document)
+        with pytest.raises(IdentityProviderError, match="jwks_uri") as info:
+            await oidc.metadata()
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+async def test_an_unusable_jwks_is_an_idp_error(signing_key: SigningKey, oidc: OIDCClient) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        mock.get(f"{DOMAIN}/.well-known/jwks.json").respond(json={"no": "keys"})
+        token = signing_key.sign(id_token_claims(ISSUER, "client-1"))
+        with pytest.raises(IdentityProviderError, match="JWKS is unusable"):
+            await oidc.verify_id_token(token, "n-1")
+
+
+async def test_no_supported_client_authentication_is_refused(oidc: OIDCClient) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [], token_endpoint_auth_methods_supported=["private_key_jwt"])
+        token = mock.post(f"{DOMAIN}/oauth/token")
+        with pytest.raises(IdentityProviderError, match="neither client_secret_basic"):
+            await oidc.refresh_token_grant("rt", sub="auth0|user1")
+    assert not token.called
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        # A 5xx is an outage even with an OAuth error body: "try again", not "refused".
+        (httpx.Response(503, json={"error": "invalid_grant"}), "HTTP 503"),
+        (httpx.Response(200, json={"id_token": "x"}), "no access token"),
+        (httpx.Response(200, json={"access_token": "at"}), "no ID token"),
+        (httpx.Response(400, text="<html>"), "HTTP 400"),
+    ],
+    ids=["5xx-with-error-body", "no-access-token", "no-id-token", "not-json"],
+)
+async def test_unusable_token_answers(
+    oidc: OIDCClient, response: httpx.Response, expected: str
+) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [])
+        mock.post(f"{DOMAIN}/oauth/token").mock(return_value=response)
+        with pytest.raises(IdentityProviderError, match=expected) as info:
+            await oidc.refresh_token_grant("rt", sub="auth0|user1")
+    assert not isinstance(info.value, TokenEndpointError)
+
+
+async def test_refresh_token_revocation(oidc: OIDCClient, http: httpx.AsyncClient) -> None:
+    # No revocation_endpoint in discovery: nothing is sent.
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [])
+        assert await oidc.revoke_refresh_token("rt-1") is False
+    # RFC 7009: the token and its type hint, with the client's own authentication.
+    revoking = OIDCClient(make_settings(), http)
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [], revocation_endpoint=f"{DOMAIN}/oauth/revoke")
+        revoke = mock.post(f"{DOMAIN}/oauth/revoke").respond(200)
+        assert await revoking.revoke_refresh_token("rt-1") is True
+        form = dict(httpx.QueryParams(revoke.calls.last.request.content.decode()))
+        assert form == {"token": "rt-1", "token_type_hint": "refresh_token"}
+        assert revoke.calls.last.request.headers["authorization"].startswith("Basic ")
+        # Unreachable: the logout goes on, the answer is just "not revoked".
+        revoke.mock(side_effect=httpx.ConnectError("refused"))
+        assert await revoking.revoke_refresh_token("rt-1") is False
+
+
+async def test_logout_url_when_the_provider_is_down_or_not_auth0(
+    http: httpx.AsyncClient,
+) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(503)
+        down = OIDCClient(make_settings(), http)
+        assert await down.logout_url("idt", "https://app.example.com/") == (
+            "https://app.example.com/"
+        )
+    with respx.mock(assert_all_called=False) as mock:
+        # An issuer with a path is no Auth0 tenant, and it offers no end_session_endpoint.
+        idp(mock, [], issuer=f"{DOMAIN}/realms/x")
+        other = OIDCClient(make_settings(domain=f"{DOMAIN}/realms/x"), http)
+        mock.get(f"{DOMAIN}/realms/x/.well-known/openid-configuration").respond(
+            json={**DISCOVERY, "issuer": f"{DOMAIN}/realms/x"}
+        )
+        assert await other.logout_url(None, "https://app.example.com/") == (
+            "https://app.example.com/"
+        )
