@@ -68,7 +68,7 @@ def test_a_valid_logout_token(signing_key: SigningKey) -> None:
         "nonce",
         "no-sid-no-sub",
         "no-jti",
-    ],  # fmt: skip
+    ],
 )
 def test_refused_logout_tokens(
     signing_key: SigningKey, change: dict[str, Any], reason: str

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import time
 
 import httpx
@@ -187,3 +188,62 @@ async def test_delete_answers_204(http: httpx.AsyncClient) -> None:
         route = mock.delete(USER_URL).respond(204)
         await client.delete_user("auth0|abc")
     assert route.called
+
+
+async def test_token_request_retries_429_and_outages_then_refusal_is_final(
+    http: httpx.AsyncClient,
+) -> None:
+    sleeps = Sleeps()
+    client = management(http, sleeps)
+    with respx.mock(assert_all_called=False) as mock:
+        token = tenant(mock)
+        token.side_effect = [
+            httpx.Response(429, json={"error": "too_many_requests"}),
+            httpx.Response(502),
+            httpx.Response(200, json={"access_token": "mgmt-token", "expires_in": 600}),
+        ]
+        assert await client.access_token() == "mgmt-token"
+        assert sleeps.calls == [0.25, 0.5]
+    refused = management(http, Sleeps())
+    with respx.mock(assert_all_called=False) as mock:
+        token = tenant(mock)
+        token.respond(401, json={"error": "access_denied", "error_description": "no grant"})
+        with pytest.raises(ManagementAPIError, match="refused the Management API token") as info:
+            await refused.update_user("auth0|abc", {})
+    assert token.call_count == 1 and info.value.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (httpx.Response(200, text="<html>"), "not JSON"),
+        (httpx.Response(200, json=[1, 2]), "not an object"),
+        (httpx.Response(400, text="nope"), "HTTP 400: no details"),
+        (httpx.Response(400, json=["x"]), "HTTP 400: no details"),
+        (httpx.Response(400, json={"error": "Bad Request"}), "HTTP 400: Bad Request"),
+    ],
+    ids=["not-json", "not-object", "error-not-json", "error-not-object", "error-field"],
+)
+async def test_unusable_answers_are_management_errors(
+    http: httpx.AsyncClient, answer: httpx.Response, expected: str
+) -> None:
+    client = management(http)
+    with respx.mock(assert_all_called=False) as mock:
+        tenant(mock)
+        mock.get(USER_URL).mock(return_value=answer)
+        with pytest.raises(ManagementAPIError, match=expected):
+            await client.get_user("auth0|abc")
+
+
+async def test_retry_after_as_an_http_date(http: httpx.AsyncClient) -> None:
+    sleeps = Sleeps()
+    client = management(http, sleeps)
+    when = email.utils.formatdate(time.time() + 3, usegmt=True)
+    with respx.mock(assert_all_called=False) as mock:
+        tenant(mock)
+        mock.get(USER_URL).side_effect = [
+            httpx.Response(429, headers={"Retry-After": when}),
+            httpx.Response(200, json={}),
+        ]
+        await client.get_user("auth0|abc")
+    assert 1.5 < sleeps.calls[0] <= 3
