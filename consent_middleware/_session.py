@@ -56,7 +56,13 @@ class Session:
     def from_claims(
         cls, claims: Mapping[str, Any], token_set: TokenSet, issued_at: int | None = None
     ) -> Session:
-        return cls(user=user_claims(claims), token_set=token_set, issued_at=issued_at or now_ms())
+        session = cls(
+            user=user_claims(claims), token_set=token_set, issued_at=issued_at or now_ms()
+        )
+        # nextjs-auth0 v4 keeps the ID token's sid (the provider's login session) as
+        # internal.sid and sends it as logout_hint; back-channel logout names it too.
+        sid = claims.get("sid")
+        return replace(session, sid=sid) if isinstance(sid, str) and sid else session
 
     @classmethod
     def from_grant(cls, grant: TokenResponse) -> Session:
