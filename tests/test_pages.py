@@ -1,0 +1,71 @@
+"""Pages: the one mapping from package errors to what the user sees, and overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consent_middleware._exceptions import (
+    ConsentMiddlewareError,
+    IdentityProviderError,
+    IdTokenError,
+    ManagementAPIError,
+    RefreshError,
+    SharedStateError,
+    TokenEndpointError,
+)
+from consent_middleware._pages import Pages
+from consent_middleware._transactions import Expectation
+from tests.conftest import make_settings
+
+SECRET_LOOKING = "eyJhbGciOiJSUzI1NiJ9.secret.token"
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "shown"),
+    [
+        (IdTokenError("the ID token has expired"), 400, "the ID token has expired"),
+        (TokenEndpointError("invalid_grant", SECRET_LOOKING), 400, "invalid_grant"),
+        (IdentityProviderError("the JWKS answered HTTP 500"), 502, "HTTP 500"),
+        (SharedStateError("the shared store did not answer"), 503, "Temporarily unavailable"),
+        (ManagementAPIError("PATCH user answered HTTP 500", 500), 503, "could not be saved"),
+        (RefreshError("the session holds no refresh token"), 401, "sign in again"),
+        (ConsentMiddlewareError("anything else"), 401, "sign in again"),
+    ],
+    ids=["id-token", "token-endpoint", "idp", "shared-state", "management", "refresh", "base"],
+)
+def test_each_error_has_its_page(error: ConsentMiddlewareError, status: int, shown: str) -> None:
+    response = Pages(make_settings()).for_error(error)
+    body = bytes(response.body).decode()
+    assert response.status_code == status
+    assert shown.lower() in body.lower()
+    # Explains without leaking: an error description is never echoed (it may hold a token).
+    assert SECRET_LOOKING not in body
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_unavailable_as_json_and_status_pages() -> None:
+    pages = Pages(make_settings())
+    api = pages.unavailable(as_json=True)
+    assert api.status_code == 503 and api.headers["retry-after"] == "5"
+    assert bytes(api.body) == b'{"error":"temporarily_unavailable"}'
+    assert pages.status(404).status_code == 404 and b"Not found" in bytes(pages.status(404).body)
+    assert b"Method not allowed" in bytes(pages.status(405).body)
+    loop = pages.not_shown_by_provider(Expectation.WITHDRAWAL)
+    assert loop.status_code == 502 and b"the withdrawal" in bytes(loop.body)
+
+
+def test_an_app_overrides_a_template_by_name(tmp_path: Path) -> None:
+    (tmp_path / "error.html").write_text("<p>ours: {{ title }}</p>")
+    pages = Pages(make_settings(templates_directory=str(tmp_path)))
+    assert bytes(pages.status(404).body) == b"<p>ours: Not found</p>"
+    # Templates it does not override still come from the package.
+    assert b"Please review our terms" in bytes(
+        pages.render(
+            "consent.html", settings=make_settings(), consent=None, return_to="/", user={},
+            statement="s", csrf_token="t", error=None, accepted=False, logout_url="/auth/logout",
+            withdraw_url="/consent/withdraw",
+        ).body
+    )  # fmt: skip
