@@ -25,7 +25,7 @@ from starlette.templating import Jinja2Templates
 from consent_middleware import ConsentMiddleware, Settings, current_user
 
 if TYPE_CHECKING:
-    from example_app.dev_tenant import DevTenant
+    from dev_tenant import DevTenant
 
 logger = logging.getLogger("example_app")
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -100,13 +100,15 @@ def create_app(environ: Mapping[str, str] | None = None) -> Starlette:
 
 def dev_tenant(base: str, client_secret: str, consent_claim: str, **options: Any) -> DevTenant:
     """The embedded tenant for an app served at ``base``, with the example app registered."""
-    from example_app.dev_tenant import DevClient, DevTenant
+    from dev_tenant import DevClient, DevTenant
 
     client = DevClient(
         client_id=DEV_CLIENT_ID,
         client_secret=client_secret,
         redirect_uris=[f"{base}/auth/callback"],
         logout_urls=[f"{base}/"],
+        # The tenant tells the app when a login ends elsewhere (OIDC Back-Channel Logout).
+        backchannel_logout_uri=f"{base}/auth/backchannel-logout",
     )
     return DevTenant(base + DEV_TENANT_PATH, [client], consent_claim, **options)
 

@@ -2,4 +2,7 @@
 # Set up and run the example app. Without AUTH0_DOMAIN it runs against the embedded
 # development tenant: open http://localhost:8000 and sign in as dev@example.com / dev-password.
 . "$(dirname "$0")/setup.sh" example
+# The app's public address follows the port it serves on, unless APP_BASE_URL says otherwise
+# (PORT=5901 scripts/example.sh is then http://localhost:5901 end to end).
+export APP_BASE_URL="${APP_BASE_URL:-http://localhost:${PORT:-8000}}"
 exec .venv/bin/uvicorn example_app.app:app --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}" "$@"

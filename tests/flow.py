@@ -16,8 +16,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from consent_middleware import Settings
+from dev_tenant import DevTenant
 from example_app.app import DEV_CLIENT_ID, DEV_TENANT_PATH, build_app, dev_tenant
-from example_app.dev_tenant import DevTenant
 from tests.live_server import free_port, serve
 
 CLAIM = "https://consent.example.com/consent"

@@ -7,6 +7,7 @@ on its very next request, not when its cookie expires.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from example_app.app import DEV_CLIENT_ID
 from tests.flow import CLAIM, Browser, Live, forms, live_example
 
 
@@ -189,3 +191,26 @@ def test_accepts_are_throttled_per_user_and_withdrawals_never(live: Live) -> Non
     # Six withdrawals, one write: repeats are coalesced, never refused.
     assert patches(live) == written + 1
     assert browser.profile()[CLAIM]["given"] is False
+
+
+def test_logout_at_the_provider_reaches_the_app(live: Live) -> None:
+    browser = consented(live)
+    # The user signs out at the provider itself (another app, the provider's own page):
+    # the tenant POSTs a logout token naming this login's sid to the app.
+    browser.go(f"{live.base}/dev-tenant/v2/logout")
+    assert any("sid" in claims for _, claims in live.tenant.state.logout_tokens)
+    response = browser.client.get(f"{live.base}/dashboard")
+    assert response.status_code == 307
+    assert urlsplit(response.headers["location"]).path == "/auth/login"
+
+
+def test_provider_revoking_every_session_of_the_user(live: Live) -> None:
+    a, b = consented(live), consented(live)
+    user = live.tenant.users.by_email("dev@example.com")
+    assert user is not None
+    asyncio.run(live.tenant.end_user_sessions(user["user_id"]))
+    client_id, claims = live.tenant.state.logout_tokens[-1]
+    assert client_id == DEV_CLIENT_ID
+    assert claims["sub"] == user["user_id"] and "sid" not in claims
+    for browser in (a, b):
+        assert browser.client.get(f"{live.base}/dashboard").status_code == 307

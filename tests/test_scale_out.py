@@ -24,7 +24,7 @@ import pytest
 from jose import jwt
 
 from consent_middleware._jose import BACKCHANNEL_LOGOUT_EVENT, decrypt, derive_key
-from example_app.dev_tenant import DevClient, DevTenant
+from dev_tenant import DevClient, DevTenant
 from tests.flow import CLAIM, Browser
 from tests.live_server import free_port, serve
 from tests.redis_server import RedisServer, redis_server

@@ -10,13 +10,11 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from authlib.oauth2.rfc6749 import (
     AccessDeniedError,
     AuthorizationServer,
-    ClientMixin,
     InvalidRequestError,
     OAuth2Request,
     grants,
@@ -24,108 +22,21 @@ from authlib.oauth2.rfc6749 import (
 )
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc7636 import CodeChallenge
-from authlib.oidc.core import AuthorizationCodeMixin
 from authlib.oidc.core.grants import OpenIDCode, OpenIDToken
 
-if TYPE_CHECKING:
-    from example_app.dev_tenant.tenant import DevTenant
+from dev_tenant.records import (
+    CLIENT_AUTH_METHODS,
+    AccessRecord,
+    Code,
+    DevClient,
+    RefreshRecord,
+)
+from dev_tenant.state import TenantState
 
-CLIENT_AUTH_METHODS: list[str] = ["client_secret_basic", "client_secret_post"]
 ACCESS_TOKEN_LIFETIME = 3600
 MANAGEMENT_TOKEN_LIFETIME = 86400
 CODE_LIFETIME = 60
 MANAGEMENT_SCOPES = "read:users update:users delete:users update:users_app_metadata"
-
-
-@dataclass
-class DevClient(ClientMixin):  # type: ignore[misc]
-    """A registered application (confidential: it authenticates with its secret)."""
-
-    client_id: str
-    client_secret: str
-    redirect_uris: list[str]
-    logout_urls: list[str] = field(default_factory=list)
-    grant_types: tuple[str, ...] = ("authorization_code", "refresh_token", "client_credentials")
-
-    def get_client_id(self) -> str:
-        return self.client_id
-
-    def get_default_redirect_uri(self) -> str | None:
-        return self.redirect_uris[0] if self.redirect_uris else None
-
-    def get_allowed_scope(self, scope: str | None) -> str:
-        return scope or ""
-
-    def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return redirect_uri in self.redirect_uris
-
-    def check_client_secret(self, client_secret: str) -> bool:
-        return secrets.compare_digest(client_secret.encode(), self.client_secret.encode())
-
-    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return method in CLIENT_AUTH_METHODS
-
-    def check_response_type(self, response_type: str) -> bool:
-        return response_type == "code"
-
-    def check_grant_type(self, grant_type: str) -> bool:
-        return grant_type in self.grant_types
-
-
-@dataclass
-class Code(AuthorizationCodeMixin):  # type: ignore[misc]
-    code: str
-    client_id: str
-    redirect_uri: str
-    scope: str
-    user_id: str
-    nonce: str | None
-    auth_time: int
-    code_challenge: str | None
-    code_challenge_method: str | None
-    expires_at: float
-
-    def get_redirect_uri(self) -> str:
-        return self.redirect_uri
-
-    def get_scope(self) -> str:
-        return self.scope
-
-    def get_nonce(self) -> str | None:
-        return self.nonce
-
-    def get_auth_time(self) -> int:
-        return self.auth_time
-
-    def get_acr(self) -> None:
-        return None
-
-    def get_amr(self) -> list[str]:
-        return ["pwd"]
-
-
-@dataclass
-class RefreshRecord:
-    token: str
-    client_id: str
-    user_id: str
-    scope: str
-    revoked: bool = False
-
-    def check_client(self, client: DevClient) -> bool:
-        return client.client_id == self.client_id
-
-    def get_scope(self) -> str:
-        return self.scope
-
-
-@dataclass
-class AccessRecord:
-    client_id: str
-    user_id: str | None
-    scope: str
-    audience: str
-    expires_at: float
 
 
 class FormRequest(OAuth2Request):  # type: ignore[misc]
@@ -170,28 +81,32 @@ class PKCE(CodeChallenge):  # type: ignore[misc]
 class _IdTokenSigning:
     """How every ID token is made: RS256 with the tenant's current key, profile by scope."""
 
-    def __init__(self, tenant: DevTenant) -> None:
-        self.tenant = tenant
+    def __init__(self, state: TenantState) -> None:
+        self.state = state
 
     def resolve_client_private_key(self, client: DevClient) -> Any:
-        return self.tenant.keys.current
+        return self.state.keys.current
 
     def get_client_algorithm(self, client: DevClient) -> str:
         return "RS256"
 
     def get_encode_header(self, client: DevClient) -> dict[str, str]:
-        return {"alg": "RS256", "typ": "JWT", "kid": str(self.tenant.keys.current.kid)}
+        return {"alg": "RS256", "typ": "JWT", "kid": str(self.state.keys.current.kid)}
 
     def get_client_claims(self, client: DevClient) -> dict[str, Any]:
-        return {"iss": self.tenant.issuer, "aud": client.client_id}
+        return {"iss": self.state.issuer, "aud": client.client_id}
 
     def generate_user_info(self, user: dict[str, Any], scope: str) -> dict[str, Any]:
-        return self.tenant.id_token_profile(user["user_id"], scope)
+        claims = self.state.id_token_profile(user["user_id"], scope)
+        # Auth0 puts the login session's id in every ID token (nextjs-auth0 keeps it).
+        if user.get("sid"):
+            claims["sid"] = user["sid"]
+        return claims
 
 
 class IdTokenOnCode(_IdTokenSigning, OpenIDCode):  # type: ignore[misc]
-    def __init__(self, tenant: DevTenant) -> None:
-        _IdTokenSigning.__init__(self, tenant)
+    def __init__(self, state: TenantState) -> None:
+        _IdTokenSigning.__init__(self, state)
         OpenIDCode.__init__(self, require_nonce=True)
 
     def exists_nonce(self, nonce: str, request: Any) -> bool:
@@ -207,7 +122,7 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         data = request.payload.data
-        self.server.tenant.codes[code] = Code(
+        self.server.state.codes[code] = Code(
             code=code,
             client_id=request.client.client_id,
             redirect_uri=request.payload.redirect_uri,
@@ -218,10 +133,11 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
             code_challenge=data.get("code_challenge"),
             code_challenge_method=data.get("code_challenge_method"),
             expires_at=time.time() + CODE_LIFETIME,
+            sid=request.user.get("sid"),
         )
 
     def query_authorization_code(self, code: str, client: DevClient) -> Code | None:
-        record: Code | None = self.server.tenant.codes.get(code)
+        record: Code | None = self.server.state.codes.get(code)
         if record is None or record.client_id != client.client_id:
             return None
         if record.expires_at < time.time():
@@ -229,11 +145,11 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
         return record
 
     def delete_authorization_code(self, authorization_code: Code) -> None:
-        self.server.tenant.codes.pop(authorization_code.code, None)
+        self.server.state.codes.pop(authorization_code.code, None)
 
     def authenticate_user(self, authorization_code: Code) -> dict[str, Any] | None:
-        user: dict[str, Any] | None = self.server.tenant.users.get(authorization_code.user_id)
-        return user
+        user = self.server.state.users.get(authorization_code.user_id)
+        return {**user, "sid": authorization_code.sid} if user is not None else None
 
 
 class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
@@ -241,11 +157,11 @@ class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
 
     @property
     def INCLUDE_NEW_REFRESH_TOKEN(self) -> bool:
-        rotate: bool = self.server.tenant.rotate_refresh_tokens
+        rotate: bool = self.server.state.rotate_refresh_tokens
         return rotate
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
-        tokens = self.server.tenant.refresh_tokens
+        tokens = self.server.state.refresh_tokens
         record: RefreshRecord | None = tokens.get(refresh_token)
         if record is not None and record.revoked:
             # Like Auth0's rotation: reusing a spent token revokes its whole family.
@@ -256,14 +172,14 @@ class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         return record
 
     def authenticate_user(self, refresh_token: RefreshRecord) -> dict[str, Any] | None:
-        tenant = self.server.tenant
+        tenant = self.server.state
         if tenant.users.get(refresh_token.user_id) is None:
             return None
         # The post-login Action runs on refresh too, and denies flagged users (Auth0: 403).
         if tenant.users.is_blocked(refresh_token.user_id):
             raise AccessDeniedError(description="user is blocked", status_code=403)
-        user: dict[str, Any] | None = tenant.users.get(refresh_token.user_id)
-        return user
+        user = tenant.users.get(refresh_token.user_id)
+        return {**user, "sid": refresh_token.sid} if user is not None else None
 
     def revoke_old_credential(self, refresh_token: RefreshRecord) -> None:
         if self.INCLUDE_NEW_REFRESH_TOKEN:
@@ -276,23 +192,23 @@ class ManagementGrant(grants.ClientCredentialsGrant):  # type: ignore[misc]
     def validate_token_request(self) -> None:
         super().validate_token_request()
         audience = self.request.payload.data.get("audience")
-        if audience != self.server.tenant.management_audience:
+        if audience != self.server.state.management_audience:
             raise AccessDeniedError(
                 description=f"Service not enabled within domain: {audience}", status_code=403
             )
 
 
 class TenantServer(AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, tenant: DevTenant) -> None:
+    def __init__(self, state: TenantState) -> None:
         super().__init__()
-        self.tenant = tenant
+        self.state = state
         self.register_token_generator("default", self._generate_token)
-        self.register_grant(CodeGrant, [PKCE(), IdTokenOnCode(tenant)])
-        self.register_grant(RefreshGrant, [IdTokenOnRefresh(tenant)])
+        self.register_grant(CodeGrant, [PKCE(), IdTokenOnCode(state)])
+        self.register_grant(RefreshGrant, [IdTokenOnRefresh(state)])
         self.register_grant(ManagementGrant)
 
     def query_client(self, client_id: str) -> DevClient | None:
-        return self.tenant.clients.get(client_id)
+        return self.state.clients.get(client_id)
 
     def create_oauth2_request(self, request: FormRequest) -> FormRequest:
         return request
@@ -331,7 +247,7 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
         return token
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
-        tenant = self.tenant
+        tenant = self.state
         client_id = request.client.client_id
         if request.payload.grant_type == "client_credentials":
             user_id, audience = None, tenant.management_audience
@@ -346,5 +262,9 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
         )
         if "refresh_token" in token and user_id is not None:
             tenant.refresh_tokens[token["refresh_token"]] = RefreshRecord(
-                token["refresh_token"], client_id, user_id, token["scope"]
+                token["refresh_token"],
+                client_id,
+                user_id,
+                token["scope"],
+                sid=request.user.get("sid"),
             )

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-if TYPE_CHECKING:
-    from example_app.dev_tenant.tenant import DevTenant
+from dev_tenant.state import TenantState
 
 RATE_LIMIT = 50  # requests per second, like a paid Auth0 tenant's bucket
 
@@ -23,8 +21,8 @@ def api_error(status: int, error: str, message: str, headers: dict[str, str]) ->
 
 
 class ManagementAPI:
-    def __init__(self, tenant: DevTenant) -> None:
-        self.tenant = tenant
+    def __init__(self, state: TenantState) -> None:
+        self.state = state
         self._window = (0, 0)  # (second, requests in it)
 
     def _rate_limit_headers(self) -> tuple[dict[str, str], bool]:
@@ -39,11 +37,11 @@ class ManagementAPI:
         return headers, count > RATE_LIMIT
 
     async def user(self, request: Request) -> Response:
-        tenant = self.tenant
+        tenant = self.state
         headers, limited = self._rate_limit_headers()
         if limited:
             return api_error(429, "Too Many Requests", "Global limit has been reached", headers)
-        if tenant.bearer(request, tenant.management_audience) is None:
+        if tenant.bearer(request.headers, tenant.management_audience) is None:
             return api_error(401, "Unauthorized", "Invalid token", headers)
         user_id = request.path_params["user_id"]
         if request.method == "DELETE":

@@ -10,62 +10,28 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
-from authlib.oauth2.rfc6749 import OAuth2Error, scope_to_list
-from joserfc.jwk import KeyParameters, RSAKey
+from authlib.oauth2.rfc6749 import OAuth2Error
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from example_app.dev_tenant.authorization import (
-    AccessRecord,
-    Code,
-    DevClient,
-    FormRequest,
-    RefreshRecord,
-    TenantServer,
-)
-from example_app.dev_tenant.directory import MIN_PASSWORD_LENGTH, UserDirectory
-from example_app.dev_tenant.management import ManagementAPI, api_error
-from example_app.dev_tenant.pages import error_page, login_page, page
+from dev_tenant.authorization import FormRequest, TenantServer
+from dev_tenant.backchannel import send_logout
+from dev_tenant.directory import MIN_PASSWORD_LENGTH, UserDirectory
+from dev_tenant.management import ManagementAPI, api_error
+from dev_tenant.pages import error_page, login_page, page
+from dev_tenant.records import DevClient
+from dev_tenant.state import Failure, KeyRing, SsoSession, TenantState
 
-logger = logging.getLogger("example_app.dev_tenant")
+logger = logging.getLogger("dev_tenant")
 
 SSO_COOKIE = "dev_tenant_sso"
 LOGIN_LIFETIME = 600
-
-
-class KeyRing:
-    """RS256 signing keys: the newest signs, all stay published so older tokens still verify."""
-
-    def __init__(self) -> None:
-        self.keys: list[RSAKey] = []
-        self.rotate()
-
-    @property
-    def current(self) -> RSAKey:
-        return self.keys[-1]
-
-    def rotate(self) -> None:
-        params: KeyParameters = {"kid": secrets.token_hex(8), "use": "sig", "alg": "RS256"}
-        self.keys.append(RSAKey.generate_key(2048, parameters=params, private=True))
-
-    def jwks(self) -> dict[str, Any]:
-        return {"keys": [key.as_dict(private=False) for key in self.keys]}
-
-
-@dataclass
-class Failure:
-    path_suffix: str
-    status: int | None  # None: answer normally, after the delay
-    times: int
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
 
 
 class DevTenant:
@@ -78,25 +44,16 @@ class DevTenant:
         advertise_end_session: bool = True,
         rotate_refresh_tokens: bool = True,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.issuer = self.base_url + "/"
-        self.management_audience = self.base_url + "/api/v2/"
-        self.clients = {client.client_id: client for client in clients}
-        # Mutable on purpose: what the post-login Action names the claim (tests break it).
-        self.consent_claim = consent_claim
-        self.advertise_end_session = advertise_end_session
-        self.rotate_refresh_tokens = rotate_refresh_tokens
-        self.users = UserDirectory()
-        self.keys = KeyRing()
-        self.codes: dict[str, Code] = {}
-        self.refresh_tokens: dict[str, RefreshRecord] = {}
-        self.access_tokens: dict[str, AccessRecord] = {}
-        self.sessions: dict[str, tuple[str, int]] = {}  # SSO cookie value -> (user_id, auth_time)
-        self.logins: dict[str, dict[str, Any]] = {}  # pending /u/login -> authorize params
-        self.requests: list[tuple[str, str]] = []
-        self._failures: list[Failure] = []
-        self.server = TenantServer(self)
-        self.management = ManagementAPI(self)
+        self.state = TenantState(
+            base_url,
+            clients,
+            consent_claim,
+            advertise_end_session=advertise_end_session,
+            rotate_refresh_tokens=rotate_refresh_tokens,
+        )
+        self.base_url = self.state.base_url
+        self.server = TenantServer(self.state)
+        self.management = ManagementAPI(self.state)
         self._cookie_path = urlsplit(self.base_url).path or "/"
         self._app = Starlette(routes=self._routes())
         logger.warning(
@@ -107,7 +64,7 @@ class DevTenant:
         if scope["type"] == "http":
             path = scope["path"]
             self.requests.append((scope["method"], path))
-            failure = self._take_failure(path)
+            failure = self.state.take_failure(path)
             if failure is not None and failure.delay:
                 await asyncio.sleep(failure.delay)
             if failure is not None and failure.status is not None:
@@ -133,7 +90,7 @@ class DevTenant:
     ) -> None:
         """Answer the next ``times`` requests whose path ends with ``path_suffix`` with
         ``status`` (after ``delay`` seconds; ``status=None`` only delays them)."""
-        self._failures.append(
+        self.state.failures.append(
             Failure(unquote(path_suffix), status, times, dict(headers or {}), delay)
         )
 
@@ -141,39 +98,53 @@ class DevTenant:
         self.fail_next(path_suffix, None, times, delay=delay)
 
     def end_all_sessions(self) -> None:
-        self.sessions.clear()
+        self.state.sessions.clear()
 
     def rotate_signing_key(self) -> None:
         self.keys.rotate()
 
     def revoke_refresh_tokens(self) -> None:
-        for record in self.refresh_tokens.values():
+        for record in self.state.refresh_tokens.values():
             record.revoked = True
 
+    async def end_user_sessions(self, user_id: str) -> None:
+        """What an administrator's "revoke sessions" does: every login of the user ends, and
+        the clients hear it through back-channel logout (one token naming the user)."""
+        state = self.state
+        for cookie in [c for c, s in state.sessions.items() if s.user_id == user_id]:
+            del state.sessions[cookie]
+        await send_logout(state, user_id, None)
+
+    # What tests and the example read and change
+
+    @property
+    def users(self) -> UserDirectory:
+        return self.state.users
+
+    @property
+    def keys(self) -> KeyRing:
+        return self.state.keys
+
+    @property
+    def issuer(self) -> str:
+        return self.state.issuer
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        return self.state.requests
+
+    @property
+    def consent_claim(self) -> str | None:
+        return self.state.consent_claim
+
+    @consent_claim.setter
+    def consent_claim(self, name: str | None) -> None:
+        self.state.consent_claim = name
+
     def id_token_profile(self, user_id: str, scope: str) -> dict[str, Any]:
-        """The ID token's user claims, then what the shipped post-login Action adds."""
-        user = self.users.get(user_id) or {}
-        scopes = scope_to_list(scope) or []
-        claims: dict[str, Any] = {"sub": user_id}
-        if "profile" in scopes:
-            for key in ("name", "nickname", "updated_at"):
-                claims[key] = user.get(key)
-        if "email" in scopes:
-            claims["email"] = user.get("email")
-            claims["email_verified"] = user.get("email_verified")
-        consent = user.get("user_metadata", {}).get("consent")
-        if self.consent_claim and consent is not None:
-            claims[self.consent_claim] = consent
-        return claims
+        return self.state.id_token_profile(user_id, scope)
 
     # Internals
-
-    def _take_failure(self, path: str) -> Failure | None:
-        for failure in self._failures:
-            if failure.times > 0 and path.endswith(failure.path_suffix):
-                failure.times -= 1
-                return failure
-        return None
 
     def _routes(self) -> list[Route]:
         return [
@@ -195,7 +166,7 @@ class DevTenant:
     async def discovery(self, request: Request) -> Response:
         base = self.base_url
         document: dict[str, Any] = {
-            "issuer": self.issuer,
+            "issuer": self.state.issuer,
             "authorization_endpoint": f"{base}/authorize",
             "token_endpoint": f"{base}/oauth/token",
             "userinfo_endpoint": f"{base}/userinfo",
@@ -223,8 +194,10 @@ class DevTenant:
                 "updated_at",
             ],
             "request_parameter_supported": False,
+            "backchannel_logout_supported": True,
+            "backchannel_logout_session_supported": True,
         }
-        if self.advertise_end_session:
+        if self.state.advertise_end_session:
             document["end_session_endpoint"] = f"{base}/oidc/logout"
         return JSONResponse(document)
 
@@ -235,12 +208,12 @@ class DevTenant:
         return FormRequest("GET", f"{self.base_url}/authorize?{urlencode(params)}", headers, params)
 
     def _sso_user(self, request: Request) -> dict[str, Any] | None:
-        session = self.sessions.get(request.cookies.get(SSO_COOKIE, ""))
+        session = self.state.sessions.get(request.cookies.get(SSO_COOKIE, ""))
         if session is None:
             return None
-        user = self.users.get(session[0])
+        user = self.users.get(session.user_id)
         if user is not None:
-            user["auth_time"] = session[1]
+            user.update(auth_time=session.auth_time, sid=session.sid)
         return user
 
     async def authorize(self, request: Request) -> Response:
@@ -253,7 +226,7 @@ class DevTenant:
             return self._authorize_error(error)
         if user is None or grant.prompt == "login":
             login_id = secrets.token_urlsafe(16)
-            self.logins[login_id] = {
+            self.state.logins[login_id] = {
                 "params": params,
                 "csrf": secrets.token_urlsafe(16),
                 "expires": time.time() + LOGIN_LIFETIME,
@@ -288,7 +261,7 @@ class DevTenant:
         form = await request.form() if request.method == "POST" else None
         source = form if form is not None else request.query_params
         login_id = str(source.get("state", ""))
-        pending = self.logins.get(login_id)
+        pending = self.state.logins.get(login_id)
         if pending is None or pending["expires"] < time.time():
             return error_page(
                 "Login expired",
@@ -311,11 +284,11 @@ class DevTenant:
             return login_page(
                 action, login_id, pending["csrf"], email, "Wrong email or password.", 401
             )
-        del self.logins[login_id]
+        del self.state.logins[login_id]
         sso = secrets.token_urlsafe(24)
-        auth_time = int(time.time())
-        self.sessions[sso] = (user["user_id"], auth_time)
-        user["auth_time"] = auth_time
+        session = SsoSession(user["user_id"], int(time.time()))
+        self.state.sessions[sso] = session
+        user.update(auth_time=session.auth_time, sid=session.sid)
         oauth_request = self._authorize_request(pending["params"], request.headers)
         try:
             grant = self.server.get_consent_grant(oauth_request, end_user=user)
@@ -343,32 +316,28 @@ class DevTenant:
             return JSONResponse(body, 401)
         return JSONResponse(body, status, headers=dict(headers))
 
-    def bearer(self, request: Request, audience: str) -> AccessRecord | None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        record = self.access_tokens.get(token) if scheme.lower() == "bearer" else None
-        if record is None or record.expires_at < time.time() or record.audience != audience:
-            return None
-        return record
-
     async def userinfo(self, request: Request) -> Response:
-        record = self.bearer(request, self.issuer + "userinfo")
+        record = self.state.bearer(request.headers, self.state.issuer + "userinfo")
         if record is None or record.user_id is None:
             return JSONResponse(
                 {"error": "invalid_token"},
                 401,
                 headers={"www-authenticate": 'Bearer error="invalid_token"'},
             )
-        claims = self.id_token_profile(record.user_id, record.scope)
-        claims.pop(self.consent_claim or "", None)
+        claims = self.state.id_token_profile(record.user_id, record.scope)
+        claims.pop(self.state.consent_claim or "", None)
         return JSONResponse(claims)
 
     async def logout(self, request: Request) -> Response:
         params = request.query_params
-        self.sessions.pop(request.cookies.get(SSO_COOKIE, ""), None)
+        ended = self.state.sessions.pop(request.cookies.get(SSO_COOKIE, ""), None)
+        if ended is not None:
+            # Auth0 tells every client with a back-channel URI that this login ended.
+            await send_logout(self.state, ended.user_id, ended.sid)
         # Each endpoint honours only its own parameter name, as Auth0 does.
         oidc = request.url.path.endswith("/oidc/logout")
         target = params.get("post_logout_redirect_uri" if oidc else "returnTo")
-        client = self.clients.get(params.get("client_id", ""))
+        client = self.state.clients.get(params.get("client_id", ""))
         if target and client is not None and target in client.logout_urls:
             if params.get("state"):
                 target += ("&" if "?" in target else "?") + urlencode({"state": params["state"]})

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from consent_middleware import _jose
-from example_app.dev_tenant import DevClient, DevTenant
+from dev_tenant import DevClient, DevTenant
 from tests.live_server import serve
 
 CLAIM = "https://consent.example.com/consent"
@@ -96,7 +96,7 @@ class Tenant:
 
     def management_token(self) -> str:
         response = self.token(
-            grant_type="client_credentials", audience=self.app.management_audience
+            grant_type="client_credentials", audience=self.app.state.management_audience
         )
         assert response.status_code == 200, response.text
         return str(response.json()["access_token"])

@@ -1,0 +1,48 @@
+"""The README's example command, run as a newcomer runs it, on a port of their choosing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from tests.live_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_example_on_another_port_points_the_dev_tenant_at_that_port() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH0_", "APP_BASE_URL"))}
+    process = subprocess.Popen(
+        ["bash", "scripts/example.sh"],  # noqa: S607 - the project's own script, bash from PATH
+        cwd=ROOT,
+        env={**env, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://localhost:{port}"
+        deadline = time.monotonic() + 120  # set-up may install packages first
+        while True:
+            assert process.poll() is None, "scripts/example.sh exited"
+            try:
+                first = httpx.get(f"{base}/dashboard", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the example did not start"
+                time.sleep(0.3)
+        assert first.status_code == 307
+        login = httpx.get(base + first.headers["location"], timeout=5)
+        authorize = urlsplit(login.headers["location"])
+        # Before, the dev tenant was always at :8000 and the first login was a 502.
+        assert (authorize.hostname, authorize.port) == ("localhost", port)
+        form = httpx.get(login.headers["location"], timeout=5, follow_redirects=True)
+        assert form.status_code == 200 and 'name="password"' in form.text
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
