@@ -41,8 +41,8 @@ CASES: list[tuple[str, Forge, str]] = [
     ("iat in the future", lambda k, o, c: k.sign({**c, "iat": int(time.time()) + 3600}), "future"),
     ("nonce mismatch", lambda k, o, c: k.sign({**c, "nonce": "other"}), "nonce"),
     ("another key, same kid", lambda k, o, c: o.sign(c, kid=k.kid), "signature"),
-    ("truncated", lambda k, o, c: k.sign(c)[:-20], ""),
-    ("garbage", lambda k, o, c: "not.a.jwt", ""),
+    ("truncated", lambda k, o, c: k.sign(c)[:-20], "signature does not verify"),
+    ("garbage", lambda k, o, c: "not.a.jwt", "not a well-formed JWT"),
 ]
 
 
