@@ -6,6 +6,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -77,29 +78,21 @@ async def _best_effort(operation: Awaitable[object]) -> None:
         logger.warning("shared store unavailable after a saved choice: %s", exc)
 
 
+@dataclass
 class ConsentRoutes:
-    def __init__(
-        self,
-        settings: Settings,
-        oidc: OIDCClient,
-        sessions: SessionStore,
-        management: ManagementClient,
-        login: Login,
-        refresher: SessionRefresher,
-        revocations: Revocations,
-        state: SharedState,
-        pages: Pages,
-    ) -> None:
-        self.settings = settings
-        self.oidc = oidc
-        self.sessions = sessions
-        self.revocations = revocations
-        self.state = state
-        self.management = management
-        self.login = login
-        self.refresher = refresher
-        self.pages = pages
-        self.csrf = CSRF(settings.secret, settings.app_base_url)
+    settings: Settings
+    oidc: OIDCClient
+    sessions: SessionStore
+    management: ManagementClient
+    login: Login
+    refresher: SessionRefresher
+    revocations: Revocations
+    state: SharedState
+    pages: Pages
+    csrf: CSRF = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.csrf = CSRF(self.settings.secret, self.settings.app_base_url)
 
     def routes(self) -> list[Route]:
         path = self.settings.consent_path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 from starlette.responses import RedirectResponse, Response
@@ -52,24 +53,19 @@ def with_cookies(response: Response, cookies: list[bytes]) -> Response:
     return response
 
 
+@dataclass
 class SessionRefresher:
-    def __init__(
-        self,
-        settings: Settings,
-        oidc: OIDCClient,
-        sessions: SessionStore,
-        login: Login,
-        revocations: Revocations,
-        state: SharedState,
-        pages: Pages,
-    ) -> None:
-        self.settings = settings
-        self.oidc = oidc
-        self.sessions = sessions
-        self.revocations = revocations
-        self.login = login
-        self.pages = pages
-        self.grants = Grants(state, settings.secret)
+    settings: Settings
+    oidc: OIDCClient
+    sessions: SessionStore
+    login: Login
+    revocations: Revocations
+    state: SharedState
+    pages: Pages
+    grants: Grants = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.grants = Grants(self.state, self.settings.secret)
 
     async def refresh(self, session: Session, *, not_before: float = 0.0) -> Session:
         """The refresh-token grant only; raises RefreshError when it cannot be done.

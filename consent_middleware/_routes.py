@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -26,28 +27,17 @@ logger = logging.getLogger("consent_middleware")
 INTERACTION_REQUIRED = frozenset({"login_required", "interaction_required", "consent_required"})
 
 
+@dataclass
 class AuthRoutes:
-    def __init__(
-        self,
-        settings: Settings,
-        oidc: OIDCClient,
-        sessions: SessionStore,
-        transactions: TransactionStore,
-        login: Login,
-        refresher: SessionRefresher,
-        revocations: Revocations,
-        state: SharedState,
-        pages: Pages,
-    ) -> None:
-        self.settings = settings
-        self.oidc = oidc
-        self.sessions = sessions
-        self.revocations = revocations
-        self.state = state
-        self.transactions = transactions
-        self.login_flow = login
-        self.refresher = refresher
-        self.pages = pages
+    settings: Settings
+    oidc: OIDCClient
+    sessions: SessionStore
+    transactions: TransactionStore
+    login_flow: Login
+    refresher: SessionRefresher
+    revocations: Revocations
+    state: SharedState
+    pages: Pages
 
     def routes(self) -> list[Route]:
         prefix = self.settings.routes_prefix

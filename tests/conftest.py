@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -10,6 +10,7 @@ from consent_middleware import Settings
 from consent_middleware._engine import Engine
 from consent_middleware._oidc import OIDCClient
 from tests.keys import SigningKey
+from tests.redis_server import RedisServer, redis_server
 
 DOMAIN = "https://tenant.example.com"
 ISSUER = f"{DOMAIN}/"
@@ -87,3 +88,10 @@ def idp(mock: respx.MockRouter, keys: list[SigningKey], **discovery: object) -> 
     return mock.get(f"{DOMAIN}/.well-known/jwks.json").respond(
         json={"keys": [k.public_jwk for k in keys]}
     )
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[RedisServer]:
+    """One real redis-server for the session; tests keep apart by key prefix."""
+    with redis_server() as running:
+        yield running

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,23 +13,17 @@ from consent_middleware._jose import decrypt, derive_key, encrypt
 from consent_middleware._redis_sessions import RedisSessionStore
 from consent_middleware._redis_state import RedisState
 from tests.conftest import make_settings
-from tests.redis_server import RedisServer, redis_server
+from tests.redis_server import RedisServer
 from tests.test_session import jar
 
 pytestmark = pytest.mark.anyio
 SETTINGS = make_settings()
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with redis_server() as running:
-        yield running
-
-
 @pytest.fixture
-async def stores(server: RedisServer) -> AsyncIterator[tuple[RedisSessionStore, RedisSessionStore]]:
+async def stores(redis: RedisServer) -> AsyncIterator[tuple[RedisSessionStore, RedisSessionStore]]:
     prefix = f"s{time.monotonic_ns()}:"
-    states = [RedisState(server.url, prefix=prefix) for _ in range(2)]
+    states = [RedisState(redis.url, prefix=prefix) for _ in range(2)]
     try:
         for state in states:
             await state.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,17 +16,11 @@ from tests.redis_server import RedisServer, redis_server
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with redis_server() as running:
-        yield running
-
-
 @pytest.fixture
-async def pair(server: RedisServer) -> AsyncIterator[tuple[RedisState, RedisState]]:
+async def pair(redis: RedisServer) -> AsyncIterator[tuple[RedisState, RedisState]]:
     """Two workers' views of one Redis, each following the shared channel."""
     prefix = f"t{time.monotonic_ns()}:"
-    a, b = RedisState(server.url, prefix=prefix), RedisState(server.url, prefix=prefix)
+    a, b = RedisState(redis.url, prefix=prefix), RedisState(redis.url, prefix=prefix)
     try:
         await a.start()
         await b.start()
@@ -86,10 +80,10 @@ async def test_a_mark_reaches_the_other_worker_at_once(
     assert b.mark(MarkKind.SESSION, "sid-1") == 1000
 
 
-async def test_a_worker_started_later_loads_the_marks(server: RedisServer) -> None:
+async def test_a_worker_started_later_loads_the_marks(redis: RedisServer) -> None:
     prefix = f"late{time.monotonic_ns()}:"
-    early = RedisState(server.url, prefix=prefix)
-    late = RedisState(server.url, prefix=prefix)
+    early = RedisState(redis.url, prefix=prefix)
+    late = RedisState(redis.url, prefix=prefix)
     try:
         await early.publish_mark(MarkKind.USER, "auth0|u", 42, 60)
         await late.start()
@@ -99,9 +93,13 @@ async def test_a_worker_started_later_loads_the_marks(server: RedisServer) -> No
         await late.aclose()
 
 
-async def test_redis_away_is_a_quick_error_and_recovery_needs_no_restart(
-    server: RedisServer,
-) -> None:
+async def test_redis_away_is_a_quick_error_and_recovery_needs_no_restart() -> None:
+    # A server of its own: this test stops and starts it.
+    with redis_server() as server:
+        await _away_and_back(server)
+
+
+async def _away_and_back(server: RedisServer) -> None:
     prefix = f"away{time.monotonic_ns()}:"
     state = RedisState(server.url, prefix=prefix, timeout=0.3)
     try:
