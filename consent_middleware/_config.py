@@ -97,7 +97,17 @@ def _normalise_url(field_name: str, value: str, *, bare_host_ok: bool) -> str:
             f"{_name(field_name)} uses plain http:// for {parts.hostname!r}; "
             "only loopback hosts (localhost, 127.0.0.0/8, [::1]) may use http"
         )
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    # As browsers serialise an origin (RFC 6454 6.2): lower-case host, no default port, so
+    # comparing it with a request's Origin header is a plain string comparison.
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    try:
+        number = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"{_name(field_name)} has an invalid port: {value!r}") from exc
+    default_port = {"http": 80, "https": 443}[parts.scheme]
+    port = f":{number}" if number is not None and number != default_port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
 
 
 @dataclass(frozen=True)

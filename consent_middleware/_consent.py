@@ -114,7 +114,7 @@ class ConsentRoutes:
         session = loaded and await self.refresher.settle(loaded)
         if session is not None:
             return session
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             query = f"?{request.url.query}" if request.url.query else ""
             return await self.login.redirect(self.pages.url(request.url.path + query))
         return self.pages.sign_in_again(

@@ -37,4 +37,5 @@ class CSRF:
     def check(self, request: Request, session: Session, submitted: object) -> bool:
         if not self.same_origin(request) or not isinstance(submitted, str):
             return False
-        return hmac.compare_digest(submitted, self.token(session))
+        # Bytes, not str: compare_digest refuses non-ASCII text with a TypeError (a 500).
+        return hmac.compare_digest(submitted.encode("utf-8"), self.token(session).encode())

@@ -35,6 +35,8 @@ from ._session import ENTRY_OVERHEAD, SESSION_COOKIE, Session, SessionStore
 from ._state import SharedState
 
 USER_SCOPE_KEY = "consent_middleware.user"
+# An async callable in the scope of gated requests: the Set-Cookie values the response gets.
+SESSION_COOKIES_SCOPE_KEY = "consent_middleware.session_cookies"
 # Memory the admitted-request cache may take, estimated from the session cookies' sizes.
 ADMITTED_CACHE_BYTES = 32 * 1024 * 1024
 REVALIDATE_AFTER = 60.0
@@ -144,23 +146,22 @@ class ConsentMiddleware:
         scope[SESSION_SCOPE_KEY] = admitted.session
         scope.setdefault("state", {})["user"] = admitted.user
         scope[REFRESHER_SCOPE_KEY] = self.engine.refresher
-        roll = admitted.roll
-        sessions = self.engine.sessions
+        write = _SessionWrite(self.engine.sessions, scope, admitted.session, admitted.roll)
+        # What this response will set (a roll or a refresh), for an app that must pass the
+        # new session on before answering (the sidecar forwards it in the Cookie header).
+        scope[SESSION_COOKIES_SCOPE_KEY] = write.values
 
         async def send_gated(message: Message) -> None:
             if message["type"] == "http.response.start":
                 # The answer depends on who asks: shared caches must key it by the cookie.
                 # Raw header pairs, not a Headers object: this runs on every response.
                 headers = _with_vary_cookie(message.get("headers", ()))
-                # A refresh_session() call during the request wins over a plain roll.
-                current = scope.get(REFRESHED_SCOPE_KEY)
-                if current is not None or roll:
-                    cookies = _request_cookies(scope)
+                values = await write.values()
+                # RFC 6265 4.1.1: one Set-Cookie per name. An app that set the session
+                # itself (nextjs-auth0 rolling the session it was handed) wins.
+                if values and not _sets_session(headers):
                     headers = [(k, v) for k, v in headers if k != b"cache-control"]
-                    headers += [
-                        (b"set-cookie", value)
-                        for value in await sessions.save(current or admitted.session, cookies)
-                    ]
+                    headers += [(b"set-cookie", value) for value in values]
                     headers.append((b"cache-control", PRIVATE))
                 message["headers"] = headers
             await send(message)
@@ -292,6 +293,32 @@ class ConsentMiddleware:
     async def aclose(self) -> None:
         """Close what the middleware created (done at lifespan shutdown)."""
         await self.engine.aclose()
+
+
+class _SessionWrite:
+    """The ``Set-Cookie`` values for the session this request ends with, computed once."""
+
+    def __init__(self, sessions: SessionStore, scope: Scope, session: Session, roll: bool) -> None:
+        self.sessions = sessions
+        self.scope = scope
+        self.session = session
+        self.roll = roll
+        self._done: tuple[Session, list[bytes]] | None = None
+
+    async def values(self) -> list[bytes]:
+        # A refresh_session() call during the request wins over a plain roll.
+        current = self.scope.get(REFRESHED_SCOPE_KEY)
+        if current is None and not self.roll:
+            return []
+        target = current or self.session
+        if self._done is None or self._done[0] is not target:
+            cookies = _request_cookies(self.scope)
+            self._done = (target, await self.sessions.save(target, cookies))
+        return self._done[1]
+
+
+def _sets_session(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(n.lower() == b"set-cookie" and v.startswith(_SESSION_PREFIX) for n, v in headers)
 
 
 @dataclass(frozen=True, slots=True)

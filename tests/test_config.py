@@ -93,3 +93,16 @@ def test_typed_object_validates_too() -> None:
     assert settings.secrets == ("s" * 40, "p" * 32)
     with pytest.raises(ConfigurationError, match="AUTH0_SECRET"):
         make_settings(previous_secrets=("short",))
+
+
+def test_urls_are_kept_as_browsers_serialise_origins() -> None:
+    settings = make_settings(
+        app_base_url="https://App.Example.com:443/base/", domain="Tenant.Example.com:443"
+    )
+    assert settings.app_base_url == "https://app.example.com/base"
+    assert settings.domain == "https://tenant.example.com"
+    assert make_settings(app_base_url="http://localhost:8080").app_base_url == (
+        "http://localhost:8080"
+    )
+    with pytest.raises(ConfigurationError, match="invalid port"):
+        make_settings(app_base_url="https://app.example.com:http")

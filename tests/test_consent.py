@@ -1,0 +1,640 @@
+"""The consent routes through the composition root, one HTTP exchange at a time (respx): the
+records written, the CSRF and version checks, the Management API's failures, and what each
+withdrawal mode does. ID tokens are really signed and really verified."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pytest
+import respx
+
+from consent_middleware import Session, TokenSet
+from consent_middleware._consent import consent_record, terms_statement, withdrawal_record
+from consent_middleware._csrf import CSRF
+from consent_middleware._engine import Engine
+from consent_middleware._management import MAX_ATTEMPTS
+from consent_middleware._revocation import Revocation
+from consent_middleware._transactions import Purpose
+from tests.conftest import CLAIM, DOMAIN, ISSUER, idp, make_settings
+from tests.keys import SigningKey, id_token_claims
+from tests.test_session import jar
+
+pytestmark = pytest.mark.anyio
+
+APP = "https://app.example.com"
+SUB = "auth0|user1"
+TOKEN_URL = f"{DOMAIN}/oauth/token"
+USER_URL = f"{DOMAIN}/api/v2/users/auth0%7Cuser1"
+ACCEPTED = {"given": True, "version": "v2", "date": "2026-01-01T00:00:00.000Z"}
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+
+
+def basic(client_id: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# The records
+
+
+def test_consent_record_holds_the_version_the_terms_and_their_digest() -> None:
+    settings = make_settings()
+    before = datetime.now(UTC)
+    record = consent_record(settings)
+    assert set(record) == {"given", "version", "date", "text_details", "text_sha256"}
+    assert record["given"] is True and record["version"] == "v2"
+    assert record["text_details"] == "https://app.example.com/terms"
+    statement = terms_statement(settings)
+    assert statement == (
+        "I have read and accept version v2 of the terms published at https://app.example.com/terms."
+    )
+    assert record["text_sha256"] == hashlib.sha256(statement.encode()).hexdigest()
+    assert DATE.fullmatch(record["date"]), record["date"]
+    written = datetime.strptime(record["date"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs((written - before).total_seconds()) < 5  # UTC, now
+
+
+def test_custom_terms_text_is_the_statement_and_its_digest_is_recorded() -> None:
+    text = "Ich stimme den Bedingungen zu (Version 7) — mit Umlauten: äöü."
+    settings = make_settings(terms_text=text, terms_version="7")
+    record = consent_record(settings)
+    assert terms_statement(settings) == text
+    assert record["version"] == "7"
+    assert record["text_sha256"] == hashlib.sha256(text.encode("utf-8")).hexdigest()
+    default = consent_record(make_settings(terms_version="7"))
+    assert default["text_sha256"] != record["text_sha256"]
+
+
+def test_withdrawal_record() -> None:
+    record = withdrawal_record(make_settings())
+    assert set(record) == {"given", "version", "date", "withdrawn"}
+    assert record["given"] is False and record["withdrawn"] is True
+    assert record["version"] == "v2"
+    assert DATE.fullmatch(record["date"]), record["date"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The provider: discovery, the token endpoint, and the one user's record
+
+
+class Tenant:
+    """The provider's side: a post-login Action copies ``user_metadata.consent`` into the
+    ID token, so a grant after a PATCH shows what the PATCH wrote."""
+
+    def __init__(self, mock: respx.MockRouter, key: SigningKey) -> None:
+        self.key = key
+        self.user_metadata: dict[str, Any] = {"consent": ACCEPTED}
+        self.app_metadata: dict[str, Any] = {}
+        self.deleted = False
+        # Set to answer the next PATCH / DELETE with this status instead of doing it.
+        self.patch_status: int | None = None
+        self.delete_status: int | None = None
+        idp(mock, [key])
+        self.token = mock.post(TOKEN_URL).mock(side_effect=self._token)
+        self.patch = mock.patch(USER_URL).mock(side_effect=self._patch)
+        self.delete = mock.delete(USER_URL).mock(side_effect=self._delete)
+        self.calls = mock.calls
+
+    def _token(self, request: httpx.Request) -> httpx.Response:
+        form = parse_qs(request.content.decode())
+        auth = request.headers.get("authorization")
+        if form["grant_type"] == ["client_credentials"]:
+            if auth != basic("m2m", "m2m-secret"):
+                return httpx.Response(401, json={"error": "access_denied"})
+            if form["audience"] != [f"{DOMAIN}/api/v2/"]:
+                return httpx.Response(403, json={"error": "access_denied"})
+            return httpx.Response(200, json={"access_token": "mgmt-token", "expires_in": 86400})
+        if auth != basic("client-1", "client-secret-1") or form["grant_type"] != ["refresh_token"]:
+            return httpx.Response(400, json={"error": "invalid_client"})
+        if self.deleted or form["refresh_token"] != ["rt-1"]:
+            return httpx.Response(400, json={"error": "invalid_grant"})
+        claims = id_token_claims(ISSUER, "client-1", nonce=None)
+        if "consent" in self.user_metadata:
+            claims[CLAIM] = self.user_metadata["consent"]
+        return httpx.Response(
+            200,
+            json={
+                "id_token": self.key.sign(claims, access_token="at-2"),
+                "access_token": "at-2",
+                "expires_in": 3600,
+                "token_type": "Bearer",
+            },
+        )
+
+    def _authorized(self, request: httpx.Request) -> bool:
+        sent: str | None = request.headers.get("authorization")
+        return sent == "Bearer mgmt-token"
+
+    def _patch(self, request: httpx.Request) -> httpx.Response:
+        if not self._authorized(request):
+            return httpx.Response(401, json={"message": "Invalid token"})
+        if self.patch_status is not None:
+            return httpx.Response(self.patch_status, json={"message": "not today"})
+        if self.deleted:
+            return httpx.Response(404, json={"message": "The user does not exist."})
+        body = json.loads(request.content)
+        self.user_metadata.update(body.get("user_metadata", {}))
+        self.app_metadata.update(body.get("app_metadata", {}))
+        return httpx.Response(200, json={"user_id": SUB, "user_metadata": self.user_metadata})
+
+    def _delete(self, request: httpx.Request) -> httpx.Response:
+        if not self._authorized(request):
+            return httpx.Response(401, json={"message": "Invalid token"})
+        if self.delete_status is not None:
+            return httpx.Response(self.delete_status, json={"message": "not today"})
+        self.deleted = True
+        return httpx.Response(204)
+
+    def patched(self) -> list[dict[str, Any]]:
+        return [json.loads(call.request.content) for call in self.patch.calls]
+
+    def refresh_grants(self) -> int:
+        return sum(b"grant_type=refresh_token" in call.request.content for call in self.token.calls)
+
+
+class Sleeps:
+    """Records the Management client's back-off waits instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        await asyncio.sleep(0)
+
+
+Build = Callable[..., Engine]
+
+
+@pytest.fixture
+async def build() -> AsyncIterator[Build]:
+    """Engines wired by the composition root with a Management client of their own."""
+    made: list[Engine] = []
+
+    def create(**overrides: object) -> Engine:
+        settings = make_settings(mgmt_client_id="m2m", mgmt_client_secret="m2m-secret", **overrides)
+        engine = Engine.create(settings)
+        engine.management.sleep = Sleeps()
+        made.append(engine)
+        return engine
+
+    try:
+        yield create
+    finally:
+        for engine in made:
+            await engine.aclose()
+
+
+@pytest.fixture
+def tenant(signing_key: SigningKey) -> Iterator[Tenant]:
+    with respx.mock(assert_all_called=False) as mock:
+        yield Tenant(mock, signing_key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests, straight to the composition root
+
+
+def session(consent: Mapping[str, Any] | None = None) -> Session:
+    claims: dict[str, Any] = {"sub": SUB, "email": "user@example.com"}
+    if consent is not None:
+        claims[CLAIM] = dict(consent)
+    return Session.from_claims(
+        claims,
+        TokenSet(
+            access_token="at-1",
+            id_token="id-token-1",
+            refresh_token="rt-1",
+            expires_at=int(time.time()) + 3600,
+            scope="openid profile email offline_access",
+        ),
+    )
+
+
+async def cookies_for(engine: Engine, current: Session) -> dict[str, str]:
+    return jar(await engine.sessions.save(current, {}))
+
+
+async def call(
+    engine: Engine,
+    method: str,
+    path: str,
+    *,
+    cookies: Mapping[str, str] | None = None,
+    form: Mapping[str, str] | None = None,
+    query: str = "",
+    origin: str | None = APP,
+) -> httpx.Response:
+    body = urlencode(form).encode() if form is not None else b""
+    headers = [(b"host", b"app.example.com"), (b"accept", b"text/html")]
+    if form is not None:
+        headers.append((b"content-type", b"application/x-www-form-urlencoded"))
+    if method == "POST" and origin is not None:
+        headers.append((b"origin", origin.encode()))
+    if cookies:
+        headers.append((b"cookie", "; ".join(f"{k}={v}" for k, v in cookies.items()).encode()))
+    scope: dict[str, Any] = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+        "method": method, "scheme": "https", "path": path, "raw_path": path.encode(),
+        "query_string": query.encode(), "root_path": "", "headers": headers,
+        "server": ("app.example.com", 443), "client": ("127.0.0.1", 1),
+    }  # fmt: skip
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await engine.serve_own_route(scope, receive, send, path)
+    start, *rest = sent
+    content = b"".join(message.get("body", b"") for message in rest)
+    return httpx.Response(start["status"], headers=start["headers"], content=content)
+
+
+def hidden(page: httpx.Response, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', page.text)
+    assert found is not None, f"no {name} field on the page"
+    return found.group(1)
+
+
+def session_cookies(response: httpx.Response) -> list[str]:
+    return [c for c in response.headers.get_list("set-cookie") if c.startswith("__session")]
+
+
+async def accept_form(engine: Engine, cookies: Mapping[str, str], **fields: str) -> dict[str, str]:
+    """The terms page's own form, ticked, with ``fields`` changed."""
+    page = await call(engine, "GET", "/consent", cookies=cookies, query="returnTo=%2Fdashboard")
+    assert page.status_code == 200, page.text
+    form = {
+        "csrf_token": hidden(page, "csrf_token"),
+        "return_to": hidden(page, "return_to"),
+        "version": hidden(page, "version"),
+        "agree": "yes",
+    }
+    form.update(fields)
+    return form
+
+
+async def withdraw_form(engine: Engine, cookies: Mapping[str, str]) -> dict[str, str]:
+    page = await call(engine, "GET", "/consent/withdraw", cookies=cookies)
+    assert page.status_code == 200, page.text
+    return {"csrf_token": hidden(page, "csrf_token")}
+
+
+# ---------------------------------------------------------------------------------------------
+# The terms page and accept
+
+
+async def test_terms_page_shows_the_form_for_this_version(build: Build, tenant: Tenant) -> None:
+    engine = build()
+    current = session()
+    cookies = await cookies_for(engine, current)
+    page = await call(engine, "GET", "/consent", cookies=cookies, query="returnTo=%2Fdashboard")
+    assert page.status_code == 200
+    assert hidden(page, "version") == "v2"
+    assert hidden(page, "return_to") == f"{APP}/dashboard"
+    csrf = CSRF(engine.settings.secret, engine.settings.app_base_url)
+    assert hidden(page, "csrf_token") == csrf.token(current)
+    assert "I have read and accept version v2" in page.text
+    assert "user@example.com" in page.text
+    assert page.headers["cache-control"] == "no-store"
+
+
+async def test_terms_without_a_session_starts_a_login_that_comes_back(
+    build: Build, tenant: Tenant
+) -> None:
+    engine = build()
+    response = await call(engine, "GET", "/consent", query="returnTo=%2Fdashboard%3Fx%3D1")
+    assert response.status_code == 302
+    location = urlsplit(response.headers["location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == f"{DOMAIN}/authorize"
+    state = parse_qs(location.query)["state"][0]
+    set_cookies = [c.encode() for c in response.headers.get_list("set-cookie")]
+    tx = engine.transactions.load(state, jar(set_cookies))
+    assert tx is not None and tx.purpose is Purpose.LOGIN
+    assert tx.return_to == f"{APP}/consent?returnTo=%2Fdashboard%3Fx%3D1"
+
+
+async def test_head_without_a_session_is_answered_like_get(build: Build, tenant: Tenant) -> None:
+    # RFC 9110 9.3.2: HEAD gets the header fields GET would, here the redirect to the login.
+    engine = build()
+    get = await call(engine, "GET", "/consent", query="returnTo=%2Fdashboard")
+    head = await call(engine, "HEAD", "/consent", query="returnTo=%2Fdashboard")
+    assert get.status_code == 302
+    assert head.status_code == get.status_code
+    assert head.headers.get("location", "").startswith(f"{DOMAIN}/authorize?")
+
+
+async def test_accept_without_a_session_is_a_401_page(build: Build, tenant: Tenant) -> None:
+    engine = build()
+    form = {"csrf_token": "x", "version": "v2", "agree": "yes", "return_to": "/"}
+    response = await call(engine, "POST", "/consent", form=form)
+    assert response.status_code == 401
+    assert "Session expired" in response.text and f"{APP}/auth/login" in response.text
+    assert not tenant.patch.called and not tenant.token.called
+
+
+@pytest.mark.parametrize(
+    ("change", "origin"),
+    [
+        ({"csrf_token": ""}, APP),
+        ({"csrf_token": "0" * 64}, APP),
+        ({}, "https://evil.example"),
+        ({}, None),
+    ],
+    ids=["missing token", "wrong token", "foreign origin", "no origin"],
+)
+async def test_accept_with_a_bad_csrf_check_changes_nothing(
+    build: Build, tenant: Tenant, change: dict[str, str], origin: str | None
+) -> None:
+    engine = build()
+    cookies = await cookies_for(engine, session())
+    form = await accept_form(engine, cookies)
+    form.update(change)
+    if not form["csrf_token"]:
+        del form["csrf_token"]
+    response = await call(engine, "POST", "/consent", cookies=cookies, form=form, origin=origin)
+    assert response.status_code == 403 and "Request refused" in response.text
+    assert not tenant.patch.called and not tenant.token.called
+    assert session_cookies(response) == []
+
+
+async def test_another_sessions_token_is_refused(build: Build, tenant: Tenant) -> None:
+    engine = build()
+    theirs = await accept_form(engine, await cookies_for(engine, session()))
+    mine = await cookies_for(engine, session())
+    response = await call(engine, "POST", "/consent", cookies=mine, form=theirs)
+    assert response.status_code == 403 and "Request refused" in response.text
+    assert not tenant.patch.called
+
+
+async def test_accept_of_terms_that_changed_meanwhile_is_a_409(
+    build: Build, tenant: Tenant
+) -> None:
+    engine = build()
+    cookies = await cookies_for(engine, session())
+    form = await accept_form(engine, cookies, version="v1")
+    response = await call(engine, "POST", "/consent", cookies=cookies, form=form)
+    assert response.status_code == 409 and "terms changed" in response.text
+    assert hidden(response, "version") == "v2"  # the form again, for the current terms
+    assert not tenant.patch.called and not tenant.token.called
+
+
+@pytest.mark.parametrize("agree", ["", "no", "on"])
+async def test_accept_without_the_box_ticked_is_a_400(
+    build: Build, tenant: Tenant, agree: str
+) -> None:
+    engine = build()
+    cookies = await cookies_for(engine, session())
+    form = await accept_form(engine, cookies, agree=agree)
+    if not agree:
+        del form["agree"]
+    response = await call(engine, "POST", "/consent", cookies=cookies, form=form)
+    assert response.status_code == 400 and "Tick the box" in response.text
+    assert not tenant.patch.called
+
+
+@pytest.mark.parametrize("status", [503, 400])
+async def test_management_api_failing_is_a_503_and_nothing_changed(
+    build: Build, tenant: Tenant, status: int
+) -> None:
+    engine = build()
+    cookies = await cookies_for(engine, session())
+    tenant.patch_status = status
+    form = await accept_form(engine, cookies)
+    response = await call(engine, "POST", "/consent", cookies=cookies, form=form)
+    assert response.status_code == 503
+    assert "nothing was changed" in response.text
+    assert hidden(response, "csrf_token") == form["csrf_token"]  # the form, ready to retry
+    assert hidden(response, "return_to") == f"{APP}/dashboard"
+    # A 5xx is retried with back-off, a 4xx is not; neither ends in a grant or a new cookie.
+    assert tenant.patch.call_count == (MAX_ATTEMPTS if status == 503 else 1)
+    sleeps = engine.management.sleep
+    assert isinstance(sleeps, Sleeps)
+    assert len(sleeps.calls) == (MAX_ATTEMPTS - 1 if status == 503 else 0)
+    assert tenant.refresh_grants() == 0 and session_cookies(response) == []
+    assert tenant.user_metadata == {"consent": ACCEPTED}
+    # Nothing saved, so nothing folded: the retry writes.
+    tenant.patch_status = None
+    retried = await call(engine, "POST", "/consent", cookies=cookies, form=form)
+    assert retried.status_code == 303
+    assert tenant.user_metadata["consent"]["version"] == "v2"
+
+
+async def test_accept_writes_then_refreshes_then_goes_back(build: Build, tenant: Tenant) -> None:
+    engine = build()
+    before = session(consent={"given": True, "version": "v1"})
+    cookies = await cookies_for(engine, before)
+    form = await accept_form(engine, cookies)
+    response = await call(engine, "POST", "/consent", cookies=cookies, form=form)
+
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == f"{APP}/dashboard"
+    (body,) = tenant.patched()
+    record = body["user_metadata"]["consent"]
+    assert set(body) == {"user_metadata"}
+    assert record["given"] is True and record["version"] == "v2"
+    assert (
+        record["text_sha256"]
+        == hashlib.sha256(terms_statement(engine.settings).encode()).hexdigest()
+    )
+    assert DATE.fullmatch(record["date"])
+    # The write, then the grant that brings the claim into the session.
+    sent = [call.request for call in tenant.calls]
+    patched_at = next(i for i, r in enumerate(sent) if r.method == "PATCH")
+    granted_at = next(i for i, r in enumerate(sent) if b"grant_type=refresh_token" in r.content)
+    assert patched_at < granted_at
+    assert tenant.refresh_grants() == 1
+    new = await engine.sessions.load(jar([c.encode() for c in session_cookies(response)]))
+    assert new is not None and new.sid == before.sid
+    assert new.user[CLAIM] == record and new.token_set.access_token == "at-2"
+    # The user's other sessions (older claims) are now re-checked on their next request.
+    assert engine.revocations.status(before, time.time()) is Revocation.STALE
+    assert engine.revocations.status(new, time.time()) is Revocation.NONE
+
+
+async def test_the_same_accept_again_is_folded_into_the_first(build: Build, tenant: Tenant) -> None:
+    engine = build()
+    cookies = await cookies_for(engine, session())
+    form = await accept_form(engine, cookies)
+    first = await call(engine, "POST", "/consent", cookies=cookies, form=form)
+    assert first.status_code == 303
+    again = jar([c.encode() for c in session_cookies(first)])
+    second = await call(engine, "POST", "/consent", cookies=again, form=form)
+    assert second.status_code == 303 and second.headers["location"] == f"{APP}/dashboard"
+    assert tenant.patch.call_count == 1
+
+
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example", "javascript:x"])
+async def test_a_foreign_return_address_in_the_form_goes_home(
+    build: Build, tenant: Tenant, target: str
+) -> None:
+    engine = build()
+    cookies = await cookies_for(engine, session())
+    form = await accept_form(engine, cookies, return_to=target)
+    response = await call(engine, "POST", "/consent", cookies=cookies, form=form)
+    assert response.status_code == 303 and response.headers["location"] == f"{APP}/"
+    assert tenant.patch.call_count == 1
+
+
+async def test_accepts_beyond_the_limit_are_a_429(build: Build, tenant: Tenant) -> None:
+    engine = build(accepts_per_minute=1)
+    cookies = await cookies_for(engine, session())
+    form = await accept_form(engine, cookies)
+    assert (await call(engine, "POST", "/consent", cookies=cookies, form=form)).status_code == 303
+    response = await call(engine, "POST", "/consent", cookies=cookies, form=form)
+    assert response.status_code == 429
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert tenant.patch.call_count == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Withdrawal
+
+
+async def test_withdraw_page_needs_a_session(build: Build, tenant: Tenant) -> None:
+    engine = build()
+    page = await call(engine, "GET", "/consent/withdraw")
+    assert page.status_code == 302
+    assert page.headers["location"].startswith(f"{DOMAIN}/authorize?")
+    refused = await call(engine, "POST", "/consent/withdraw", form={"csrf_token": "x"})
+    assert refused.status_code == 401 and not tenant.patch.called
+
+
+async def test_withdraw_with_a_bad_csrf_token_changes_nothing(build: Build, tenant: Tenant) -> None:
+    engine = build(withdraw_mode="delete")
+    cookies = await cookies_for(engine, session(consent=ACCEPTED))
+    response = await call(
+        engine, "POST", "/consent/withdraw", cookies=cookies, form={"csrf_token": "0" * 64}
+    )
+    assert response.status_code == 403 and "Request refused" in response.text
+    assert not tenant.patch.called and not tenant.delete.called
+
+
+async def test_withdraw_in_revoke_mode(build: Build, tenant: Tenant) -> None:
+    engine = build(withdraw_mode="revoke")
+    before = session(consent=ACCEPTED)
+    cookies = await cookies_for(engine, before)
+    form = await withdraw_form(engine, cookies)
+    response = await call(engine, "POST", "/consent/withdraw", cookies=cookies, form=form)
+
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == f"{APP}/consent?returnTo=%2F"
+    (body,) = tenant.patched()
+    assert set(body) == {"user_metadata"}
+    record = body["user_metadata"]["consent"]
+    assert record["given"] is False and record["withdrawn"] is True
+    assert record["version"] == "v2" and DATE.fullmatch(record["date"])
+    assert not tenant.delete.called and tenant.refresh_grants() == 1
+    # The session goes on, with a claim that no longer lets it past the gate.
+    new = await engine.sessions.load(jar([c.encode() for c in session_cookies(response)]))
+    assert new is not None and new.sid == before.sid and new.user[CLAIM] == record
+
+
+async def test_withdraw_in_flag_mode_closes_the_account_and_the_session(
+    build: Build, tenant: Tenant
+) -> None:
+    engine = build(withdraw_mode="flag")
+    cookies = await cookies_for(engine, session(consent=ACCEPTED))
+    form = await withdraw_form(engine, cookies)
+    response = await call(engine, "POST", "/consent/withdraw", cookies=cookies, form=form)
+
+    assert response.status_code == 303, response.text
+    (body,) = tenant.patched()
+    assert body["app_metadata"] == {"deleted": True}
+    consent = body["user_metadata"]["consent"]
+    assert consent["given"] is False and consent["withdrawn"] is True
+    assert not tenant.delete.called and tenant.refresh_grants() == 0
+    assert_signed_out(response)
+
+
+async def test_withdraw_in_delete_mode_deletes_after_recording(
+    build: Build, tenant: Tenant
+) -> None:
+    engine = build(withdraw_mode="delete")
+    cookies = await cookies_for(engine, session(consent=ACCEPTED))
+    form = await withdraw_form(engine, cookies)
+    response = await call(engine, "POST", "/consent/withdraw", cookies=cookies, form=form)
+
+    assert response.status_code == 303, response.text
+    methods = [c.request.method for c in tenant.calls if c.request.url.path.startswith("/api")]
+    assert methods == ["PATCH", "DELETE"]
+    (body,) = tenant.patched()
+    assert set(body) == {"user_metadata"} and body["user_metadata"]["consent"]["withdrawn"]
+    assert tenant.deleted
+    assert_signed_out(response)
+
+
+async def test_withdraw_in_delete_mode_goes_on_when_the_user_is_already_gone(
+    build: Build, tenant: Tenant
+) -> None:
+    # An earlier attempt deleted the user, but its answer was lost: the PATCH is a 404 now.
+    engine = build(withdraw_mode="delete")
+    cookies = await cookies_for(engine, session(consent=ACCEPTED))
+    form = await withdraw_form(engine, cookies)
+    tenant.patch_status = 404
+    response = await call(engine, "POST", "/consent/withdraw", cookies=cookies, form=form)
+
+    assert response.status_code == 303, response.text
+    assert tenant.patch.call_count == 1 and tenant.delete.call_count == 1
+    assert_signed_out(response)
+
+
+async def test_a_404_in_flag_mode_is_a_failure(build: Build, tenant: Tenant) -> None:
+    engine = build(withdraw_mode="flag")
+    cookies = await cookies_for(engine, session(consent=ACCEPTED))
+    form = await withdraw_form(engine, cookies)
+    tenant.patch_status = 404
+    response = await call(engine, "POST", "/consent/withdraw", cookies=cookies, form=form)
+    assert response.status_code == 503 and session_cookies(response) == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "fail"),
+    [("revoke", "patch"), ("flag", "patch"), ("delete", "patch"), ("delete", "delete")],
+)
+async def test_withdraw_page_again_when_the_management_api_fails(
+    build: Build, tenant: Tenant, mode: str, fail: str
+) -> None:
+    engine = build(withdraw_mode=mode)
+    cookies = await cookies_for(engine, session(consent=ACCEPTED))
+    form = await withdraw_form(engine, cookies)
+    if fail == "patch":
+        tenant.patch_status = 503
+    else:
+        tenant.delete_status = 503
+    response = await call(engine, "POST", "/consent/withdraw", cookies=cookies, form=form)
+
+    assert response.status_code == 503
+    assert "could not complete your withdrawal" in response.text
+    assert hidden(response, "csrf_token") == form["csrf_token"]  # the form, ready to retry
+    assert session_cookies(response) == [] and tenant.refresh_grants() == 0
+    assert not tenant.deleted
+    # Nothing recorded as done, so a retry does the whole withdrawal.
+    tenant.patch_status = tenant.delete_status = None
+    retried = await call(engine, "POST", "/consent/withdraw", cookies=cookies, form=form)
+    assert retried.status_code == 303
+    assert tenant.user_metadata["consent"]["withdrawn"] is True
+    assert tenant.deleted is (mode == "delete")
+
+
+def assert_signed_out(response: httpx.Response) -> None:
+    """Sent through the provider's logout back home, every session cookie deleted."""
+    location = urlsplit(response.headers["location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == f"{DOMAIN}/v2/logout"
+    assert parse_qs(location.query) == {"client_id": ["client-1"], "returnTo": [f"{APP}/"]}
+    cleared = session_cookies(response)
+    assert cleared and all("Max-Age=0" in c for c in cleared)

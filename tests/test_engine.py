@@ -1,0 +1,164 @@
+"""The composition root's front door: unknown paths and wrong methods under the package's own
+routes are 404/405 pages, a package error inside a route is its page, never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import respx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from consent_middleware import ConsentMiddleware, Session, TokenSet
+from consent_middleware._engine import Engine
+from consent_middleware._exceptions import SharedStateError
+from consent_middleware._session import CookieSessionStore
+from consent_middleware._state import LocalState, MarkKind, SharedState
+from tests.conftest import DOMAIN, idp, make_settings
+from tests.test_session import jar
+
+APP = "https://app.example.com"
+DISCOVERY_URL = f"{DOMAIN}/.well-known/openid-configuration"
+
+
+async def home(request: Request) -> Response:
+    return PlainTextResponse("the app")
+
+
+@contextmanager
+def gated_app(
+    shared_state: SharedState | None = None,
+) -> Iterator[tuple[respx.MockRouter, TestClient]]:
+    """An app behind the gate; a 500 anywhere raises in the test instead of passing as a page."""
+    app = Starlette(routes=[Route("/", home)])
+    app.add_middleware(ConsentMiddleware, settings=make_settings(), shared_state=shared_state)
+    with (
+        respx.mock(assert_all_called=False) as mock,
+        TestClient(app, base_url=APP, raise_server_exceptions=True) as client,
+    ):
+        mock.route(host="app.example.com").pass_through()
+        yield mock, client
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("OPTIONS", "/consent", "GET, HEAD, POST"),
+        ("PUT", "/consent", "GET, HEAD, POST"),
+        ("DELETE", "/consent/withdraw", "GET, HEAD, POST"),
+        ("POST", "/auth/logout", "GET, HEAD"),
+        ("POST", "/auth/login", "GET, HEAD"),
+        ("GET", "/auth/backchannel-logout", "POST"),
+    ],
+)
+def test_a_wrong_method_is_a_405_page_with_allow(method: str, path: str, allow: str) -> None:
+    with gated_app() as (_, client):
+        response = client.request(method, path, follow_redirects=False)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert "Method not allowed" in response.text
+    assert response.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/auth/nope"),
+        ("GET", "/auth"),
+        ("GET", "/auth/"),
+        ("GET", "/consent/x"),
+        ("POST", "/consent/withdraw/again"),
+        ("OPTIONS", "/auth/login/extra"),
+    ],
+)
+def test_an_unknown_own_path_is_a_404_page(method: str, path: str) -> None:
+    with gated_app() as (_, client):
+        response = client.request(method, path, follow_redirects=False)
+    assert response.status_code == 404
+    assert "Not found" in response.text
+    assert "allow" not in response.headers
+    # Answered by the package, not handed to the app (nor refused by the gate).
+    assert "the app" not in response.text and "location" not in response.headers
+
+
+def test_discovery_down_at_login_is_the_unavailable_page() -> None:
+    with gated_app() as (mock, client):
+        discovery = mock.get(DISCOVERY_URL).respond(503)
+        response = client.get("/auth/login", follow_redirects=False)
+    assert discovery.called
+    assert response.status_code == 502
+    assert "Sign-in service unavailable" in response.text and "HTTP 503" in response.text
+    assert not any(c.startswith("__txn_") for c in response.headers.get_list("set-cookie"))
+
+
+def test_an_error_escaping_a_route_becomes_its_page() -> None:
+    # The back-channel route handles refused tokens itself; a provider that cannot be
+    # reached to verify one is left to the composition root's error mapping.
+    with gated_app() as (mock, client):
+        mock.get(DISCOVERY_URL).mock(side_effect=httpx.ConnectError("down"))
+        response = client.post("/auth/backchannel-logout", data={"logout_token": "a.b.c"})
+    assert response.status_code == 502
+    assert "Sign-in service unavailable" in response.text and "ConnectError" in response.text
+
+
+class StoreAway(LocalState):
+    """A shared store that stopped answering writes of revocation marks."""
+
+    async def publish_mark(self, kind: MarkKind, key: str, at: int, ttl: float) -> None:
+        raise SharedStateError("the shared store did not answer")
+
+
+def test_the_shared_store_away_during_a_route_is_a_503_page() -> None:
+    settings = make_settings()
+    session = Session.from_claims(
+        {"sub": "auth0|user1"},
+        TokenSet("at", "idt", "rt", expires_at=int(time.time()) + 3600),
+    )
+    cookies = jar(asyncio.run(CookieSessionStore(settings).save(session, {})))
+    with gated_app(shared_state=StoreAway()) as (mock, client):
+        idp(mock, [])
+        client.cookies.update(cookies)
+        response = client.get("/auth/logout", follow_redirects=False)
+    assert response.status_code == 503
+    assert "Temporarily unavailable" in response.text
+    assert response.headers["retry-after"] == "5"
+
+
+@pytest.mark.anyio
+async def test_aclose_closes_the_client_it_made() -> None:
+    engine = Engine.create(make_settings())
+    assert engine.owns_http and not engine.http.is_closed
+    await engine.aclose()
+    assert engine.http.is_closed
+
+
+@pytest.mark.anyio
+async def test_aclose_leaves_a_client_passed_in_open() -> None:
+    async with httpx.AsyncClient() as client:
+        engine = Engine.create(make_settings(), http_client=client)
+        assert engine.http is client and not engine.owns_http
+        await engine.aclose()
+        assert not client.is_closed
+    assert client.is_closed  # closed by its owner, the block above
+
+
+def test_a_non_ascii_csrf_token_is_refused_not_a_500() -> None:
+    settings = make_settings()
+    session = Session.from_claims(
+        {"sub": "auth0|user1"},
+        TokenSet("at", "idt", "rt", expires_at=int(time.time()) + 3600),
+    )
+    cookies = jar(asyncio.run(CookieSessionStore(settings).save(session, {})))
+    form = {"csrf_token": "é" * 64, "version": "v2", "agree": "yes", "return_to": "/"}
+    with gated_app() as (_, client):
+        client.cookies.update(cookies)
+        response = client.post("/consent", data=form, headers={"origin": APP})
+    assert response.status_code == 403 and "Request refused" in response.text
