@@ -19,10 +19,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any, port: int | None = None) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 in a background thread; yield its base URL."""
+def serve(app: Any, port: int | None = None, **options: Any) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 in a background thread; yield its base URL.
+    ``options`` go to ``uvicorn.Config``."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="auto")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="auto", **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -1,0 +1,3 @@
+from consent_middleware.sidecar import main
+
+main()

@@ -1,0 +1,296 @@
+"""The sidecar: the consent gate in front of an app in any language.
+
+Two ways to use it, together or apart:
+
+- **reverse proxy** (``CONSENT_UPSTREAM``): every request passes the gate, then goes to the
+  upstream with the user's identity in headers and a signed assertion;
+- **forward-auth** (``GET /auth/check``): a proxy in front (nginx ``auth_request``, Caddy
+  ``forward_auth``, Traefik ``forwardAuth``, Envoy ``ext_authz``) asks before it forwards.
+
+Both use the one engine the middleware uses (``Engine.create``), through the middleware.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.types import Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from .._config import Settings
+from .._exceptions import IdentityProviderError, SharedStateError
+from .._gate import Verdict, decide, is_own_route, is_public, refusal_url
+from .._middleware import SESSION_COOKIES_SCOPE_KEY, USER_SCOPE_KEY, ConsentMiddleware
+from .._models import User
+from .._pages import NO_STORE
+from .._refresh import with_cookies
+from .._session import SESSION_COOKIE
+from ._assertion import AssertionSigner
+from ._options import SidecarOptions
+from ._proxy import Upstream, forwarded_headers
+
+logger = logging.getLogger("consent_middleware.sidecar")
+
+JWKS_PATH = "/.well-known/consent-jwks.json"
+PEER_SCOPE_KEY = "consent_middleware.peer"
+
+
+class Sidecar:
+    """The ASGI app ``consent-sidecar`` serves."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: SidecarOptions,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.signer = AssertionSigner.from_setting(options.assertion_key, settings.secret)
+        self.gate = ConsentMiddleware(self._upstream_app, settings=settings)
+        self.engine = self.gate.engine
+        self.upstream: Upstream | None = None
+        self._owns_client = http_client is None  # a client passed in is the caller's to close
+        if options.upstream:
+            timeout = httpx.Timeout(options.upstream_timeout, connect=5.0)
+            client = http_client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+            self.upstream = Upstream(options.upstream, client, self._error_page)
+        self.check_path = f"{settings.routes_prefix}/check"
+        trusted = list(options.trusted_proxies)
+        # uvicorn's own X-Forwarded-* handling, for the peers listed and no others.
+        # Typed loosely: uvicorn annotates its middleware with its own scope types.
+        dispatch: Any = self._dispatch
+        self._trusted: Any = ProxyHeadersMiddleware(dispatch, trusted_hosts=trusted or [])
+        self._trusted_hosts = self._trusted.trusted_hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            # Who really connected, before X-Forwarded-For (from a trusted proxy) replaces it.
+            scope[PEER_SCOPE_KEY] = scope.get("client")
+        await self._trusted(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == "/ping":
+                await Response("ok", media_type="text/plain", headers=NO_STORE)(
+                    scope, receive, send
+                )
+                return
+            if path == "/ready":
+                await (await self._ready())(scope, receive, send)
+                return
+            if path == JWKS_PATH:
+                jwks = JSONResponse(self.signer.jwks(), headers={"cache-control": "max-age=300"})
+                await jwks(scope, receive, send)
+                return
+            if path == self.check_path or path.startswith(self.check_path + "/"):
+                await (await self._check(Request(scope, receive)))(scope, receive, send)
+                return
+        await self.gate(scope, receive, send)
+
+    async def _ready(self) -> Response:
+        try:
+            await self.engine.oidc.metadata()
+        except IdentityProviderError as exc:
+            return JSONResponse({"ready": False, "reason": str(exc)}, 503, headers=NO_STORE)
+        return JSONResponse({"ready": True}, headers=NO_STORE)
+
+    def _error_page(self, status: int) -> Response:
+        if status == 504:
+            title, message = "Upstream timeout", "The application took too long to answer."
+        else:
+            title, message = "Upstream unavailable", "The application could not be reached."
+        return self.engine.pages.error(title, f"{message} Please try again in a moment.", status)
+
+    def _identity(self, scope: Scope, audience: str) -> list[tuple[bytes, bytes]]:
+        user = scope.get(USER_SCOPE_KEY)
+        if not isinstance(user, User):
+            return []
+        return identity_headers(user, self.settings, self.signer, audience)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        # The gate answers for itself (it closes the engine's client at shutdown); this
+        # closes the upstream's.
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.upstream is not None and self._owns_client:
+                    await self.upstream.client.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _upstream_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Behind the gate: the upstream, with identity and the session as it now is."""
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if self.upstream is None:
+            await Response("Not found", 404, media_type="text/plain")(scope, receive, send)
+            return
+        audience = _origin(self.upstream.base_url)
+        headers = forwarded_headers(
+            scope, self._peer_trusted(scope), self._identity(scope, audience)
+        )
+        pending = scope.get(SESSION_COOKIES_SCOPE_KEY)
+        if pending is not None:
+            # A roll or refresh during the gate: the upstream reads the session it will
+            # write back (a Next.js app rolling the stale one would undo the refresh).
+            headers = with_new_session(headers, await pending())
+        if scope["type"] == "websocket":
+            await self.upstream.websocket(scope, receive, send, headers)
+        else:
+            await self.upstream.http(scope, receive, send, headers)
+
+    def _peer_trusted(self, scope: Scope) -> bool:
+        peer = scope.get(PEER_SCOPE_KEY)
+        return peer is not None and peer[0] in self._trusted_hosts
+
+    async def _check(self, request: Request) -> Response:
+        """Forward-auth: the gate's decision about the request the proxy is holding."""
+        original = original_request(request, self.check_path)
+        if isinstance(original, Response):
+            return original
+        method, target, origin = original
+        path = urlsplit(target).path or "/"
+        settings = self.settings
+        if is_public(path, settings) or is_own_route(path, settings):
+            return Response(status_code=200, headers=NO_STORE)
+        refresher = self.engine.refresher
+        try:
+            session, cookies = await refresher.current_session(request.cookies)
+            if session is not None and not cookies and self.engine.sessions.needs_roll(session):
+                cookies = await self.engine.sessions.save(session, request.cookies)
+        except SharedStateError:
+            return self.engine.pages.unavailable(as_json=True)
+        verdict = decide(session, settings)
+        if verdict is Verdict.ALLOW and session is not None:
+            user = User.from_claims(session.user, settings.consent_claim)
+            response = Response(status_code=200, headers=NO_STORE)
+            for name, value in identity_headers(user, settings, self.signer, origin):
+                response.raw_headers.append((name, value))
+            return with_cookies(response, cookies)
+        url = settings.app_base_url + refusal_url(verdict, target, settings)
+        if request.query_params.get("mode") == "redirect":
+            # As the gate answers pages: a GET may come back to the login, a form post
+            # is sent on with 303 (the browser must not re-post it to the provider).
+            login_by_get = verdict is Verdict.LOGIN and method in ("GET", "HEAD")
+            status = 302 if login_by_get else 303
+            redirect = RedirectResponse(url, status_code=status, headers=NO_STORE)
+            return with_cookies(redirect, cookies)
+        login = verdict is Verdict.LOGIN
+        body = {"error": "login_required" if login else "consent_required"}
+        body["login_url" if login else "consent_url"] = url
+        # nginx keeps only the status of an auth_request answer: the URL goes in a header
+        # too, for auth_request_set to read.
+        headers = {**NO_STORE, "X-Consent-Redirect": url}
+        answer = JSONResponse(body, status_code=401 if login else 403, headers=headers)
+        return with_cookies(answer, cookies)
+
+
+def identity_headers(
+    user: User, settings: Settings, signer: AssertionSigner, audience: str
+) -> list[tuple[bytes, bytes]]:
+    claims: dict[str, Any] = {"sub": user.sub}
+    if user.email:
+        claims["email"] = user.email
+    consent = user.claims.get(settings.consent_claim)
+    if consent is not None:
+        claims[settings.consent_claim] = consent
+    assertion = signer.sign(settings.app_base_url, audience, claims)
+    headers = [(b"x-auth-request-user", _header_value(user.sub))]
+    if user.email:
+        headers.append((b"x-auth-request-email", _header_value(user.email)))
+    if user.consent is not None and user.consent.version:
+        headers.append((b"x-consent-version", _header_value(user.consent.version)))
+    headers.append((b"x-consent-assertion", assertion.encode("ascii")))
+    return headers
+
+
+def with_new_session(
+    headers: list[tuple[bytes, bytes]], set_cookies: list[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """The request's Cookie header with the session replaced by what is being set:
+    old chunks gone, new ones in, other cookies untouched."""
+    if not set_cookies:
+        return headers
+    prefix = SESSION_COOKIE.encode()
+    fresh = []
+    for value in set_cookies:
+        pair = value.split(b";", 1)[0]
+        if b"max-age=0" not in value.lower() and pair.split(b"=", 1)[1]:
+            fresh.append(pair)
+    kept = [
+        part.strip()
+        for name, value in headers
+        if name == b"cookie"
+        for part in value.split(b";")
+        if part.strip() and not part.strip().startswith(prefix)
+    ]
+    others = [(n, v) for n, v in headers if n != b"cookie"]
+    return [*others, (b"cookie", b"; ".join([*kept, *fresh]))]
+
+
+def original_request(request: Request, check_path: str) -> tuple[str, str, str] | Response:
+    """(method, path + query, origin) of the request the proxy is asking about.
+
+    nginx, Caddy and Traefik send it in ``X-Forwarded-*`` / ``X-Original-URI`` headers; Envoy's
+    HTTP ``ext_authz`` sends the original method and path on the check request itself, after
+    its ``path_prefix`` (the check path).
+    """
+    headers = Headers(scope=request.scope)
+    target = headers.get("x-forwarded-uri") or headers.get("x-original-uri")
+    method = headers.get("x-forwarded-method")
+    path = request.url.path
+    if target is None and path.startswith(check_path + "/"):
+        # Envoy: /auth/check/<original path>?<original query>
+        target = path[len(check_path) :]
+        query = request.url.query
+        target += f"?{query}" if query else ""
+        method = method or request.method
+    missing = []
+    if not target:
+        missing.append("X-Forwarded-Uri (or X-Original-URI)")
+    host = headers.get("x-forwarded-host") or headers.get("host")
+    if not host:
+        missing.append("X-Forwarded-Host")
+    if missing or target is None or host is None:
+        body = {
+            "error": "invalid_request",
+            "error_description": "the check names no original request: missing "
+            + ", ".join(missing),
+        }
+        return JSONResponse(body, status_code=400, headers=NO_STORE)
+    if not target.startswith("/"):
+        target = "/" + target
+    proto = headers.get("x-forwarded-proto") or request.url.scheme
+    return method or "GET", target, f"{proto}://{host}"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _header_value(value: str) -> bytes:
+    # Header values are latin-1 on the wire; anything else is sent JSON-escaped, never raw.
+    try:
+        encoded = value.encode("latin-1")
+    except UnicodeEncodeError:
+        encoded = json.dumps(value).encode("ascii")
+    return encoded.replace(b"\r", b"").replace(b"\n", b"")
+
+
+def create_app() -> Sidecar:
+    """The sidecar as configured by the environment (what each uvicorn worker builds)."""
+    return Sidecar(Settings.from_env(), SidecarOptions.from_env())

@@ -1,0 +1,201 @@
+"""The reverse proxy to the upstream app: bodies streamed both ways, websockets relayed.
+
+httpx does the HTTP side (``send(..., stream=True)`` and ``aiter_raw``: nothing buffered, a
+1 GB upload or an endless event stream flows through in chunks), the ``websockets``
+library the websocket side. Hop-by-hop headers (RFC 9110 7.6.1), every header the
+``Connection`` header names, and any client-sent copy of the identity headers are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import websockets
+from starlette.types import Message, Receive, Scope, Send
+
+logger = logging.getLogger("consent_middleware.sidecar")
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+# What only the sidecar may tell the upstream: a client's copy is always removed.
+IDENTITY_HEADERS = frozenset(
+    {
+        b"x-auth-request-user",
+        b"x-auth-request-email",
+        b"x-consent-version",
+        b"x-consent-assertion",
+        b"x-forwarded-access-token",
+    }
+)
+FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+
+Headers = list[tuple[bytes, bytes]]
+ErrorPage = Callable[[int], Any]
+
+
+class ClientDisconnected(Exception):
+    """The browser went away mid-upload; the upstream request is abandoned."""
+
+
+def end_to_end(headers: Headers) -> Headers:
+    """The headers without hop-by-hop ones, including those ``Connection`` names."""
+    named = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    }
+    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+
+
+def forwarded_headers(scope: Scope, trusted_peer: bool, identity: Headers) -> Headers:
+    """Request headers for the upstream: end-to-end only, identity from the sidecar alone,
+    ``X-Forwarded-*`` extended (kept from a trusted proxy in front, replaced otherwise)."""
+    headers = [
+        (n, v)
+        for n, v in end_to_end(list(scope["headers"]))
+        if n.lower() not in IDENTITY_HEADERS and (trusted_peer or n.lower() not in FORWARDED)
+    ]
+    peer = scope.get("consent_middleware.peer") or scope.get("client") or ("", 0)
+    earlier = [v for n, v in headers if n == b"x-forwarded-for"]
+    chain = b", ".join([*earlier, str(peer[0]).encode()]) if peer[0] else b", ".join(earlier)
+    headers = [(n, v) for n, v in headers if n not in (b"x-forwarded-for",)]
+    if chain:
+        headers.append((b"x-forwarded-for", chain))
+    if not any(n == b"x-forwarded-proto" for n, _ in headers):
+        headers.append((b"x-forwarded-proto", str(scope.get("scheme", "http")).encode()))
+    if not any(n == b"x-forwarded-host" for n, _ in headers):
+        host = next((v for n, v in headers if n == b"host"), b"")
+        if host:
+            headers.append((b"x-forwarded-host", host))
+    return [*headers, *identity]
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+class Upstream:
+    def __init__(self, base_url: str, client: httpx.AsyncClient, error_page: ErrorPage) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+        self.error_page = error_page
+
+    def url(self, scope: Scope, websocket: bool = False) -> str:
+        path: bytes = scope.get("raw_path") or scope["path"].encode()
+        query = scope.get("query_string", b"")
+        base = self.base_url
+        if websocket:
+            base = "ws" + base[4:] if base.startswith("http") else base
+        return base + path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
+
+    async def http(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
+        has_body = any(
+            n == b"content-length" or n == b"transfer-encoding" for n, _ in scope["headers"]
+        )
+        request = self.client.build_request(
+            scope["method"],
+            self.url(scope),
+            headers=headers,
+            content=_body(receive) if has_body else None,
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TimeoutException:
+            await self.error_page(504)(scope, receive, send)
+            return
+        except (httpx.TransportError, ClientDisconnected) as exc:
+            if isinstance(exc, ClientDisconnected):
+                return
+            await self.error_page(502)(scope, receive, send)
+            return
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": end_to_end(list(response.headers.raw)),
+                }
+            )
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except httpx.HTTPError as exc:
+            # The status is sent already: all that is left is to stop, which the server
+            # turns into a closed connection, so the client sees a broken body, not a
+            # truncated one passed off as whole.
+            logger.warning("upstream failed mid-response: %s", type(exc).__name__)
+        finally:
+            await response.aclose()
+
+    async def websocket(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
+        connect = await receive()
+        if connect["type"] != "websocket.connect":
+            return
+        subprotocols = list(scope.get("subprotocols") or [])
+        skip = {b"host", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-protocol",
+                b"sec-websocket-extensions", b"content-length"}  # fmt: skip
+        extra = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n not in skip]
+        try:
+            upstream = await websockets.connect(
+                self.url(scope, websocket=True),
+                additional_headers=extra,
+                subprotocols=[websockets.Subprotocol(p) for p in subprotocols] or None,
+                open_timeout=10,
+            )
+        except (OSError, websockets.WebSocketException, TimeoutError):
+            await send({"type": "websocket.close", "code": 1011})
+            return
+        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+        async with upstream:
+            await _relay(receive, send, upstream)
+
+
+async def _relay(receive: Receive, send: Send, upstream: Any) -> None:
+    async def from_client() -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "websocket.disconnect":
+                await upstream.close(message.get("code", 1000))
+                return
+            data = message.get("text") if message.get("text") is not None else message.get("bytes")
+            if data is not None:
+                await upstream.send(data)
+
+    async def from_upstream() -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for data in upstream:
+                key = "text" if isinstance(data, str) else "bytes"
+                await send({"type": "websocket.send", key: data})
+        await send({"type": "websocket.close", "code": upstream.close_code or 1000})
+
+    tasks = [asyncio.ensure_future(from_client()), asyncio.ensure_future(from_upstream())]
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
