@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from jose import jwk, jwt
+from jose.exceptions import JOSEError
 
 from .._exceptions import ConfigurationError
 
@@ -59,7 +60,7 @@ class AssertionSigner:
                 key = serialization.load_pem_private_key(pem, password=None)
             else:
                 key = serialization.load_pem_private_key(value.encode(), password=None)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (JOSEError, ValueError, TypeError, KeyError) as exc:
             raise ConfigurationError(
                 "CONSENT_ASSERTION_KEY is not a private EC key as a JWK or PEM"
             ) from exc

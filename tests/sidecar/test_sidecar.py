@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -258,12 +259,14 @@ def test_health_endpoints(stack: Stack) -> None:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # A bare environment, but for what measures coverage in child processes.
+    measuring = {k: v for k, v in os.environ.items() if k.startswith("COVERAGE")}
     return subprocess.run(  # noqa: S603 - this interpreter, the package's own module
         [sys.executable, "-m", "consent_middleware.sidecar", *args],
         capture_output=True,
         text=True,
         timeout=30,
-        env=env if env is not None else {"PATH": "/usr/bin:/bin"},
+        env={**measuring, **(env if env is not None else {"PATH": "/usr/bin:/bin"})},
         check=False,
     )
 

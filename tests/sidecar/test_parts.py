@@ -1,0 +1,196 @@
+"""The sidecar's parts one at a time: options, the assertion key, headers, the check."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from jose import jwt
+from starlette.requests import Request
+
+from consent_middleware import ConfigurationError
+from consent_middleware.sidecar import SidecarOptions
+from consent_middleware.sidecar._app import original_request, with_new_session
+from consent_middleware.sidecar._assertion import AssertionSigner
+from consent_middleware.sidecar._proxy import end_to_end, forwarded_headers
+
+SECRET = "s" * 40
+
+
+def pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def test_the_assertion_key_from_pem_jwk_or_the_secret() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    from_pem = AssertionSigner.from_setting(pem(key), SECRET)
+    token = from_pem.sign("https://app", "https://up", {"sub": "u"})
+    assert jwt.decode(token, from_pem.jwks(), algorithms=["ES256"], audience="https://up")
+    numbers = key.private_numbers()
+
+    def b64(value: int) -> str:
+        import base64
+
+        return base64.urlsafe_b64encode(value.to_bytes(32, "big")).rstrip(b"=").decode()
+
+    private_jwk = {**from_pem.public_jwk, "d": b64(numbers.private_value)}
+    from_jwk = AssertionSigner.from_setting(json.dumps(private_jwk), SECRET)
+    assert from_jwk.kid == from_pem.kid  # the thumbprint names the key, whatever its form
+    # Derived: the same secret gives the same key (every worker, every restart).
+    assert (
+        AssertionSigner.from_setting("", SECRET).kid == AssertionSigner.from_setting("", SECRET).kid
+    )
+    assert (
+        AssertionSigner.from_setting("", SECRET).kid
+        != AssertionSigner.from_setting("", "t" * 40).kid
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["not a key", '{"kty": "EC"}', pem(ec.generate_private_key(ec.SECP384R1()))],
+    ids=["garbage", "incomplete-jwk", "wrong-curve"],
+)
+def test_a_bad_assertion_key_stops_start_up(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="CONSENT_ASSERTION_KEY"):
+        AssertionSigner.from_setting(value, SECRET)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CONSENT_UPSTREAM": "ftp://x"}, "CONSENT_UPSTREAM"),
+        ({"CONSENT_SIDECAR_PORT": "70000"}, "CONSENT_SIDECAR_PORT"),
+        ({"CONSENT_SIDECAR_PORT": "eighty"}, "CONSENT_SIDECAR_PORT"),
+        ({"CONSENT_SIDECAR_WORKERS": "0"}, "CONSENT_SIDECAR_WORKERS"),
+        ({"CONSENT_UPSTREAM_TIMEOUT": "0"}, "CONSENT_UPSTREAM_TIMEOUT"),
+        ({"CONSENT_TRUSTED_PROXIES": "10.0.0.0/8, nope"}, "CONSENT_TRUSTED_PROXIES"),
+    ],
+)
+def test_bad_options_name_their_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        SidecarOptions.from_env(env)
+
+
+def test_options_from_the_environment_and_overrides() -> None:
+    env = {
+        "CONSENT_UPSTREAM": "http://127.0.0.1:3000",
+        "CONSENT_SIDECAR_PORT": "9000",
+        "CONSENT_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8",
+        "CONSENT_UPSTREAM_TIMEOUT": "2.5",
+    }
+    options = SidecarOptions.from_env(env, port=9100, host=None)
+    assert options.port == 9100 and options.host == "127.0.0.1"
+    assert options.trusted_proxies == ("127.0.0.1", "10.0.0.0/8")
+    assert options.upstream_timeout == 2.5 and options.upstream == "http://127.0.0.1:3000"
+
+
+def test_hop_by_hop_and_identity_headers_are_removed() -> None:
+    headers = [
+        (b"connection", b"keep-alive, x-private"),
+        (b"keep-alive", b"timeout=5"),
+        (b"x-private", b"1"),
+        (b"transfer-encoding", b"chunked"),
+        (b"accept", b"*/*"),
+    ]
+    assert end_to_end(headers) == [(b"accept", b"*/*")]
+    scope = {
+        "headers": [
+            (b"host", b"app.example"),
+            (b"x-auth-request-user", b"admin"),
+            (b"x-forwarded-for", b"10.0.0.1"),
+            (b"x-forwarded-proto", b"https"),
+        ],
+        "client": ("192.0.2.7", 1),
+        "scheme": "http",
+    }
+    trusted = dict(forwarded_headers(scope, True, [(b"x-auth-request-user", b"me")]))
+    assert trusted[b"x-forwarded-for"] == b"10.0.0.1, 192.0.2.7"
+    assert trusted[b"x-forwarded-proto"] == b"https"
+    assert trusted[b"x-auth-request-user"] == b"me"
+    untrusted = dict(forwarded_headers(scope, False, []))
+    assert untrusted[b"x-forwarded-for"] == b"192.0.2.7"
+    assert untrusted[b"x-forwarded-proto"] == b"http"
+    assert untrusted[b"x-forwarded-host"] == b"app.example"
+    assert b"x-auth-request-user" not in untrusted
+
+
+def test_the_forwarded_cookie_carries_the_new_session_only() -> None:
+    headers = [(b"cookie", b"__session__0=old0; __session__1=old1; theme=dark"), (b"a", b"b")]
+    set_cookies = [
+        b"__session=new; Path=/; HttpOnly",
+        b"__session__0=; Max-Age=0; Path=/",
+        b"__session__1=; Max-Age=0; Path=/",
+    ]
+    rewritten = dict(with_new_session(headers, set_cookies))
+    assert rewritten[b"cookie"] == b"theme=dark; __session=new"
+    assert with_new_session(headers, []) == headers
+
+
+def request(path: str, headers: dict[str, str], method: str = "GET") -> Request:
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    path, _, query = path.partition("?")
+    return Request(
+        {"type": "http", "method": method, "path": path, "query_string": query.encode(),
+         "headers": raw, "scheme": "http", "server": ("127.0.0.1", 4180)}
+    )  # fmt: skip
+
+
+def test_the_original_request_from_each_proxy_shape() -> None:
+    nginx = original_request(
+        request("/auth/check", {"X-Original-URI": "/a?b=1", "Host": "app.example"}), "/auth/check"
+    )
+    assert nginx == ("GET", "/a?b=1", "http://app.example")
+    traefik = original_request(
+        request(
+            "/auth/check",
+            {"X-Forwarded-Uri": "/x", "X-Forwarded-Method": "POST",
+             "X-Forwarded-Host": "app.example", "X-Forwarded-Proto": "https"},
+        ),
+        "/auth/check",
+    )  # fmt: skip
+    assert traefik == ("POST", "/x", "https://app.example")
+    envoy = original_request(
+        request("/auth/check/api/v1?x=2", {"Host": "app.example"}, "DELETE"), "/auth/check"
+    )
+    assert envoy == ("DELETE", "/api/v1?x=2", "http://app.example")
+    missing = original_request(request("/auth/check", {}), "/auth/check")
+    assert not isinstance(missing, tuple) and missing.status_code == 400
+    assert b"X-Forwarded-Host" in bytes(missing.body)
+
+
+@pytest.mark.anyio
+async def test_an_upstream_that_is_down_is_a_502_page() -> None:
+    import time
+
+    import httpx
+
+    from consent_middleware import Session, TokenSet
+    from consent_middleware._session import CookieSessionStore
+    from consent_middleware.sidecar import Sidecar
+    from tests.conftest import CLAIM, make_settings
+    from tests.live_server import free_port
+    from tests.test_session import jar
+
+    settings = make_settings()
+    consent = {"given": True, "version": settings.terms_version}
+    session = Session.from_claims(
+        {"sub": "auth0|1", CLAIM: consent}, TokenSet("at", "idt", "rt", int(time.time()) + 60)
+    )
+    cookies = jar(await CookieSessionStore(settings).save(session, {}))
+    options = SidecarOptions(upstream=f"http://127.0.0.1:{free_port()}")
+    sidecar = Sidecar(settings, options)
+    transport = httpx.ASGITransport(app=sidecar)
+    async with httpx.AsyncClient(
+        transport=transport, base_url=settings.app_base_url, cookies=cookies
+    ) as client:
+        response = await client.get("/anything")
+        assert response.status_code == 502 and "could not be reached" in response.text
+        assert (await client.get("/ready")).status_code == 503  # no provider either
+    await sidecar.gate.aclose()
+    assert sidecar.upstream is not None
+    await sidecar.upstream.client.aclose()
