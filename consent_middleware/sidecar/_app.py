@@ -169,6 +169,8 @@ class Sidecar:
         refresher = self.engine.refresher
         try:
             session, cookies = await refresher.current_session(request.cookies)
+            # Refreshed (or ended) by a revocation mark: the content changed.
+            changed = bool(cookies)
             if session is not None and not cookies and self.engine.sessions.needs_roll(session):
                 cookies = await self.engine.sessions.save(session, request.cookies)
         except SharedStateError:
@@ -179,7 +181,12 @@ class Sidecar:
             response = Response(status_code=200, headers=NO_STORE)
             for name, value in identity_headers(user, settings, self.signer, origin):
                 response.raw_headers.append((name, value))
-            return with_cookies(response, cookies)
+            if changed:
+                # What the upstream must read instead of the request's Cookie header (the
+                # session was just refreshed; a mere roll changes only its expiry).
+                forward = with_new_session([(b"cookie", _cookie_header(request))], cookies)
+                response.raw_headers.append((b"x-consent-forward-cookie", forward[-1][1]))
+            return with_cookie_copies(with_cookies(response, cookies), cookies)
         url = settings.app_base_url + refusal_url(verdict, target, settings)
         if request.query_params.get("mode") == "redirect":
             # As the gate answers pages: a GET may come back to the login, a form post
@@ -187,7 +194,7 @@ class Sidecar:
             login_by_get = verdict is Verdict.LOGIN and method in ("GET", "HEAD")
             status = 302 if login_by_get else 303
             redirect = RedirectResponse(url, status_code=status, headers=NO_STORE)
-            return with_cookies(redirect, cookies)
+            return with_cookie_copies(with_cookies(redirect, cookies), cookies)
         login = verdict is Verdict.LOGIN
         body = {"error": "login_required" if login else "consent_required"}
         body["login_url" if login else "consent_url"] = url
@@ -195,7 +202,7 @@ class Sidecar:
         # too, for auth_request_set to read.
         headers = {**NO_STORE, "X-Consent-Redirect": url}
         answer = JSONResponse(body, status_code=401 if login else 403, headers=headers)
-        return with_cookies(answer, cookies)
+        return with_cookie_copies(with_cookies(answer, cookies), cookies)
 
 
 def identity_headers(
@@ -215,6 +222,19 @@ def identity_headers(
         headers.append((b"x-consent-version", _header_value(user.consent.version)))
     headers.append((b"x-consent-assertion", assertion.encode("ascii")))
     return headers
+
+
+def with_cookie_copies(response: Response, cookies: list[bytes]) -> Response:
+    """Each Set-Cookie also as ``X-Consent-Cookie-<n>``: nginx's ``auth_request_set`` sees
+    only the first Set-Cookie of a check, and a chunked session needs them all."""
+    for index, value in enumerate(cookies):
+        response.raw_headers.append((f"x-consent-cookie-{index}".encode(), value))
+    return response
+
+
+def _cookie_header(request: Request) -> bytes:
+    values = [v for n, v in request.scope["headers"] if n == b"cookie"]
+    return b"; ".join(values)
 
 
 def with_new_session(
