@@ -33,13 +33,14 @@ from ._config import Settings
 from ._cookies import CookieWriter, read_chunked
 from ._exceptions import SharedStateError
 from ._redis_state import RedisState
-from ._session import SESSION_COOKIE, RollingExpiry, Session
+from ._session import ENTRY_OVERHEAD, SESSION_COOKIE, RollingExpiry, Session
 
 logger = logging.getLogger("consent_middleware")
 
 # How long a worker may answer from what it read, when no deletion message reaches it.
 LOCAL_TTL = 5.0
 LOCAL_ENTRIES = 20_000
+LOCAL_BYTES = 64 * 1024 * 1024
 # An id cookie is a few hundred characters; anything much longer is not one of ours.
 MAX_ID_COOKIE = 2048
 
@@ -53,7 +54,11 @@ class RedisSessionStore(RollingExpiry):
         self.redis = state.redis
         self.keys = [_jose.derive_key(s) for s in settings.secrets]
         self.writer = CookieWriter(secure=settings.secure_cookies)
-        self._local: TTLCache[str, Session] = TTLCache(LOCAL_ENTRIES, ttl=LOCAL_TTL)
+        # Bounded in bytes (estimated from the stored JSON): sessions are as big as their
+        # tokens, which the provider chooses.
+        self._local: TTLCache[str, tuple[Session, int]] = TTLCache(
+            LOCAL_BYTES, ttl=LOCAL_TTL, getsizeof=_weight_of
+        )
         # Cookie value -> (id, cookie expiry): decrypting the id costs more than the rest of
         # a request. A cookie is small (~200 bytes), so entries are bounded by count.
         self._ids: LRUCache[str, tuple[str, int]] = LRUCache(LOCAL_ENTRIES)
@@ -83,13 +88,16 @@ class RedisSessionStore(RollingExpiry):
         session_id = self._id(cookies)
         if session_id is None:
             return None
-        session = self._local.get(session_id)
-        if session is None:
+        cached = self._local.get(session_id)
+        if cached is not None:
+            session = cached[0]
+        else:
             raw = await self.state.call(self.redis.get(self._key("session", session_id)))
-            session = _parse(raw)
-            if session is None:
+            parsed = _parse(raw)
+            if parsed is None or raw is None:
                 return None
-            self._local[session_id] = session
+            session = parsed
+            self._remember(session_id, session, len(raw))
         if session.expires_at + _jose.COOKIE_CLOCK_SKEW < time.time():
             return None
         return session
@@ -106,16 +114,16 @@ class RedisSessionStore(RollingExpiry):
         ttl_ms = max(1, int((expires_at - now) * 1000))
         lifetime_ms = self.settings.absolute_duration * 1000
         sub = str(session.user.get("sub"))
-        payload = {**stored.to_payload(), "exp": expires_at}
+        document = json.dumps({**stored.to_payload(), "exp": expires_at})
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._key("session", session_id), json.dumps(payload), px=ttl_ms)
+            pipe.set(self._key("session", session_id), document, px=ttl_ms)
             for index in (self._key("sid", stored.sid), self._key("sub", sub)):
                 pipe.sadd(index, session_id)
                 pipe.pexpire(index, lifetime_ms)
             if previous and previous != session_id:
                 pipe.delete(self._key("session", previous))
             await self.state.call(pipe.execute())
-        self._local[session_id] = stored
+        self._remember(session_id, stored, len(document))
         if previous:
             # Other workers may hold the version this one replaces: they drop it now.
             await self._announce(sorted({previous, session_id}))
@@ -124,8 +132,10 @@ class RedisSessionStore(RollingExpiry):
 
     async def _same_login(self, session_id: str, session: Session) -> bool:
         """Whether ``session_id`` holds this very login (same sid, same createdAt)."""
-        current = self._local.get(session_id)
-        if current is None:
+        cached = self._local.get(session_id)
+        if cached is not None:
+            current: Session | None = cached[0]
+        else:
             raw = await self.state.call(self.redis.get(self._key("session", session_id)))
             current = _parse(raw)
         return (
@@ -166,10 +176,19 @@ class RedisSessionStore(RollingExpiry):
             # Written in Redis already; other workers drop their copies within LOCAL_TTL.
             logger.warning("could not announce changed sessions: %s", exc)
 
+    def _remember(self, session_id: str, session: Session, size: int) -> None:
+        weight = size + ENTRY_OVERHEAD
+        if weight <= self._local.maxsize:
+            self._local[session_id] = (session, weight)
+
     def _on_message(self, message: dict[str, Any]) -> None:
         if message.get("type") == "sessions-changed":
             for session_id in message.get("ids", []):
                 self._local.pop(str(session_id), None)
+
+
+def _weight_of(entry: tuple[Session, int]) -> int:
+    return entry[1]
 
 
 def _parse(raw: bytes | str | None) -> Session | None:
