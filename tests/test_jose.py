@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from typing import Any
 
 import pytest
 
@@ -120,7 +121,9 @@ def test_hs256_with_public_key_as_secret_refused(signing_key: SigningKey) -> Non
 
 def test_unknown_critical_header_refused(signing_key: SigningKey) -> None:
     # RFC 7515 4.1.11: "crit" naming an extension the recipient does not know is fatal.
-    token = signing_key.sign(id_token_claims(ISSUER, CLIENT), crit=["exp-ext"], **{"exp-ext": 1})
+    # Not a Python identifier, so it goes in as a mapping; typed so it cannot bind access_token.
+    extension: dict[str, Any] = {"exp-ext": 1}
+    token = signing_key.sign(id_token_claims(ISSUER, CLIENT), crit=["exp-ext"], **extension)
     with pytest.raises(IdTokenError, match="crit"):
         verify(token, signing_key)
 
