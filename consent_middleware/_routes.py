@@ -63,6 +63,7 @@ class AuthRoutes:
                 400,
                 "Sign in",
             )
+        # The OIDC client lets through only the parameters a caller may set.
         extra = {k: v for k, v in request.query_params.items() if k != "returnTo"}
         return await self.login_flow.redirect(return_to or self.pages.home_url, extra=extra)
 
