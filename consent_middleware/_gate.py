@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from ._config import Settings
 from ._models import Consent
+from ._redirects import bounded_return_to
 from ._session import Session
 
 
@@ -62,6 +63,9 @@ def wants_json(path: str, headers: Headers, settings: Settings) -> bool:
 def refusal(
     verdict: Verdict, method: str, return_to: str, as_json: bool, settings: Settings
 ) -> Response:
+    # A long query (a search, say) is dropped rather than refused at /auth/login: the user
+    # still lands on the page they asked for, and the login's cookie stays small.
+    return_to = bounded_return_to(return_to)
     if verdict is Verdict.LOGIN:
         url = f"{settings.routes_prefix}/login?{urlencode({'returnTo': return_to})}"
         if as_json:

@@ -56,10 +56,12 @@ class AuthRoutes:
         requested = request.query_params.get("returnTo")
         return_to = safe_return_to(requested, self.settings.app_base_url)
         if requested and return_to is None:
+            # Refused rather than shortened: the gate never builds such a link (it keeps a
+            # too-long address's path only), so this one was written by someone else.
             return self.pages.sign_in_again(
                 "Refused return address",
-                "The sign-in link asks to send you to a page outside this site, so it was not "
-                "followed.",
+                "The sign-in link asks to send you to a page outside this site, or to an "
+                "address too long to keep, so it was not followed.",
                 400,
                 "Sign in",
             )

@@ -1,5 +1,5 @@
-"""Starting a login: a link cannot choose what /authorize asks for beyond the
-user-facing parameters."""
+"""Starting a login: the return address stays short, and a link cannot choose what
+/authorize asks for beyond the user-facing parameters."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from consent_middleware import ConsentMiddleware, Settings
+from consent_middleware._redirects import MAX_RETURN_TO
 from tests.conftest import DOMAIN, idp, make_settings
 
 
@@ -30,10 +31,34 @@ def gated(settings: Settings) -> Iterator[tuple[respx.MockRouter, TestClient]]:
         yield mock, client
 
 
+def txn_names(client: httpx2.Client) -> list[str]:
+    return [name for name in client.cookies if "txn_" in name]
+
+
 def authorize_query(response: httpx2.Response) -> dict[str, list[str]]:
     location = urlsplit(response.headers["location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == f"{DOMAIN}/authorize"
     return parse_qs(location.query)
+
+
+def test_a_return_address_longer_than_the_cap_is_refused_at_login() -> None:
+    with gated(make_settings()) as (mock, client):
+        idp(mock, [])
+        too_long = "/search?q=" + "a" * MAX_RETURN_TO
+        login = client.get("/auth/login", params={"returnTo": too_long}, follow_redirects=False)
+        assert login.status_code == 400 and "Refused return address" in login.text
+        assert txn_names(client) == []
+
+
+def test_the_gate_keeps_only_the_path_of_a_long_address() -> None:
+    with gated(make_settings()) as (mock, client):
+        idp(mock, [])
+        gate = client.get("/reports?q=" + "a" * 2000, follow_redirects=False)
+        assert gate.status_code == 307
+        location = urlsplit(gate.headers["location"])
+        assert parse_qs(location.query)["returnTo"] == ["/reports"]
+        login = client.get(gate.headers["location"], follow_redirects=False)
+        assert login.status_code == 302 and txn_names(client)
 
 
 def test_login_forwards_only_the_allowed_authorize_parameters() -> None:
