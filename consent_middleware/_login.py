@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from urllib.parse import urlencode
+
 from starlette.responses import RedirectResponse, Response
 
 from ._exceptions import IdentityProviderError
 from ._oidc import OIDCClient
 from ._pages import Pages
-from ._transactions import Expectation, Purpose, Transaction, TransactionStore
+from ._redirects import bounded_return_to
+from ._transactions import Expectation, Purpose, TransactionStore
 
 
 class Login:
@@ -20,12 +24,21 @@ class Login:
         self,
         return_to: str,
         *,
-        extra: dict[str, str] | None = None,
+        cookies: Mapping[str, str] | None = None,
+        extra: Mapping[str, str] | None = None,
         purpose: Purpose = Purpose.LOGIN,
         expect: Expectation | None = None,
     ) -> Response:
-        """A redirect to the provider's /authorize, with the transaction's cookie."""
-        tx = Transaction(return_to, purpose, expect)
+        """A redirect to the provider's /authorize, with the transaction's cookies.
+
+        ``cookies`` are the request's: they hold the browser's logins in flight, the oldest
+        of which make room for this one. Without them a plain sign-in goes through
+        ``/auth/login``, which has them; a silent one starts here and evicts nothing.
+        """
+        if cookies is None and purpose is Purpose.LOGIN and expect is None:
+            query = urlencode({"returnTo": bounded_return_to(return_to)})
+            return RedirectResponse(f"{self.pages.login_url}?{query}", status_code=302)
+        tx, set_cookies = self.transactions.begin(return_to, cookies or {}, purpose, expect)
         try:
             url = await self.oidc.authorization_url(
                 state=tx.state,
@@ -38,5 +51,6 @@ class Login:
         except IdentityProviderError as exc:
             return self.pages.for_error(exc)
         response = RedirectResponse(url, status_code=302)
-        response.headers.append("set-cookie", self.transactions.save(tx).decode("latin-1"))
+        for value in set_cookies:
+            response.headers.append("set-cookie", value.decode("latin-1"))
         return response

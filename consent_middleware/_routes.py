@@ -67,7 +67,9 @@ class AuthRoutes:
             )
         # The OIDC client lets through only the parameters a caller may set.
         extra = {k: v for k, v in request.query_params.items() if k != "returnTo"}
-        return await self.login_flow.redirect(return_to or self.pages.home_url, extra=extra)
+        return await self.login_flow.redirect(
+            return_to or self.pages.home_url, cookies=request.cookies, extra=extra
+        )
 
     async def callback(self, request: Request) -> Response:
         params = request.query_params
@@ -104,7 +106,12 @@ class AuthRoutes:
         if error:
             if tx.purpose is Purpose.SILENT and error in INTERACTION_REQUIRED:
                 # The consent is already stored, so this login will not ask for it again.
-                return await self.login_flow.redirect(tx.return_to, expect=tx.expect)
+                # This transaction's cookie is deleted on the way out: it needs no room.
+                done = self.transactions.cookie_name(tx.state)
+                cookies = {k: v for k, v in request.cookies.items() if k != done}
+                return await self.login_flow.redirect(
+                    tx.return_to, cookies=cookies, expect=tx.expect
+                )
             description = params.get("error_description", "")
             if error == "access_denied":
                 return pages.error(

@@ -1,4 +1,5 @@
-"""Login transactions: one encrypted ``__txn_{state}`` cookie per login in flight."""
+"""Login transactions: one encrypted ``__txn_{state}`` cookie per login in flight, a few
+at most per browser."""
 
 from __future__ import annotations
 
@@ -13,9 +14,19 @@ from authlib.common.security import generate_token
 from . import _jose
 from ._config import Settings
 from ._cookies import CookieWriter
+from ._redirects import bounded_return_to
 
+# Long enough to sign in, short enough that an abandoned login's cookie soon goes away.
+TRANSACTION_LIFETIME = 600
+# Logins in flight per browser, and the bytes of ``Cookie`` header their cookies may take
+# together. Each start adds a cookie (about 0.7 KB, 2 KB with a 1 KB return address) and
+# every cookie travels in every request, so without a bound a page that makes a browser
+# start logins over and over grows its Cookie header past the 8 KB proxies accept, and the
+# site answers that browser 400 until the cookies expire. 4 KB leaves room for a full
+# session chunk (3.5 KB) beside them.
+MAX_TRANSACTIONS = 3
+TRANSACTION_COOKIE_BUDGET = 4096
 TRANSACTION_PREFIX = "__txn_"
-TRANSACTION_LIFETIME = 3600
 
 
 class Purpose(enum.Enum):
@@ -36,6 +47,11 @@ class Expectation(enum.Enum):
     WITHDRAWAL = "withdrawal"
 
 
+def header_bytes(name: str, value: str) -> int:
+    """What one cookie adds to a ``Cookie`` header: ``name=value; ``."""
+    return len(name) + 1 + len(value) + 2
+
+
 @dataclass(frozen=True)
 class Transaction:
     """One login in flight, kept in its own cookie so several tabs can log in at once."""
@@ -47,8 +63,11 @@ class Transaction:
     state: str = field(default_factory=lambda: generate_token(43))
     nonce: str = field(default_factory=lambda: generate_token(43))
     code_verifier: str = field(default_factory=lambda: generate_token(64))
+    # Unix seconds; orders a browser's transactions, so the oldest go first.
+    created_at: float = field(default_factory=time.time)
 
     def to_payload(self) -> dict[str, Any]:
+        # nextjs-auth0 v4's fields first; ours beside them.
         return {
             "state": self.state,
             "nonce": self.nonce,
@@ -57,6 +76,7 @@ class Transaction:
             "returnTo": self.return_to,
             "purpose": self.purpose.value,
             "expect": self.expect.value if self.expect else None,
+            "createdAt": self.created_at,
         }
 
     @classmethod
@@ -71,8 +91,9 @@ class Transaction:
                 return_to=str(payload["returnTo"]),
                 purpose=Purpose(payload.get("purpose", Purpose.LOGIN.value)),
                 expect=Expectation(expect) if expect else None,
+                created_at=float(payload.get("createdAt") or 0),
             )
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError):
             return None
 
 
@@ -80,18 +101,61 @@ class TransactionStore:
     def __init__(self, settings: Settings) -> None:
         self.keys = [_jose.derive_key(s) for s in settings.secrets]
         self.writer = CookieWriter(secure=settings.secure_cookies)
+        self.transaction_prefix = TRANSACTION_PREFIX
 
-    def save(self, tx: Transaction) -> bytes:
-        expires_at = int(time.time()) + TRANSACTION_LIFETIME
-        value = _jose.encrypt(tx.to_payload(), self.keys[0], expires_at)
-        return self.writer.set(TRANSACTION_PREFIX + tx.state, value, TRANSACTION_LIFETIME)
+    def cookie_name(self, state: str) -> str:
+        return self.transaction_prefix + state
+
+    def begin(
+        self,
+        return_to: str,
+        cookies: Mapping[str, str],
+        purpose: Purpose = Purpose.LOGIN,
+        expect: Expectation | None = None,
+    ) -> tuple[Transaction, list[bytes]]:
+        """A new transaction for the browser that sent ``cookies``, and the ``Set-Cookie``
+        values that store it: its own cookie and the deletions that make room for it."""
+        tx = Transaction(bounded_return_to(return_to), purpose, expect)
+        name = self.cookie_name(tx.state)
+        value = _jose.encrypt(
+            tx.to_payload(), self.keys[0], int(tx.created_at) + TRANSACTION_LIFETIME
+        )
+        evicted = self._evicted(cookies, header_bytes(name, value))
+        return tx, [
+            self.writer.set(name, value, TRANSACTION_LIFETIME),
+            *(self.writer.delete(old) for old in evicted),
+        ]
+
+    def _evicted(self, cookies: Mapping[str, str], new_bytes: int) -> list[str]:
+        """The transaction cookies to delete so that a new one of ``new_bytes`` fits: each
+        that no longer decrypts (expired, tampered, an old secret's), and the live ones
+        from the newest that would pass ``MAX_TRANSACTIONS`` or
+        ``TRANSACTION_COOKIE_BUDGET`` down to the oldest."""
+        dead: list[str] = []
+        live: list[tuple[float, str]] = []
+        for name, value in cookies.items():
+            if not name.startswith(self.transaction_prefix):
+                continue
+            payload = _jose.decrypt(value, self.keys)
+            tx = Transaction.from_payload(payload) if payload else None
+            if tx is None:
+                dead.append(name)
+            else:
+                live.append((tx.created_at, name))
+        newest_first = [name for _, name in sorted(live, reverse=True)]
+        count, used = 1, new_bytes
+        for index, name in enumerate(newest_first):
+            count, used = count + 1, used + header_bytes(name, cookies[name])
+            if count > MAX_TRANSACTIONS or used > TRANSACTION_COOKIE_BUDGET:
+                return dead + newest_first[index:]
+        return dead
 
     def load(self, state: str, cookies: Mapping[str, str]) -> Transaction | None:
-        value = cookies.get(TRANSACTION_PREFIX + state)
+        value = cookies.get(self.cookie_name(state))
         payload = _jose.decrypt(value, self.keys) if value else None
         if not payload or payload.get("state") != state:
             return None
         return Transaction.from_payload(payload)
 
     def delete(self, state: str) -> bytes:
-        return self.writer.delete(TRANSACTION_PREFIX + state)
+        return self.writer.delete(self.cookie_name(state))

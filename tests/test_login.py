@@ -1,20 +1,28 @@
-"""Starting a login: the return address stays short, and a link cannot choose what
-/authorize asks for beyond the user-facing parameters."""
+"""Starting a login: the browser's transaction cookies stay few and small, and a link
+cannot choose what /authorize asks for beyond the user-facing parameters."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx2
+import pytest
 import respx
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from consent_middleware import ConsentMiddleware, Settings
+from consent_middleware._cookies import CHUNK_SIZE
 from consent_middleware._redirects import MAX_RETURN_TO
+from consent_middleware._transactions import MAX_TRANSACTIONS, TransactionStore
 from tests.conftest import DOMAIN, idp, make_settings
+
+HTTPS = "https://app.example.com"
+HTTP = "http://localhost:8000"
+# What nginx (large_client_header_buffers) and Apache (LimitRequestFieldSize) accept.
+PROXY_HEADER_LIMIT = 8 * 1024
 
 
 @contextmanager
@@ -35,10 +43,58 @@ def txn_names(client: httpx2.Client) -> list[str]:
     return [name for name in client.cookies if "txn_" in name]
 
 
+def cookie_header(client: httpx2.Client) -> str:
+    """The Cookie header this browser sends to the app."""
+    return client.build_request("GET", "/").headers.get("cookie", "")
+
+
 def authorize_query(response: httpx2.Response) -> dict[str, list[str]]:
     location = urlsplit(response.headers["location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == f"{DOMAIN}/authorize"
     return parse_qs(location.query)
+
+
+def start_login_at(client: TestClient, url: str) -> httpx2.Response:
+    """Request ``url`` and follow the app's redirects up to the one to /authorize."""
+    response = client.get(url, follow_redirects=False)
+    while response.is_redirect and not response.headers["location"].startswith(DOMAIN):
+        response = client.get(response.headers["location"], follow_redirects=False)
+    assert response.status_code == 302, response.text
+    return response
+
+
+LONG_PATH = "/search?q=" + "a" * (MAX_RETURN_TO - len("/search?q="))
+ENTRIES = [
+    (HTTPS, "/auth/login?" + urlencode({"returnTo": LONG_PATH})),
+    (HTTP, "/auth/login?" + urlencode({"returnTo": LONG_PATH})),
+    # The gate's own redirect, and /consent for a visitor who is not signed in.
+    (HTTPS, LONG_PATH),
+    (HTTPS, "/consent?" + urlencode({"returnTo": LONG_PATH})),
+]
+
+
+@pytest.mark.parametrize(
+    ("base", "entry"), ENTRIES, ids=["login-https", "login-http", "gate", "consent"]
+)
+def test_many_logins_keep_few_transaction_cookies_and_a_small_cookie_header(
+    base: str, entry: str
+) -> None:
+    # Each start adds a cookie, and a hostile page can make a browser start many: the
+    # browser must still be able to send its Cookie header through a proxy, with a full
+    # session chunk beside the transactions.
+    with gated(make_settings(app_base_url=base)) as (mock, client):
+        idp(mock, [])
+        host = urlsplit(base).hostname or ""
+        client.cookies.set("__session", "s" * CHUNK_SIZE, domain=host)
+        states = []
+        for _ in range(10):
+            states.append(authorize_query(start_login_at(client, entry))["state"][0])
+            names = txn_names(client)
+            assert 1 <= len(names) <= MAX_TRANSACTIONS
+            assert len(cookie_header(client)) < PROXY_HEADER_LIMIT
+            # The newest survive, so the logins the user just started still work.
+            store = TransactionStore(make_settings(app_base_url=base))
+            assert sorted(names) == sorted(store.cookie_name(s) for s in states[-len(names) :])
 
 
 def test_a_return_address_longer_than_the_cap_is_refused_at_login() -> None:
@@ -59,6 +115,22 @@ def test_the_gate_keeps_only_the_path_of_a_long_address() -> None:
         assert parse_qs(location.query)["returnTo"] == ["/reports"]
         login = client.get(gate.headers["location"], follow_redirects=False)
         assert login.status_code == 302 and txn_names(client)
+
+
+def test_a_login_started_without_the_request_cookies_goes_through_the_login_route() -> None:
+    # /consent starts a login itself when signed out, with its whole URL as the address.
+    with gated(make_settings()) as (mock, client):
+        idp(mock, [])
+        response = client.get("/consent?returnTo=" + "a" * 2000, follow_redirects=False)
+        assert response.status_code == 302 and txn_names(client) == []
+        location = urlsplit(response.headers["location"])
+        assert location.path == "/auth/login"
+        assert parse_qs(location.query)["returnTo"] == [f"{HTTPS}/consent"]
+        authorize_query(start_login_at(client, response.headers["location"]))
+        (name,) = txn_names(client)
+        store = TransactionStore(make_settings())
+        tx = store.load(name.removeprefix(store.transaction_prefix), dict(client.cookies))
+        assert tx is not None and tx.return_to == f"{HTTPS}/consent"
 
 
 def test_login_forwards_only_the_allowed_authorize_parameters() -> None:
