@@ -31,9 +31,11 @@ class Login:
     ) -> Response:
         """A redirect to the provider's /authorize, with the transaction's cookies.
 
-        ``cookies`` are the request's: they hold the browser's logins in flight, the oldest
-        of which make room for this one. Without them a plain sign-in goes through
-        ``/auth/login``, which has them; a silent one starts here and evicts nothing.
+        ``cookies`` are the request's: they hold the browser's binding, which this login
+        shares with the others it has in flight, and those transactions, the oldest of
+        which make room for this one. Without them a plain sign-in goes through
+        ``/auth/login``, which has them; a silent one starts here with a new binding,
+        which ends the browser's other logins in flight, and evicts nothing.
         """
         if cookies is None and purpose is Purpose.LOGIN and expect is None:
             query = urlencode({"returnTo": bounded_return_to(return_to)})

@@ -1,10 +1,12 @@
-"""Starting a login: the browser's transaction cookies stay few and small, and a link
-cannot choose what /authorize asks for beyond the user-facing parameters."""
+"""Starting a login and coming back: the browser's transaction cookies stay few and small,
+only the browser that started a login can complete it, and a link cannot choose what
+/authorize asks for beyond the user-facing parameters."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx2
@@ -17,7 +19,8 @@ from consent_middleware import ConsentMiddleware, Settings
 from consent_middleware._cookies import CHUNK_SIZE
 from consent_middleware._redirects import MAX_RETURN_TO
 from consent_middleware._transactions import MAX_TRANSACTIONS, TransactionStore
-from tests.conftest import DOMAIN, idp, make_settings
+from tests.conftest import DOMAIN, ISSUER, idp, make_settings
+from tests.keys import SigningKey, id_token_claims
 
 HTTPS = "https://app.example.com"
 HTTP = "http://localhost:8000"
@@ -52,6 +55,15 @@ def authorize_query(response: httpx2.Response) -> dict[str, list[str]]:
     location = urlsplit(response.headers["location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == f"{DOMAIN}/authorize"
     return parse_qs(location.query)
+
+
+def set_cookies(response: httpx2.Response) -> list[SimpleCookie]:
+    parsed = []
+    for header in response.headers.get_list("set-cookie"):
+        cookie: SimpleCookie = SimpleCookie()
+        cookie.load(header)
+        parsed.append(cookie)
+    return parsed
 
 
 def start_login_at(client: TestClient, url: str) -> httpx2.Response:
@@ -131,6 +143,106 @@ def test_a_login_started_without_the_request_cookies_goes_through_the_login_rout
         store = TransactionStore(make_settings())
         tx = store.load(name.removeprefix(store.transaction_prefix), dict(client.cookies))
         assert tx is not None and tx.return_to == f"{HTTPS}/consent"
+
+
+def test_https_login_cookies_carry_the_host_prefix() -> None:
+    # RFC 6265bis 4.1.3.2: Secure, Path=/ and no Domain, or the browser drops them.
+    with gated(make_settings()) as (mock, client):
+        idp(mock, [])
+        login = client.get("/auth/login", follow_redirects=False)
+    cookies = set_cookies(login)
+    assert len(cookies) == 2
+    for cookie in cookies:
+        ((name, morsel),) = cookie.items()
+        assert name.startswith("__Host-")
+        assert morsel["secure"] is True and morsel["path"] == "/" and morsel["domain"] == ""
+    names = {name for cookie in cookies for name in cookie}
+    assert any(name.startswith("__Host-txn_") for name in names)
+    assert "__Host-login_binding" in names
+
+
+def test_http_loopback_keeps_the_plain_names() -> None:
+    with gated(make_settings(app_base_url=HTTP)) as (mock, client):
+        idp(mock, [])
+        login = client.get("/auth/login", follow_redirects=False)
+    names = {name for cookie in set_cookies(login) for name in cookie}
+    assert {n for n in names if not n.startswith("__txn_")} == {"__login_binding"}
+    assert not any("Secure" in h for h in login.headers.get_list("set-cookie"))
+
+
+def start_login(client: TestClient) -> tuple[str, str]:
+    """Start a login in ``client``; its state and nonce."""
+    query = authorize_query(client.get("/auth/login", follow_redirects=False))
+    return query["state"][0], query["nonce"][0]
+
+
+def callback(client: TestClient, state: str) -> httpx2.Response:
+    return client.get(
+        "/auth/callback", params={"code": "c", "state": state}, follow_redirects=False
+    )
+
+
+def planted(attacker: TestClient, victim: TestClient, names: dict[str, str]) -> None:
+    """Copy the attacker's cookies into the victim's browser, renamed by ``names``."""
+    for name, value in attacker.cookies.items():
+        victim.cookies.set(names.get(name, name), value, domain="app.example.com")
+
+
+@pytest.mark.parametrize("victim_started_a_login", [False, True])
+def test_a_transaction_copied_to_another_browser_is_refused(
+    signing_key: SigningKey, victim_started_a_login: bool
+) -> None:
+    # Login CSRF (RFC 6749 10.12): the attacker's login must not complete in the victim's
+    # browser and sign the victim in as the attacker.
+    with gated(make_settings()) as (mock, attacker):
+        idp(mock, [signing_key])
+        state, nonce = start_login(attacker)
+        token = mock.post(f"{DOMAIN}/oauth/token").respond(
+            json={
+                "id_token": signing_key.sign(id_token_claims(ISSUER, "client-1", nonce=nonce)),
+                "access_token": "at",
+            }
+        )
+        with TestClient(attacker.app, base_url=HTTPS) as victim:
+            if victim_started_a_login:
+                start_login(victim)
+            name = TransactionStore(make_settings()).cookie_name(state)
+            victim.cookies.set(name, attacker.cookies[name], domain="app.example.com")
+            refused = callback(victim, state)
+            completed = callback(attacker, state)
+    assert refused.status_code == 400 and "Sign-in expired" in refused.text
+    assert not any("__session" in c for c in refused.headers.get_list("set-cookie"))
+    # The same transaction in the browser that started it does complete: the token
+    # endpoint was called for it, and only for it.
+    assert completed.status_code == 303, completed.text
+    assert any(c.startswith("__session=") for c in completed.headers.get_list("set-cookie"))
+    assert token.call_count == 1
+
+
+def test_cookies_a_sibling_subdomain_could_plant_are_ignored_under_https(
+    signing_key: SigningKey,
+) -> None:
+    # A sibling subdomain (or a plain-http man in the middle) can set cookies for the app,
+    # but not "__Host-" ones: the attacker's whole login, planted under the names it can
+    # set, is not read.
+    with gated(make_settings()) as (mock, attacker):
+        idp(mock, [signing_key])
+        state, nonce = start_login(attacker)
+        token = mock.post(f"{DOMAIN}/oauth/token").respond(
+            json={
+                "id_token": signing_key.sign(id_token_claims(ISSUER, "client-1", nonce=nonce)),
+                "access_token": "at",
+            }
+        )
+        with TestClient(attacker.app, base_url=HTTPS) as victim:
+            planted(attacker, victim, {n: n.removeprefix("__Host-") for n in attacker.cookies})
+            planted(
+                attacker, victim, {n: "__" + n.removeprefix("__Host-") for n in attacker.cookies}
+            )
+            refused = callback(victim, state)
+    assert refused.status_code == 400 and "Sign-in expired" in refused.text
+    assert not any("__session" in c for c in refused.headers.get_list("set-cookie"))
+    assert token.call_count == 0
 
 
 def test_login_forwards_only_the_allowed_authorize_parameters() -> None:

@@ -1,11 +1,11 @@
-"""The transaction store: per-state cookies, at most a few per browser."""
+"""The transaction store: per-state cookies, bound to the browser, at most a few per browser."""
 
 from __future__ import annotations
 
 import time
 from http.cookies import SimpleCookie
 
-from consent_middleware._jose import encrypt
+from consent_middleware._jose import derive_key, encrypt
 from consent_middleware._redirects import MAX_RETURN_TO
 from consent_middleware._transactions import (
     MAX_TRANSACTIONS,
@@ -46,6 +46,54 @@ def test_transactions_are_per_state() -> None:
     assert store.load("state-x", copied) is None
 
 
+def test_payload_keeps_the_nextjs_auth0_v4_fields() -> None:
+    tx = Transaction(f"{APP}/x", binding_sha256="digest")
+    payload = tx.to_payload()
+    assert {"state", "nonce", "codeVerifier", "returnTo", "responseType"} <= set(payload)
+    assert payload["responseType"] == "code" and payload["returnTo"] == f"{APP}/x"
+    assert Transaction.from_payload(payload) == tx
+    assert Transaction.from_payload({**payload, "createdAt": "soon"}) is None
+    assert Transaction.from_payload({**payload, "createdAt": [1]}) is None
+
+
+def test_one_binding_per_browser_shared_by_its_logins() -> None:
+    store = TransactionStore(make_settings())
+    a, headers_a = store.begin(f"{APP}/x", {})
+    first = jar(headers_a)
+    b, headers_b = store.begin(f"{APP}/y", first)
+    second = jar(headers_b)
+    assert second[store.binding_cookie] == first[store.binding_cookie]
+    assert a.binding_sha256 == b.binding_sha256 != ""
+
+
+def test_transaction_refused_without_the_browser_binding() -> None:
+    store = TransactionStore(make_settings())
+    tx, headers = store.begin(f"{APP}/x", {})
+    cookies = jar(headers)
+    name = store.cookie_name(tx.state)
+    assert store.load(tx.state, cookies) == tx
+    # Copied alone into another browser: no binding there.
+    assert store.load(tx.state, {name: cookies[name]}) is None
+    # Copied into a browser that started a login of its own: another binding.
+    _, other_headers = store.begin(f"{APP}/y", {})
+    other = jar(other_headers)
+    assert store.load(tx.state, {**other, name: cookies[name]}) is None
+    # A malformed binding cookie is not reused: the next login gets a fresh one.
+    _, fresh = store.begin(f"{APP}/z", {store.binding_cookie: "x;y"})
+    assert len(jar(fresh)[store.binding_cookie]) == 43
+
+
+def test_a_transaction_without_a_binding_is_refused() -> None:
+    # Cookies written before the binding existed (or by another library) carry none.
+    settings = make_settings()
+    store = TransactionStore(settings)
+    tx = Transaction(f"{APP}/x")
+    value = encrypt(tx.to_payload(), derive_key(settings.secret), int(time.time()) + 60)
+    _, headers = store.begin(f"{APP}/y", {})
+    cookies = {**jar(headers), store.cookie_name(tx.state): value}
+    assert store.load(tx.state, cookies) is None
+
+
 def test_starting_a_login_evicts_the_oldest_beyond_the_cap() -> None:
     store = TransactionStore(make_settings())
     cookies: dict[str, str] = {}
@@ -83,25 +131,19 @@ def test_dead_transaction_cookies_are_evicted_and_other_cookies_left_alone() -> 
         store.cookie_name("tampered"): "not-a-jwe",
         store.cookie_name("expired"): expired,
         "__session": "x",
-        "__txn": "x",  # not a transaction's name
+        "__txn_http-name": "x",  # not this store's name under https
     }
     _, headers = store.begin(f"{APP}/x", cookies)
     assert deleted(headers) == {store.cookie_name("tampered"), store.cookie_name("expired")}
 
 
-def test_payload_keeps_the_nextjs_auth0_v4_fields() -> None:
-    tx = Transaction(f"{APP}/x")
-    payload = tx.to_payload()
-    assert {"state", "nonce", "codeVerifier", "returnTo", "responseType"} <= set(payload)
-    assert payload["responseType"] == "code" and payload["returnTo"] == f"{APP}/x"
-    assert Transaction.from_payload(payload) == tx
-    assert Transaction.from_payload({**payload, "createdAt": "soon"}) is None
-    assert Transaction.from_payload({**payload, "createdAt": [1]}) is None
-
-
-def test_cookie_name_and_lifetime() -> None:
+def test_cookie_names_and_lifetime_follow_the_scheme() -> None:
+    secure = TransactionStore(make_settings())
+    assert secure.cookie_name("s") == "__Host-txn_s"
+    assert secure.binding_cookie == "__Host-login_binding"
     plain = TransactionStore(make_settings(app_base_url="http://localhost:8000"))
     assert plain.cookie_name("s") == "__txn_s"  # nextjs-auth0 v4's name
+    assert plain.binding_cookie == "__login_binding"
     _, headers = plain.begin("http://localhost:8000/", {})
     assert all(f"Max-Age={TRANSACTION_LIFETIME}" in h.decode() for h in headers)
     assert TRANSACTION_LIFETIME == 600
