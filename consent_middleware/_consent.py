@@ -116,7 +116,9 @@ class ConsentRoutes:
             return session
         if request.method in ("GET", "HEAD"):
             query = f"?{request.url.query}" if request.url.query else ""
-            return await self.login.redirect(self.pages.url(request.url.path + query))
+            return await self.login.redirect(
+                self.pages.url(request.url.path + query), cookies=request.cookies
+            )
         return self.pages.sign_in_again(
             "Session expired",
             "Your session ended before the form was sent. Please sign in and try again.",

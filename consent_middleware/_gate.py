@@ -11,6 +11,7 @@ from starlette.types import Scope
 
 from ._config import Settings
 from ._models import Consent
+from ._redirects import bounded_return_to
 from ._session import Session
 
 
@@ -76,6 +77,9 @@ def wants_json(path: str, headers: Headers, settings: Settings) -> bool:
 
 def refusal_url(verdict: Verdict, return_to: str, settings: Settings, root_path: str = "") -> str:
     """Where a refused request is sent: the login, or the terms page, keeping its URL."""
+    # A long query (a search, say) is dropped rather than refused at /auth/login: the user
+    # still lands on the page they asked for, and the login's cookie stays small.
+    return_to = bounded_return_to(return_to)
     target = (
         f"{settings.routes_prefix}/login" if verdict is Verdict.LOGIN else settings.consent_path
     )

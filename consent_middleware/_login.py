@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.responses import RedirectResponse, Response
 
 from ._exceptions import IdentityProviderError
 from ._oidc import OIDCClient
 from ._pages import Pages
-from ._transactions import Expectation, Purpose, Transaction, TransactionStore
+from ._transactions import Expectation, Purpose, TransactionStore
 
 
 class Login:
@@ -20,12 +22,18 @@ class Login:
         self,
         return_to: str,
         *,
-        extra: dict[str, str] | None = None,
+        cookies: Mapping[str, str],
+        extra: Mapping[str, str] | None = None,
         purpose: Purpose = Purpose.LOGIN,
         expect: Expectation | None = None,
     ) -> Response:
-        """A redirect to the provider's /authorize, with the transaction's cookie."""
-        tx = Transaction(return_to, purpose, expect)
+        """A redirect to the provider's /authorize, with the transaction's cookies.
+
+        ``cookies`` are the request's: they hold the browser's binding, which this login
+        shares with the others it has in flight, and those transactions, the oldest of
+        which make room for this one.
+        """
+        tx, set_cookies = self.transactions.begin(return_to, cookies, purpose, expect)
         try:
             url = await self.oidc.authorization_url(
                 state=tx.state,
@@ -38,5 +46,6 @@ class Login:
         except IdentityProviderError as exc:
             return self.pages.for_error(exc)
         response = RedirectResponse(url, status_code=302)
-        response.headers.append("set-cookie", self.transactions.save(tx).decode("latin-1"))
+        for value in set_cookies:
+            response.headers.append("set-cookie", value.decode("latin-1"))
         return response

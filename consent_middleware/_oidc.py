@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -32,23 +34,43 @@ JWKS_TTL = 600
 JWKS_MIN_REFETCH_INTERVAL = 30
 # A logout token older than this is refused; its jti is remembered this long against replay.
 LOGOUT_TOKEN_MAX_AGE = 300
-# Parameters the client sets itself; a caller cannot override them through ``extra``.
-RESERVED_AUTHORIZE_PARAMS = frozenset(
+# The /authorize parameters a caller may add (through ``/auth/login``'s query or ``extra``):
+# those about how the user signs in, as nextjs-auth0 forwards them. Anything else is
+# dropped, so a link cannot replace what the client sets itself (client_id, redirect_uri,
+# scope, state, nonce, PKCE) or what the tokens are for (Auth0's ``audience``, RFC 8707's
+# ``resource``): the configured ``AUTH0_AUDIENCE`` is the only audience ever sent.
+CALLER_AUTHORIZE_PARAMS = frozenset(
     {
-        "client_id",
-        "redirect_uri",
-        "response_type",
-        "response_mode",
-        "scope",
-        "state",
-        "nonce",
-        "code_challenge",
-        "code_challenge_method",
-        "request",
-        "request_uri",
-        "returnTo",
+        "screen_hint",  # Auth0 Universal Login: "signup" opens the sign-up form
+        "login_hint",  # OIDC Core 3.1.2.1
+        "prompt",  # OIDC Core 3.1.2.1, interactive values only (CALLER_PROMPTS)
+        "ui_locales",  # OIDC Core 3.1.2.1
+        "max_age",  # OIDC Core 3.1.2.1, whole seconds
+        "acr_values",  # OIDC Core 3.1.2.1
+        "organization",  # Auth0 Organizations
+        "invitation",  # Auth0 Organizations
+        "connection",  # Auth0: straight to one identity provider
     }
 )
+# prompt=none belongs to the silent refresh (Purpose.SILENT): from a link it would turn a
+# sign-in into an error page whenever the provider needs the user.
+CALLER_PROMPTS = frozenset({"login", "consent", "select_account"})
+_WHOLE_SECONDS = re.compile(r"[0-9]{1,10}")
+
+
+def caller_authorize_params(extra: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``extra`` a caller may send to /authorize; other names, an empty value,
+    a non-interactive ``prompt`` or a ``max_age`` that is not whole seconds are dropped."""
+    params: dict[str, str] = {}
+    for name, value in extra.items():
+        if name not in CALLER_AUTHORIZE_PARAMS or not value.strip():
+            continue
+        if name == "prompt" and not set(value.split()) <= CALLER_PROMPTS:
+            continue
+        if name == "max_age" and not _WHOLE_SECONDS.fullmatch(value):
+            continue
+        params[name] = value
+    return params
 
 
 @dataclass(frozen=True)
@@ -158,14 +180,15 @@ class OIDCClient:
         state: str,
         nonce: str,
         code_verifier: str,
-        extra: dict[str, str] | None = None,
+        extra: Mapping[str, str] | None = None,
         prompt: str | None = None,
     ) -> str:
-        """The /authorize URL for the code flow with PKCE (RFC 7636, S256 only)."""
+        """The /authorize URL for the code flow with PKCE (RFC 7636, S256 only); of
+        ``extra``, only what ``caller_authorize_params`` lets through."""
         meta = await self.metadata()
-        params = {k: v for k, v in (extra or {}).items() if k not in RESERVED_AUTHORIZE_PARAMS}
+        params = caller_authorize_params(extra or {})
         if self.settings.audience:
-            params.setdefault("audience", self.settings.audience)
+            params["audience"] = self.settings.audience
         if prompt is not None:
             params["prompt"] = prompt
         uri: str = prepare_grant_uri(

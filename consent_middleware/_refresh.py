@@ -129,7 +129,9 @@ class SessionRefresher:
                 logger.info("%s; trying prompt=none", exc)
             else:
                 return await self.finish(connection.cookies, refreshed, return_to, expect)
-        return await self.login.redirect(return_to, purpose=Purpose.SILENT, expect=expect)
+        return await self.login.redirect(
+            return_to, cookies=connection.cookies, purpose=Purpose.SILENT, expect=expect
+        )
 
     async def finish(
         self,

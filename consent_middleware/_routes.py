@@ -53,15 +53,20 @@ class AuthRoutes:
         requested = request.query_params.get("returnTo")
         return_to = safe_return_to(requested, self.settings.app_base_url)
         if requested and return_to is None:
+            # Refused rather than shortened: the gate never builds such a link (it keeps a
+            # too-long address's path only), so this one was written by someone else.
             return self.pages.sign_in_again(
                 "Refused return address",
-                "The sign-in link asks to send you to a page outside this site, so it was not "
-                "followed.",
+                "The sign-in link asks to send you to a page outside this site, or to an "
+                "address too long to keep, so it was not followed.",
                 400,
                 "Sign in",
             )
+        # The OIDC client lets through only the parameters a caller may set.
         extra = {k: v for k, v in request.query_params.items() if k != "returnTo"}
-        return await self.login_flow.redirect(return_to or self.pages.home_url, extra=extra)
+        return await self.login_flow.redirect(
+            return_to or self.pages.home_url, cookies=request.cookies, extra=extra
+        )
 
     async def callback(self, request: Request) -> Response:
         params = request.query_params
@@ -98,7 +103,12 @@ class AuthRoutes:
         if error:
             if tx.purpose is Purpose.SILENT and error in INTERACTION_REQUIRED:
                 # The consent is already stored, so this login will not ask for it again.
-                return await self.login_flow.redirect(tx.return_to, expect=tx.expect)
+                # This transaction's cookie is deleted on the way out: it needs no room.
+                done = self.transactions.cookie_name(tx.state)
+                cookies = {k: v for k, v in request.cookies.items() if k != done}
+                return await self.login_flow.redirect(
+                    tx.return_to, cookies=cookies, expect=tx.expect
+                )
             description = params.get("error_description", "")
             if error == "access_denied":
                 return pages.error(

@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from consent_middleware._redirects import return_to_or_home, safe_return_to
+from consent_middleware._redirects import (
+    MAX_RETURN_TO,
+    bounded_return_to,
+    return_to_or_home,
+    safe_return_to,
+)
 
 BASE = "https://app.example.com"
 
@@ -59,3 +64,22 @@ def test_other_origins_and_tricks_are_refused(value: str) -> None:
 def test_fallback_home() -> None:
     assert return_to_or_home("https://other.site", BASE) == f"{BASE}/"
     assert return_to_or_home(None, BASE) == f"{BASE}/"
+
+
+def test_return_addresses_longer_than_the_cap_are_refused() -> None:
+    # The cap counts what follows the origin, however the value was written.
+    fits = "/search?q=" + "a" * (MAX_RETURN_TO - len("/search?q="))
+    assert safe_return_to(fits, BASE) == BASE + fits
+    assert safe_return_to(BASE + fits, BASE) == BASE + fits
+    assert safe_return_to(fits + "a", BASE) is None
+    assert safe_return_to(BASE + fits + "a", BASE) is None
+    assert safe_return_to("/a#" + "b" * MAX_RETURN_TO, BASE) is None
+    assert return_to_or_home(fits + "a", BASE) == f"{BASE}/"
+
+
+@pytest.mark.parametrize("prefix", ["", BASE])
+def test_bounded_return_to_keeps_the_path_of_a_long_address(prefix: str) -> None:
+    fits = "/search?q=" + "a" * (MAX_RETURN_TO - len("/search?q="))
+    assert bounded_return_to(prefix + fits) == prefix + fits
+    assert bounded_return_to(prefix + fits + "a") == prefix + "/search"
+    assert bounded_return_to(prefix + "/" + "p" * MAX_RETURN_TO + "?q=1") == prefix + "/"

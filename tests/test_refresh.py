@@ -116,7 +116,7 @@ async def test_failed_grant_falls_back_to_prompt_none(
     assert location.path == "/authorize"
     query = parse_qs(location.query)
     assert query["prompt"] == ["none"] and query["code_challenge_method"] == ["S256"]
-    assert any(c.startswith("__txn_") for c in set_cookies(response))
+    assert any(c.startswith("__Host-txn_") for c in set_cookies(response))
 
 
 async def test_no_refresh_token_goes_straight_to_prompt_none(

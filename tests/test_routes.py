@@ -90,3 +90,27 @@ def test_login_and_logout_refuse_foreign_targets(target: str) -> None:
     location = urlsplit(logout.headers["location"])
     assert location.netloc == "tenant.example.com"
     assert parse_qs(location.query)["post_logout_redirect_uri"] == [f"{APP}/"]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"error": "server_error", "error_description": "down"}, "server_error"),
+        ({}, "no authorization code"),
+    ],
+)
+def test_callback_without_a_code_is_a_page(params: dict[str, str], message: str) -> None:
+    with gated_app() as (mock, client):
+        jwks = idp(mock, [])
+        token = mock.post(f"{DOMAIN}/oauth/token").respond(json={})
+        login = client.get("/auth/login", follow_redirects=False)
+        state = parse_qs(urlsplit(login.headers["location"]).query)["state"][0]
+        response = client.get(
+            "/auth/callback", params={**params, "state": state}, follow_redirects=False
+        )
+    assert response.status_code == 400 and "Sign-in failed" in response.text
+    assert message in response.text
+    assert token.call_count == 0 and jwks.call_count == 0
+    set_cookies = response.headers.get_list("set-cookie")
+    assert not any(c.startswith("__session") for c in set_cookies)
+    assert any(c.startswith("__Host-txn_") and "Max-Age=0" in c for c in set_cookies)
