@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -22,6 +23,17 @@ DISCOVERY = {
     "jwks_uri": f"{DOMAIN}/.well-known/jwks.json",
     "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
 }
+
+
+class Sleeps:
+    """Records the waits (the Management client's back-off) instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        await asyncio.sleep(0)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ withdrawal mode does. ID tokens are really signed and really verified."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -26,7 +25,7 @@ from consent_middleware._engine import Engine
 from consent_middleware._management import MAX_ATTEMPTS
 from consent_middleware._revocation import Revocation
 from consent_middleware._transactions import Purpose
-from tests.conftest import CLAIM, DOMAIN, ISSUER, idp, make_settings
+from tests.conftest import CLAIM, DOMAIN, ISSUER, Sleeps, idp, make_settings
 from tests.keys import SigningKey, id_token_claims
 from tests.test_session import jar
 
@@ -161,17 +160,6 @@ class Tenant:
 
     def refresh_grants(self) -> int:
         return sum(b"grant_type=refresh_token" in call.request.content for call in self.token.calls)
-
-
-class Sleeps:
-    """Records the Management client's back-off waits instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        await asyncio.sleep(0)
 
 
 Build = Callable[..., Engine]

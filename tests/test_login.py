@@ -186,6 +186,21 @@ def planted(attacker: TestClient, victim: TestClient, names: dict[str, str]) -> 
         victim.cookies.set(names.get(name, name), value, domain="app.example.com")
 
 
+def attacker_login(
+    mock: respx.MockRouter, attacker: TestClient, signing_key: SigningKey
+) -> tuple[str, respx.Route]:
+    """A login the attacker starts (and could finish): its state and the token route."""
+    idp(mock, [signing_key])
+    state, nonce = start_login(attacker)
+    token = mock.post(f"{DOMAIN}/oauth/token").respond(
+        json={
+            "id_token": signing_key.sign(id_token_claims(ISSUER, "client-1", nonce=nonce)),
+            "access_token": "at",
+        }
+    )
+    return state, token
+
+
 @pytest.mark.parametrize("victim_started_a_login", [False, True])
 def test_a_transaction_copied_to_another_browser_is_refused(
     signing_key: SigningKey, victim_started_a_login: bool
@@ -193,14 +208,7 @@ def test_a_transaction_copied_to_another_browser_is_refused(
     # Login CSRF (RFC 6749 10.12): the attacker's login must not complete in the victim's
     # browser and sign the victim in as the attacker.
     with gated(make_settings()) as (mock, attacker):
-        idp(mock, [signing_key])
-        state, nonce = start_login(attacker)
-        token = mock.post(f"{DOMAIN}/oauth/token").respond(
-            json={
-                "id_token": signing_key.sign(id_token_claims(ISSUER, "client-1", nonce=nonce)),
-                "access_token": "at",
-            }
-        )
+        state, token = attacker_login(mock, attacker, signing_key)
         with TestClient(attacker.app, base_url=HTTPS) as victim:
             if victim_started_a_login:
                 start_login(victim)
@@ -224,14 +232,7 @@ def test_cookies_a_sibling_subdomain_could_plant_are_ignored_under_https(
     # but not "__Host-" ones: the attacker's whole login, planted under the names it can
     # set, is not read.
     with gated(make_settings()) as (mock, attacker):
-        idp(mock, [signing_key])
-        state, nonce = start_login(attacker)
-        token = mock.post(f"{DOMAIN}/oauth/token").respond(
-            json={
-                "id_token": signing_key.sign(id_token_claims(ISSUER, "client-1", nonce=nonce)),
-                "access_token": "at",
-            }
-        )
+        state, token = attacker_login(mock, attacker, signing_key)
         with TestClient(attacker.app, base_url=HTTPS) as victim:
             planted(attacker, victim, {n: n.removeprefix("__Host-") for n in attacker.cookies})
             planted(

@@ -11,23 +11,12 @@ import respx
 from consent_middleware._exceptions import ManagementAPIError
 from consent_middleware._management import ManagementClient
 from consent_middleware._oidc import OIDCClient
-from tests.conftest import DOMAIN, idp, make_settings
+from tests.conftest import DOMAIN, Sleeps, idp, make_settings
 
 TOKEN_URL = f"{DOMAIN}/oauth/token"
 USER_URL = f"{DOMAIN}/api/v2/users/auth0%7Cabc"
 
 pytestmark = pytest.mark.anyio
-
-
-class Sleeps:
-    """Records the waits instead of sleeping, so retry tests run instantly."""
-
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        await asyncio.sleep(0)
 
 
 def management(
