@@ -6,17 +6,10 @@ import re
 from collections.abc import Mapping
 from http.cookies import SimpleCookie
 
-from starlette.datastructures import Headers
-from starlette.requests import cookie_parser
-
 # Browsers cap a cookie at about 4 KB including its attributes; nextjs-auth0 v4 splits
 # its session above this many characters into NAME__0, NAME__1, ...
 CHUNK_SIZE = 3500
 MAX_CHUNKS = 20
-
-
-def request_cookies(headers: Headers) -> dict[str, str]:
-    return cookie_parser(headers.get("cookie", ""))
 
 
 class CookieWriter:
