@@ -2,7 +2,7 @@
 # Set up and run every check: lint, types, and the test suite (real Chromium included).
 # Extra arguments go to pytest, e.g. scripts/test.sh -k gate
 . "$(dirname "$0")/setup.sh" test
-apt_install chromium:chromium node:nodejs npm:npm redis-server:redis-server nginx:nginx
+apt_install chromium:chromium node:nodejs npm:npm redis-server:redis-server nginx:nginx caddy:caddy
 # The independent, OpenID Certified provider the integration tests also log in against.
 npm ci --prefix tests/certified_provider --no-audit --no-fund --loglevel=error
 .venv/bin/ruff check .

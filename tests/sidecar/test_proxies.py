@@ -1,4 +1,5 @@
-"""deploy/nginx.conf, as shipped, with Debian's nginx in front of the sidecar and an app."""
+"""deploy/nginx.conf and deploy/Caddyfile, as shipped, with Debian's nginx and Caddy in front
+of the sidecar (forward-auth) and an app."""
 
 from __future__ import annotations
 
@@ -69,15 +70,7 @@ http {{
             stderr=subprocess.PIPE,
         )
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
-                try:
-                    httpx.get(f"http://127.0.0.1:{listen}/auth/nope", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    assert time.monotonic() < deadline, "nginx did not start"
-                    time.sleep(0.05)
+            wait_until_serving(process, listen)
             yield
         finally:
             process.terminate()
@@ -86,8 +79,56 @@ http {{
                 process.stderr.close()
 
 
-@pytest.fixture(scope="module")
-def front() -> Iterator[Front]:
+@contextmanager
+def caddy(sidecar: int, app: int, listen: int) -> Iterator[None]:
+    binary = shutil.which("caddy")
+    assert binary, "caddy is not installed (scripts/test.sh installs it)"
+    site = (ROOT / "deploy" / "Caddyfile").read_text()
+    site = (
+        site.replace("127.0.0.1:4180", f"127.0.0.1:{sidecar}")
+        .replace("127.0.0.1:3000", f"127.0.0.1:{app}")
+        .replace("127.0.0.1:8080", f"127.0.0.1:{listen}")
+        # Several Caddys may run at once in tests: none needs the admin endpoint.
+        .replace("auto_https off", "auto_https off\n\tadmin off")
+    )
+    with tempfile.TemporaryDirectory(prefix="consent-caddy-") as directory:
+        home = Path(directory)
+        (home / "Caddyfile").write_text(site)
+        env = {"PATH": "/usr/bin:/bin", "HOME": directory, "XDG_DATA_HOME": directory,
+               "XDG_CONFIG_HOME": directory}  # fmt: skip
+        process = subprocess.Popen(  # noqa: S603 - Debian's caddy, our config
+            [binary, "run", "--config", str(home / "Caddyfile"), "--adapter", "caddyfile"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_until_serving(process, listen)
+            yield
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+            if process.stderr is not None:
+                process.stderr.close()
+
+
+def wait_until_serving(process: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/auth/nope", timeout=1)
+            return
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline, "the proxy did not start"
+            time.sleep(0.05)
+
+
+PROXIES = {"nginx": nginx, "caddy": caddy}
+
+
+@pytest.fixture(scope="module", params=sorted(PROXIES))
+def front(request: pytest.FixtureRequest) -> Iterator[Front]:
     with ExitStack() as stack:
         tenant_port, sidecar_port, listen = free_port(), free_port(), free_port()
         app = stack.enter_context(serve(UPSTREAM))
@@ -113,7 +154,8 @@ def front() -> Iterator[Front]:
         # Forward-auth only: no CONSENT_UPSTREAM, nginx does the proxying.
         sidecar = Sidecar(settings, SidecarOptions())
         stack.enter_context(serve(sidecar, port=sidecar_port, proxy_headers=False))
-        stack.enter_context(nginx(sidecar_port, int(app.rsplit(":", 1)[1]), listen))
+        proxy = PROXIES[request.param]
+        stack.enter_context(proxy(sidecar_port, int(app.rsplit(":", 1)[1]), listen))
         yield Front(base, tenant)
 
 
@@ -121,7 +163,7 @@ def session_chunks(browser: Browser) -> dict[str, str]:
     return {k: v for k, v in browser.client.cookies.items() if k.startswith("__session")}
 
 
-def test_gate_terms_accept_and_identity_through_nginx(front: Front) -> None:
+def test_gate_terms_accept_and_identity_through_the_proxy(front: Front) -> None:
     browser = Browser(front.base)
     page = browser.go("/dashboard?x=1")
     page = browser.login(page, email="big@example.com", password="big-password")
@@ -134,7 +176,7 @@ def test_gate_terms_accept_and_identity_through_nginx(front: Front) -> None:
     assert seen["headers"]["x-auth-request-user"] == user["user_id"]
     assert seen["headers"]["x-consent-version"] == "v1"
     assert seen["headers"]["x-consent-assertion"].count(".") == 2
-    # A client's own identity header is overwritten by nginx with the sidecar's.
+    # A client's own identity header is overwritten by the proxy with the sidecar's.
     forged = browser.client.get(f"{front.base}/x", headers={"X-Auth-Request-User": "admin"})
     assert forged.json()["headers"]["x-auth-request-user"] == user["user_id"]
     browser.client.close()
@@ -159,7 +201,7 @@ def test_a_chunked_session_rolled_at_the_check_reaches_the_browser_whole(front: 
     browser.client.close()
 
 
-def test_without_a_session_nginx_sends_the_browser_to_the_login(front: Front) -> None:
+def test_without_a_session_the_proxy_sends_the_browser_to_the_login(front: Front) -> None:
     response = httpx.get(f"{front.base}/dashboard?y=2")
     assert response.status_code == 302
     assert response.headers["location"].startswith(f"{front.base}/auth/login?returnTo=")
