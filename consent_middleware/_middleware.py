@@ -206,7 +206,9 @@ class ConsentMiddleware:
         self, session: Session, key: bytes, roll: bool, now: float, size: int = 0
     ) -> _Admitted:
         user = User.from_claims(session.user, self.settings.consent_claim)
-        until = min(session.expires_at or now + REVALIDATE_AFTER, now + REVALIDATE_AFTER)
+        until = now + REVALIDATE_AFTER
+        if session.expires_at:  # 0: a session not written yet (just refreshed)
+            until = min(until, session.ends_at)
         verdict = decide(session, self.settings)
         # The entry holds its key (the cookie bytes) and the decoded session, about as big.
         return _Admitted(session, user, roll, until, key, 2 * size + ENTRY_OVERHEAD, verdict)

@@ -98,7 +98,7 @@ class RedisSessionStore(RollingExpiry):
                 return None
             session = parsed
             self._remember(session_id, session, len(raw))
-        if session.expires_at + _jose.COOKIE_CLOCK_SKEW < time.time():
+        if session.expired(time.time()):
             return None
         return session
 

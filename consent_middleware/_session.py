@@ -17,6 +17,8 @@ from ._cookies import CookieWriter, read_chunked
 from ._tokens import TokenResponse, TokenSet
 
 SESSION_COOKIE = "__session"
+# nextjs-auth0 v4's leeway on internal.sessionExpiresAt.
+SESSION_EXPIRY_LEEWAY = 30
 # Memory the decrypted-session cache may take, estimated from the cookies' sizes.
 SESSION_CACHE_BYTES = 64 * 1024 * 1024
 # What a cached entry costs beyond its cookie's characters: objects, dict slots, the key.
@@ -67,6 +69,20 @@ class Session:
     @classmethod
     def from_grant(cls, grant: TokenResponse) -> Session:
         return cls.from_claims(grant.claims, grant.token_set, _ms(grant.requested_at))
+
+    @property
+    def ends_at(self) -> float:
+        """When the session ends: the cookie's ``exp`` (15 s skew), or sooner
+        ``internal.sessionExpiresAt`` (30 s leeway), which nextjs-auth0 v4 sets from the ID
+        token's ``session_expiry`` and honours over any ``exp``."""
+        ends: float = self.expires_at + _jose.COOKIE_CLOCK_SKEW
+        limit = _mapping(self.extra.get("internal")).get("sessionExpiresAt")
+        if isinstance(limit, int | float):
+            ends = min(ends, limit + SESSION_EXPIRY_LEEWAY)
+        return ends
+
+    def expired(self, now: float) -> bool:
+        return self.ends_at < now
 
     def refreshed(
         self, claims: Mapping[str, Any], token_set: TokenSet, issued_at: int | None = None
@@ -264,7 +280,7 @@ class CookieSessionStore(RollingExpiry):
             self._remember(key, session, value)
         else:
             session = cached[0]
-        if session.expires_at + _jose.COOKIE_CLOCK_SKEW < now:
+        if session.expired(now):
             self._cache.pop(key, None)
             return None
         return session

@@ -152,3 +152,16 @@ async def test_rolling_and_absolute_expiry() -> None:
     assert store.needs_roll(session, now + 200)
     old = Session(user={"sub": "u"}, token_set=TokenSet("a", "i"), created_at=int(now) - 2990)
     assert store.expiry(old, now) == int(now) + 10  # capped by the absolute limit
+
+
+async def test_internal_session_expires_at_ends_the_session_whatever_exp_says() -> None:
+    # nextjs-auth0 v4 ends a session at the ID token's session_expiry (30 s leeway).
+    settings = make_settings()
+    now = int(time.time())
+    payload = make_session().to_payload()
+    key = derive_key(settings.secret)
+    for ends_at, alive in ((now - 31, False), (now - 10, True), (now + 600, True)):
+        payload["internal"]["sessionExpiresAt"] = ends_at
+        value = encrypt(payload, key, now + 3600)
+        loaded = await CookieSessionStore(settings).load({"__session": value})
+        assert (loaded is not None) is alive, ends_at - now
