@@ -185,6 +185,7 @@ class ConsentMiddleware:
         session = await sessions.load(_request_cookies(scope)) if raw else None
         if session is None:
             return Verdict.LOGIN
+        session = await self.engine.refresher.with_consent_claim(session)
         roll = sessions.needs_roll(session, now)
         admitted = self._admission(session, key, roll, now, size)
         # Only consented requests are remembered. A session due to roll gets a new cookie

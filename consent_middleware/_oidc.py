@@ -293,6 +293,14 @@ class OIDCClient:
             max_age=LOGOUT_TOKEN_MAX_AGE,
         )
 
+    async def stored_id_token_claims(self, id_token: str) -> dict[str, Any]:
+        """The claims of an ID token a session holds, its signature verified again."""
+        key = await self._signing_key(id_token)  # a malformed token fails before any I/O
+        meta = await self.metadata()
+        return _jose.verify_id_token_signature(
+            id_token, key, issuer=meta.issuer, client_id=self.settings.client_id
+        )
+
     async def verify_id_token(
         self, id_token: str, nonce: str | None, access_token: str | None = None
     ) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from starlette.requests import HTTPConnection
 from starlette.responses import RedirectResponse, Response
@@ -83,6 +83,24 @@ class SessionRefresher:
         except IdentityProviderError as exc:
             raise RefreshError(f"the refresh-token grant failed: {exc}") from exc
         return session.refreshed_by(result)
+
+    async def with_consent_claim(self, session: Session) -> Session:
+        """``session``, with the consent claim read from its own ID token when the user
+        claims lack it: nextjs-auth0 v4 keeps only its default claims in ``session.user``
+        unless the app configures ``beforeSessionSaved``. The token's signature is verified
+        (against the provider's keys), its ``exp`` is not: the session's lifetime governs."""
+        claim = self.settings.consent_claim
+        id_token = session.token_set.id_token
+        if claim in session.user or not id_token:
+            return session
+        try:
+            claims = await self.oidc.stored_id_token_claims(id_token)
+        except IdentityProviderError as exc:
+            logger.info("the session's ID token could not be read again: %s", exc)
+            return session
+        if claims.get("sub") != session.user.get("sub") or claim not in claims:
+            return session
+        return replace(session, user={**session.user, claim: claims[claim]})
 
     async def settle(self, session: Session) -> Session | None:
         """``session`` once the revocation marks are applied: itself when nothing happened,

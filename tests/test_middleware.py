@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import respx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,8 +20,9 @@ from consent_middleware import _middleware as middleware_module
 from consent_middleware._cookies import CHUNK_SIZE
 from consent_middleware._exceptions import SharedStateError
 from consent_middleware._session import ENTRY_OVERHEAD, CookieSessionStore
-from tests.conftest import CLAIM, make_settings
+from tests.conftest import CLAIM, ISSUER, idp, make_settings
 from tests.flow import run_lifespan
+from tests.keys import SigningKey, id_token_claims
 
 SETTINGS = make_settings()
 STORE = CookieSessionStore(SETTINGS)
@@ -287,3 +289,33 @@ def test_a_store_that_is_away_is_a_503_for_pages_apis_and_websockets() -> None:
     asyncio.run(gate(scope, receive, send))
     assert sent[0]["type"] == "websocket.http.response.start" and sent[0]["status"] == 503
     assert json.loads(sent[1]["body"]) == {"error": "temporarily_unavailable"}
+
+
+def test_a_session_whose_claims_nextjs_auth0_filtered_is_read_from_its_id_token(
+    signing_key: SigningKey, other_key: SigningKey
+) -> None:
+    # nextjs-auth0 v4's default filter keeps sub, name, email...: not the consent claim.
+    # The gate reads it from the session's own ID token, its signature verified, even
+    # though that token's exp has passed (the session's lifetime governs).
+    claims = id_token_claims(ISSUER, "client-1", nonce=None, **CONSENTED)
+    claims["exp"] = int(time.time()) - 3600
+
+    def cookie(id_token: str) -> bytes:
+        session = Session.from_claims(
+            {"sub": claims["sub"], "email": "a@b.c"},
+            TokenSet("at", id_token, "rt", expires_at=int(time.time()) + 3600),
+        )
+        return _session_cookie(session).encode()
+
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        gate = ConsentMiddleware(ok, settings=SETTINGS)
+        assert call(gate, cookie(signing_key.sign(claims)))[0] == 200
+        # Signed by a key the provider does not publish: the claim is not believed.
+        forged = other_key.sign(claims, kid=signing_key.kid)
+        assert call(gate, cookie(forged))[0] == 303
+
+
+def _session_cookie(session: Session) -> str:
+    headers = asyncio.run(STORE.save(session, {}))
+    return "; ".join(h.decode().split(";", 1)[0] for h in headers)
