@@ -143,15 +143,23 @@ def _serve(name: str, port: int) -> subprocess.Popen[bytes]:
         ],
         env=env,
     )
+    _wait(proc, port)
+    return proc
+
+
+def _wait(proc: subprocess.Popen[bytes], port: int) -> None:
+    """Until something answers HTTP on ``port``; a process that dies or stays silent fails."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server for port {port} exited")
         try:
             httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return proc
+            return
         except httpx.HTTPError:
             time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"uvicorn for {name} did not start")
+    raise RuntimeError(f"the server for port {port} did not start")
 
 
 def _wrk(port: int, cookie: str, duration: int, connections: int) -> tuple[float, float, float]:
@@ -213,6 +221,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20_000)
     parser.add_argument("--sessions", type=int, default=20_000)
     parser.add_argument("--no-http", action="store_true", help="in-process figures only")
+    parser.add_argument(
+        "--sidecar-connections", type=int, default=64, help="connections for the sidecar table"
+    )
     args = parser.parse_args()
 
     print(
@@ -248,6 +259,13 @@ def _report(args: argparse.Namespace) -> None:
         f"{args.rounds} alternating rounds of {args.duration}s:\n"
     )
     print("\n".join(_http_table(args.rounds, args.duration, args.connections)))
+    from bench.sidecar import table
+
+    print(
+        f"\nThe sidecar as a reverse proxy (1 worker), wrk -c{args.sidecar_connections} and "
+        f"-c1, {args.rounds} alternating rounds of {args.duration}s:\n"
+    )
+    print("\n".join(table(args.rounds, args.duration, args.sidecar_connections)))
 
 
 if __name__ == "__main__":

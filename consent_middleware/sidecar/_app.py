@@ -17,7 +17,6 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -49,8 +48,6 @@ class Sidecar:
         self,
         settings: Settings,
         options: SidecarOptions,
-        *,
-        http_client: httpx.AsyncClient | None = None,
     ) -> None:
         self.settings = settings
         self.options = options
@@ -58,11 +55,8 @@ class Sidecar:
         self.gate = ConsentMiddleware(self._upstream_app, settings=settings)
         self.engine = self.gate.engine
         self.upstream: Upstream | None = None
-        self._owns_client = http_client is None  # a client passed in is the caller's to close
         if options.upstream:
-            timeout = httpx.Timeout(options.upstream_timeout, connect=5.0)
-            client = http_client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
-            self.upstream = Upstream(options.upstream, client, self._error_page)
+            self.upstream = Upstream(options.upstream, options.upstream_timeout, self._error_page)
         self.check_path = f"{settings.routes_prefix}/check"
         trusted = list(options.trusted_proxies)
         # uvicorn's own X-Forwarded-* handling, for the peers listed and no others.
@@ -125,8 +119,8 @@ class Sidecar:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self.upstream is not None and self._owns_client:
-                    await self.upstream.client.aclose()
+                if self.upstream is not None:
+                    await self.upstream.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -193,4 +193,4 @@ async def test_an_upstream_that_is_down_is_a_502_page() -> None:
         assert (await client.get("/ready")).status_code == 503  # no provider either
     await sidecar.gate.aclose()
     assert sidecar.upstream is not None
-    await sidecar.upstream.client.aclose()
+    await sidecar.upstream.aclose()
