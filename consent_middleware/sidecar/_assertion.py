@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any
 
+from cachetools import LRUCache
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -22,6 +23,7 @@ from jose.exceptions import JOSEError
 from .._exceptions import ConfigurationError
 
 ASSERTION_LIFETIME = 60
+RECENT_ASSERTIONS = 10_000
 _P256_ORDER = int("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16)
 
 
@@ -46,6 +48,10 @@ class AssertionSigner:
             serialization.NoEncryption(),
         )
         self._key = jwk.construct(pem.decode(), algorithm="ES256")
+        # Recent assertions by what they say; small (a token is under 1 KB), so bounded by count.
+        self._recent: LRUCache[tuple[str, str, str], tuple[str, float]] = LRUCache(
+            RECENT_ASSERTIONS
+        )
 
     @classmethod
     def from_setting(cls, value: str, secret: str) -> AssertionSigner:
@@ -72,6 +78,19 @@ class AssertionSigner:
         return {"keys": [self.public_jwk]}
 
     def sign(self, issuer: str, audience: str, claims: dict[str, Any]) -> str:
+        """The assertion for these claims: one signed within the last half of its lifetime
+        is handed out again (an ECDSA signature per request costs more than the rest of the
+        gate), so an upstream always gets one valid for at least 30 s."""
+        key = (issuer, audience, json.dumps(claims, sort_keys=True, separators=(",", ":")))
+        now = time.time()
+        cached = self._recent.get(key)
+        if cached is not None and cached[1] - now > ASSERTION_LIFETIME / 2:
+            return cached[0]
+        token = self._signed(issuer, audience, claims)
+        self._recent[key] = (token, now + ASSERTION_LIFETIME)
+        return token
+
+    def _signed(self, issuer: str, audience: str, claims: dict[str, Any]) -> str:
         now = int(time.time())
         body = {
             **claims,

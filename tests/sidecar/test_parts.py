@@ -194,3 +194,16 @@ async def test_an_upstream_that_is_down_is_a_502_page() -> None:
     await sidecar.gate.aclose()
     assert sidecar.upstream is not None
     await sidecar.upstream.aclose()
+
+
+def test_an_assertion_is_reused_while_it_has_half_its_life_left() -> None:
+    signer = AssertionSigner.from_setting("", SECRET)
+    first = signer.sign("https://app", "https://up", {"sub": "u", "email": "e"})
+    assert signer.sign("https://app", "https://up", {"email": "e", "sub": "u"}) == first
+    assert signer.sign("https://app", "https://up", {"sub": "v"}) != first
+    assert signer.sign("https://app", "https://other", {"sub": "u", "email": "e"}) != first
+    # Past half its lifetime, a new one is signed.
+    key = next(iter(signer._recent))
+    token, expires = signer._recent[key]
+    signer._recent[key] = (token, expires - 31)
+    assert signer.sign("https://app", "https://up", {"sub": "u", "email": "e"}) != first
