@@ -38,12 +38,25 @@ _HEADERS = {
 }
 
 
-def page(title: str, body: str, status_code: int = 200) -> HTMLResponse:
-    return HTMLResponse(_PAGE.format(title=escape(title), body=body), status_code, headers=_HEADERS)
+def page(
+    title: str, body: str, status_code: int = 200, form_target: str = ""
+) -> HTMLResponse:
+    headers = dict(_HEADERS)
+    if form_target:
+        # CSP form-action also governs where a submitted form's redirects may go: the
+        # login form ends in a redirect to the application's callback, on its own origin.
+        headers["content-security-policy"] += f" {form_target}"
+    return HTMLResponse(_PAGE.format(title=escape(title), body=body), status_code, headers=headers)
 
 
 def login_page(
-    action: str, state: str, csrf: str, email: str = "", error: str = "", status_code: int = 200
+    action: str,
+    state: str,
+    csrf: str,
+    email: str = "",
+    error: str = "",
+    status_code: int = 200,
+    callback_origin: str = "",
 ) -> HTMLResponse:
     problem = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
     body = f"""{problem}
@@ -58,7 +71,7 @@ def login_page(
 </form>
 <p>Seeded account: <code>dev@example.com</code> / <code>dev-password</code>.
 An unknown email with a password of 8 or more characters signs up a new user.</p>"""
-    return page("Log in", body, status_code)
+    return page("Log in", body, status_code, callback_origin)
 
 
 def error_page(title: str, message: str, status_code: int) -> HTMLResponse:

@@ -270,8 +270,11 @@ class DevTenant:
                 400,
             )
         action = f"{self.base_url}/u/login"
+        target = urlsplit(str(pending["params"].get("redirect_uri", "")))
+        # Only a client's registered redirect URI gets this far (checked at /authorize).
+        callback = f"{target.scheme}://{target.netloc}" if target.netloc else ""
         if form is None:
-            return login_page(action, login_id, pending["csrf"])
+            return login_page(action, login_id, pending["csrf"], callback_origin=callback)
         if not secrets.compare_digest(str(form.get("csrf", "")), pending["csrf"]):
             return error_page("Login refused", "The form was not sent from this page.", 403)
         email = str(form.get("email", "")).strip().lower()
@@ -282,7 +285,13 @@ class DevTenant:
                 user = self.users.create(email, password)
         if user is None:
             return login_page(
-                action, login_id, pending["csrf"], email, "Wrong email or password.", 401
+                action,
+                login_id,
+                pending["csrf"],
+                email,
+                "Wrong email or password.",
+                401,
+                callback_origin=callback,
             )
         del self.state.logins[login_id]
         sso = secrets.token_urlsafe(24)

@@ -7,6 +7,8 @@ apt_install chromium:chromium node:nodejs npm:npm redis-server:redis-server ngin
 npm ci --prefix tests/certified_provider --no-audit --no-fund --loglevel=error
 # nextjs-auth0 v4 (pinned), whose own code reads and writes session cookies in the tests.
 npm ci --prefix tests/nextjs_auth0 --no-audit --no-fund --loglevel=error
+# The reference Next.js app, built and driven in Chromium behind the sidecar.
+npm ci --prefix example_app/nextjs --no-audit --no-fund --loglevel=error
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

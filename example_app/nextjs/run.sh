@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The Next.js example behind consent-sidecar, with the dev tenant: one command.
+#   example_app/nextjs/run.sh   then open http://localhost:4180 (dev@example.com / dev-password)
+# Ports: 4180 the sidecar (what the browser talks to), 3000 Next.js, 4181 the dev tenant.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/../../scripts/setup.sh" "sidecar,example"
+apt_install node:nodejs npm:npm
+npm ci --prefix "$here" --no-audit --no-fund --loglevel=error
+
+export AUTH0_SECRET="${AUTH0_SECRET:-$(.venv/bin/python -c 'import secrets; print(secrets.token_hex(32))')}"
+export AUTH0_DOMAIN="http://localhost:4181" AUTH0_CLIENT_ID="nextjs"
+export AUTH0_CLIENT_SECRET="${AUTH0_CLIENT_SECRET:-$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))')}"
+export APP_BASE_URL="http://localhost:4180"
+export CONSENT_CLAIM="https://consent.example.com/consent" CONSENT_TERMS_VERSION="${CONSENT_TERMS_VERSION:-2026-11}"
+export CONSENT_TERMS_URL="http://localhost:4180/terms" CONSENT_UPSTREAM="http://127.0.0.1:3000"
+export NEXT_TELEMETRY_DISABLED=1
+
+trap 'kill 0' EXIT
+.venv/bin/python -m dev_tenant --port 4181 --app "$APP_BASE_URL" \
+  --client-id "$AUTH0_CLIENT_ID" --client-secret "$AUTH0_CLIENT_SECRET" --claim "$CONSENT_CLAIM" &
+# nextjs-auth0 refuses a localhost domain; Next.js never calls the provider here (the
+# sidecar does every login and refresh), so it gets a placeholder. In production both get
+# your real AUTH0_DOMAIN.
+(cd "$here" && export AUTH0_DOMAIN="dev-tenant.example.com" \
+  && npx next build >/dev/null && npx next start -p 3000 -H 127.0.0.1) &
+.venv/bin/consent-sidecar
