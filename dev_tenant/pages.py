@@ -38,9 +38,7 @@ _HEADERS = {
 }
 
 
-def page(
-    title: str, body: str, status_code: int = 200, form_target: str = ""
-) -> HTMLResponse:
+def page(title: str, body: str, status_code: int = 200, form_target: str = "") -> HTMLResponse:
     headers = dict(_HEADERS)
     if form_target:
         # CSP form-action also governs where a submitted form's redirects may go: the
