@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 import respx
+from playwright.sync_api import Browser, sync_playwright
 
 from consent_middleware import Settings
 from consent_middleware._engine import Engine
@@ -107,3 +108,16 @@ def redis() -> Iterator[RedisServer]:
     """One real redis-server for the session; tests keep apart by key prefix."""
     with redis_server() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium, headless, driven by Playwright (no browser is downloaded).
+    Per module: Playwright's sync API keeps an event loop running in this thread while it
+    is open, and other modules' tests call asyncio.run."""
+    from tests.browser_flags import CHROMIUM, FLAGS
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()

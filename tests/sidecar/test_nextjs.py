@@ -15,14 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Request, sync_playwright
+from playwright.sync_api import Browser, Page, Request
 
 from consent_middleware import Settings
 from consent_middleware.sidecar import Sidecar, SidecarOptions
 from dev_tenant import DevClient, DevTenant
 from tests.flow import CLAIM, Swappable
 from tests.live_server import free_port, serve
-from tests.test_browser import CHROMIUM, FLAGS
 
 APP = Path(__file__).resolve().parents[2] / "example_app" / "nextjs"
 SECRET = "nextjs-secret-0123456789abcdef01234567"
@@ -99,14 +98,6 @@ def running() -> Iterator[Running]:
         running.deploy()
         stack.enter_context(serve(server, port=sidecar_port, proxy_headers=False))
         yield running
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield browser
-        browser.close()
 
 
 def login_forms(page: Page) -> list[str]:

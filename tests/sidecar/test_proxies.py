@@ -64,19 +64,8 @@ http {{
 }}
 """
         )
-        process = subprocess.Popen(  # noqa: S603 - Debian's nginx, our config
-            [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            wait_until_serving(process, listen)
+        with serving([binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], listen):
             yield
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-            if process.stderr is not None:
-                process.stderr.close()
 
 
 @contextmanager
@@ -96,20 +85,25 @@ def caddy(sidecar: int, app: int, listen: int) -> Iterator[None]:
         (home / "Caddyfile").write_text(site)
         env = {"PATH": "/usr/bin:/bin", "HOME": directory, "XDG_DATA_HOME": directory,
                "XDG_CONFIG_HOME": directory}  # fmt: skip
-        process = subprocess.Popen(  # noqa: S603 - Debian's caddy, our config
-            [binary, "run", "--config", str(home / "Caddyfile"), "--adapter", "caddyfile"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            wait_until_serving(process, listen)
+        command = [binary, "run", "--config", str(home / "Caddyfile"), "--adapter", "caddyfile"]
+        with serving(command, listen, env):
             yield
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-            if process.stderr is not None:
-                process.stderr.close()
+
+
+@contextmanager
+def serving(command: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Debian's proxy running our config, until it answers on ``port``; stopped after."""
+    process = subprocess.Popen(  # noqa: S603 - Debian's nginx or caddy, our config
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until_serving(process, port)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 def wait_until_serving(process: subprocess.Popen[bytes], port: int) -> None:
