@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
+from ._access import AccessTokenErrorCode, UserAccessToken, get_access_token
 from ._config import Settings
 from ._exceptions import (
+    AccessTokenError,
     ConfigurationError,
     ConsentMiddlewareError,
     NotGatedError,
@@ -34,6 +36,8 @@ def current_user(request: HTTPConnection) -> User:
 
 
 __all__ = [
+    "AccessTokenError",
+    "AccessTokenErrorCode",
     "ConfigurationError",
     "Consent",
     "ConsentMiddleware",
@@ -46,7 +50,9 @@ __all__ = [
     "Settings",
     "TokenSet",
     "User",
+    "UserAccessToken",
     "__version__",
     "current_user",
+    "get_access_token",
     "refresh_session",
 ]

@@ -6,9 +6,14 @@ import re
 from collections.abc import Mapping
 from http.cookies import SimpleCookie
 
+from starlette.requests import cookie_parser
+from starlette.types import Scope
+
 # Browsers cap a cookie at about 4 KB including its attributes; nextjs-auth0 v4 splits
 # its session above this many characters into NAME__0, NAME__1, ...
 CHUNK_SIZE = 3500
+# nextjs-auth0 v4's session cookie (and the prefix of its chunks).
+SESSION_COOKIE = "__session"
 MAX_CHUNKS = 20
 
 
@@ -73,3 +78,54 @@ def read_chunked(name: str, cookies: Mapping[str, str]) -> str | None:
             break
         parts.append(part)
     return "".join(parts) or None
+
+
+# What the gate reads off an ASGI scope: raw bytes, no Headers object (the hot path).
+SESSION_PREFIX = SESSION_COOKIE.encode()
+
+
+def joined_cookie_header(scope: Scope) -> bytes:
+    """The request's cookies as one header value.
+
+    RFC 9113 8.2.3: HTTP/2 may split the Cookie header into several fields, to be joined
+    with "; ". When it was split, the scope gets the joined header, so the app and every
+    cookie reader downstream see all cookies too.
+    """
+    found = [value for name, value in scope["headers"] if name == b"cookie"]
+    if len(found) < 2:
+        return bytes(found[0]) if found else b""
+    joined = b"; ".join(bytes(value) for value in found)
+    headers = [(name, value) for name, value in scope["headers"] if name != b"cookie"]
+    scope["headers"] = [*headers, (b"cookie", joined)]
+    return joined
+
+
+def session_cookies(cookie_header: bytes) -> tuple[bytes, int]:
+    """The session's cookies alone (b"" when there are none), and their size.
+
+    Every ``__session*`` pair is found with ``bytes.find`` (no split of the whole header):
+    a match inside another cookie's value only adds to the key, so two requests share a key
+    only when they carry the same session cookies. The bytes themselves are the cache key:
+    a dict hashes them in well under a microsecond and compares them in full, where a
+    cryptographic digest of a chunked session costs several.
+    """
+    position = cookie_header.find(SESSION_PREFIX)
+    if position < 0:
+        return b"", 0
+    parts = []
+    while position >= 0:
+        end = cookie_header.find(b";", position)
+        if end < 0:
+            end = len(cookie_header)
+        parts.append(cookie_header[position:end].rstrip())
+        position = cookie_header.find(SESSION_PREFIX, end)
+    own = b";".join(parts)
+    return own, len(own)
+
+
+def scope_cookies(scope: Scope) -> dict[str, str]:
+    return cookie_parser(joined_cookie_header(scope).decode("latin-1"))
+
+
+def sets_session_cookie(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(n.lower() == b"set-cookie" and v.startswith(SESSION_PREFIX) for n, v in headers)

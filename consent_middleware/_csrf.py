@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
 from ._jose import derive_key
+from ._redirects import origin_of
 from ._session import Session
 
 
@@ -16,8 +16,7 @@ class CSRF:
     def __init__(self, secret: str, app_base_url: str) -> None:
         # A key of its own, so a CSRF token reveals nothing about the cookie key.
         self.key = derive_key(secret, info=b"consent_middleware CSRF")
-        parts = urlsplit(app_base_url)
-        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.origin = origin_of(app_base_url)
 
     def token(self, session: Session) -> str:
         """Bound to the session id: stateless, and useless with any other session."""
@@ -29,8 +28,7 @@ class CSRF:
             return origin == self.origin
         referer = request.headers.get("referer")
         if referer is not None:
-            parts = urlsplit(referer)
-            return f"{parts.scheme}://{parts.netloc}" == self.origin
+            return origin_of(referer) == self.origin
         # Browsers send Origin on every cross-site POST; a form with neither is refused.
         return False
 

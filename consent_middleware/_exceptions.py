@@ -8,13 +8,15 @@ ConsentMiddlewareError
 │   └── IdTokenError        an ID token failed verification (reason kept)
 ├── ManagementAPIError      the Management API failed after bounded retries
 ├── RefreshError            a session could not be refreshed silently
+├── AccessTokenError        no usable access token (``code`` says why)
 └── SharedStateError        the shared store (Redis) is unreachable or too slow
 
 Library errors (httpx, python-jose) are translated where they are caught, always with
 ``raise ... from exc`` so the original stays on ``__cause__`` for logs and debuggers.
 Only the errors an app can meet are exported from the package: ``ConfigurationError``
-(start-up), ``NotGatedError`` (``current_user``), ``RefreshError`` (``refresh_session``)
-and their base. The others are turned into pages or JSON by ``_pages.Pages.for_error``.
+(start-up), ``NotGatedError`` (``current_user``), ``RefreshError`` (``refresh_session``),
+``AccessTokenError`` (``get_access_token``) and their base. The others are turned into
+pages or JSON by ``_pages.Pages.for_error``.
 """
 
 from __future__ import annotations
@@ -68,6 +70,15 @@ class ManagementAPIError(ConsentMiddlewareError):
 
 class RefreshError(ConsentMiddlewareError):
     """The session could not be refreshed without the browser."""
+
+
+class AccessTokenError(ConsentMiddlewareError):
+    """No usable access token; ``code`` is an ``AccessTokenErrorCode`` value, as
+    nextjs-auth0 names them (``missing_refresh_token``, ``failed_to_refresh_token``, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"{code}: {message}")
 
 
 class SharedStateError(ConsentMiddlewareError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -39,6 +39,22 @@ def app_path(scope: Scope) -> str:
     return path
 
 
+def normalized_path(path: str) -> str:
+    """``path`` as a server that cleans paths up will serve it: percent-decoded, repeated
+    slashes merged, dot segments resolved (RFC 3986 5.2.4). Public paths are matched on
+    this, so "/static/../admin" or "//admin" cannot pass as public and reach "/admin"."""
+    decoded = unquote(path)
+    segments: list[str] = []
+    for segment in decoded.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    trailing = "/" if decoded.endswith(("/", "/.", "/..")) and segments else ""
+    return "/" + "/".join(segments) + trailing
+
+
 def is_own_route(path: str, settings: Settings) -> bool:
     """The auth and consent routes, which the middleware serves itself."""
     prefixes = (settings.routes_prefix, settings.consent_path)
@@ -46,8 +62,10 @@ def is_own_route(path: str, settings: Settings) -> bool:
 
 
 def is_public(path: str, settings: Settings) -> bool:
-    """Configured public paths: exact ("/about"), or a prefix when they end in "*"."""
-    return matches(path, settings.public_paths)
+    """Configured public paths: exact ("/about"), or a prefix when they end in "*". Both
+    the path as sent and as a server would clean it up must match (see normalized_path)."""
+    patterns = settings.public_paths
+    return matches(path, patterns) and matches(normalized_path(path), patterns)
 
 
 def matches(path: str, patterns: tuple[str, ...]) -> bool:

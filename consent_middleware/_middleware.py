@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -10,13 +11,14 @@ from dataclasses import dataclass
 import httpx
 from cachetools import LRUCache
 from starlette.datastructures import Headers
-from starlette.requests import cookie_parser
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._access import AccessTokenErrorCode
 from ._config import Settings
+from ._cookies import joined_cookie_header, scope_cookies, session_cookies, sets_session_cookie
 from ._engine import Engine
-from ._exceptions import SharedStateError
+from ._exceptions import AccessTokenError, SharedStateError
 from ._gate import (
     Verdict,
     app_path,
@@ -29,10 +31,13 @@ from ._gate import (
     wants_json,
 )
 from ._models import User
+from ._redirects import origin_of
 from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, SESSION_SCOPE_KEY, with_cookies
 from ._revocation import Revocation
-from ._session import ENTRY_OVERHEAD, SESSION_COOKIE, Session, SessionStore
+from ._session import ENTRY_OVERHEAD, Session, SessionStore
 from ._state import SharedState
+
+logger = logging.getLogger("consent_middleware")
 
 USER_SCOPE_KEY = "consent_middleware.user"
 # An async callable in the scope of gated requests: the Set-Cookie values the response gets.
@@ -42,7 +47,6 @@ ADMITTED_CACHE_BYTES = 32 * 1024 * 1024
 REVALIDATE_AFTER = 60.0
 # RFC 9111 5.2.2: whenever this middleware sets a cookie, no cache may keep the response.
 PRIVATE = b"private, no-store"
-_SESSION_PREFIX = SESSION_COOKIE.encode()
 _DENIAL_EXTENSION = "websocket.http.response"
 
 
@@ -76,8 +80,7 @@ class ConsentMiddleware:
             maxsize=ADMITTED_CACHE_BYTES, getsizeof=_weight_of
         )
         self._started = False
-        parts = httpx.URL(self.settings.app_base_url)
-        self._origin = f"{parts.scheme}://{parts.netloc.decode('ascii')}"
+        self._origin = origin_of(self.settings.app_base_url)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -111,7 +114,7 @@ class ConsentMiddleware:
         path = app_path(scope)
         settings = self.settings
         if is_own_route(path, settings):
-            _merge_cookie_headers(scope)
+            joined_cookie_header(scope)
             await self.engine.serve_own_route(scope, receive, send, path)
             return
         if is_public(path, settings):
@@ -151,26 +154,48 @@ class ConsentMiddleware:
         # new session on before answering (the sidecar forwards it in the Cookie header).
         scope[SESSION_COOKIES_SCOPE_KEY] = write.values
 
+        started = False
+
         async def send_gated(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 # The answer depends on who asks: shared caches must key it by the cookie.
                 # Raw header pairs, not a Headers object: this runs on every response.
                 headers = _with_vary_cookie(message.get("headers", ()))
-                values = await write.values()
+                try:
+                    values = await write.values()
+                except SharedStateError as exc:
+                    # The store is away: the page still goes out, only the roll (or the
+                    # refreshed cookie) waits for a later request.
+                    logger.warning("session not written: %s", exc)
+                    values = []
                 # RFC 6265 4.1.1: one Set-Cookie per name. An app that set the session
                 # itself (nextjs-auth0 rolling the session it was handed) wins.
-                if values and not _sets_session(headers):
+                if values and not sets_session_cookie(headers):
                     headers = [(k, v) for k, v in headers if k != b"cache-control"]
                     headers += [(b"set-cookie", value) for value in values]
                     headers.append((b"cache-control", PRIVATE))
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_gated)
+        try:
+            await self.app(scope, receive, send_gated)
+        except AccessTokenError as exc:
+            if started:
+                raise
+            # get_access_token() found no usable token before the app answered: the login
+            # (401 JSON for API calls), or a 503 while the provider is unreachable.
+            if exc.code == AccessTokenErrorCode.PROVIDER_UNAVAILABLE.value:
+                as_json = wants_json(app_path(scope), Headers(scope=scope), self.settings)
+                response = self.engine.pages.unavailable(as_json)
+            else:
+                response = self._refusal(Verdict.LOGIN, scope)
+            await response(scope, receive, send)
 
     async def _admitted_or_verdict(self, scope: Scope, now: float) -> _Admitted | Verdict:
-        raw = _merge_cookie_headers(scope)
-        key, size = _session_key(raw)
+        raw = joined_cookie_header(scope)
+        key, size = session_cookies(raw)
         admitted = self._admitted.get(key) if key else None
         if admitted is not None and admitted.until >= now:
             return admitted
@@ -182,7 +207,7 @@ class ConsentMiddleware:
         """The full check: decrypt (or the store's cache), decide. A session that may not
         pass is still returned (with its verdict): a revocation mark may change it."""
         sessions = self.engine.sessions
-        session = await sessions.load(_request_cookies(scope)) if raw else None
+        session = await sessions.load(scope_cookies(scope)) if raw else None
         if session is None:
             return Verdict.LOGIN
         session = await self.engine.refresher.with_consent_claim(session)
@@ -222,7 +247,7 @@ class ConsentMiddleware:
     ) -> _Admitted | None:
         """A stale session refreshed and let through, or the answer sent and None."""
         engine = self.engine
-        cookies = _request_cookies(scope)
+        cookies = scope_cookies(scope)
         fresh = await engine.refresher.settle(session)
         if fresh is None:
             response = self._refusal(Verdict.LOGIN, scope)
@@ -315,13 +340,9 @@ class _SessionWrite:
             return []
         target = current or self.session
         if self._done is None or self._done[0] is not target:
-            cookies = _request_cookies(self.scope)
+            cookies = scope_cookies(self.scope)
             self._done = (target, await self.sessions.save(target, cookies))
         return self._done[1]
-
-
-def _sets_session(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(n.lower() == b"set-cookie" and v.startswith(_SESSION_PREFIX) for n, v in headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,49 +374,6 @@ def _with_vary_cookie(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, b
         return headers
     merged = b", ".join([*fields, b"Cookie"])
     return [(n, v) for n, v in headers if n.lower() != b"vary"] + [(b"vary", merged)]
-
-
-def _merge_cookie_headers(scope: Scope) -> bytes:
-    """The request's cookies as one header value.
-
-    RFC 9113 8.2.3: HTTP/2 may split the Cookie header into several fields, to be joined
-    with "; ". When it was split, the scope gets the joined header, so the app and every
-    cookie reader downstream see all cookies too.
-    """
-    found = [value for name, value in scope["headers"] if name == b"cookie"]
-    if len(found) < 2:
-        return bytes(found[0]) if found else b""
-    joined = b"; ".join(bytes(value) for value in found)
-    headers = [(name, value) for name, value in scope["headers"] if name != b"cookie"]
-    scope["headers"] = [*headers, (b"cookie", joined)]
-    return joined
-
-
-def _session_key(cookie_header: bytes) -> tuple[bytes, int]:
-    """The session's cookies alone (b"" when there are none), and their size.
-
-    Every ``__session*`` pair is found with ``bytes.find`` (no split of the whole header):
-    a match inside another cookie's value only adds to the key, so two requests share a key
-    only when they carry the same session cookies. The bytes themselves are the cache key:
-    a dict hashes them in well under a microsecond and compares them in full, where a
-    cryptographic digest of a chunked session costs several.
-    """
-    position = cookie_header.find(_SESSION_PREFIX)
-    if position < 0:
-        return b"", 0
-    parts = []
-    while position >= 0:
-        end = cookie_header.find(b";", position)
-        if end < 0:
-            end = len(cookie_header)
-        parts.append(cookie_header[position:end].rstrip())
-        position = cookie_header.find(_SESSION_PREFIX, end)
-    own = b";".join(parts)
-    return own, len(own)
-
-
-def _request_cookies(scope: Scope) -> dict[str, str]:
-    return cookie_parser(_merge_cookie_headers(scope).decode("latin-1"))
 
 
 async def _deny_websocket(

@@ -61,3 +61,9 @@ def bounded_return_to(url: str) -> str:
 
 def return_to_or_home(value: str | None, base_url: str) -> str:
     return safe_return_to(value, base_url) or f"{base_url}/"
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of a URL (RFC 6454), as an ``Origin`` header names it."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

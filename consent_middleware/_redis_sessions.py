@@ -30,10 +30,10 @@ from cachetools import LRUCache, TTLCache
 
 from . import _jose
 from ._config import Settings
-from ._cookies import CookieWriter, read_chunked
+from ._cookies import SESSION_COOKIE, CookieWriter, read_chunked
 from ._exceptions import SharedStateError
 from ._redis_state import RedisState
-from ._session import ENTRY_OVERHEAD, SESSION_COOKIE, RollingExpiry, Session
+from ._session import ENTRY_OVERHEAD, RollingExpiry, Session
 
 logger = logging.getLogger("consent_middleware")
 

@@ -48,6 +48,10 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+_EXTEND = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
 # Keep the larger of the stored and the new mark, with the new expiry when it wins.
 _MARK = """
 local current = tonumber(redis.call('get', KEYS[1]) or '0')
@@ -93,16 +97,29 @@ class RedisState:
         name = self._key("lock", key)
         owner = secrets.token_hex(16)
         deadline = time.monotonic() + LOCK_WAIT
-        while not await self.call(self.redis.set(name, owner, nx=True, px=int(LOCK_TTL * 1000))):
+        ttl_ms = int(LOCK_TTL * 1000)
+        while not await self.call(self.redis.set(name, owner, nx=True, px=ttl_ms)):
             if time.monotonic() > deadline:
                 raise SharedStateError(f"waited too long for the lock {key!r}")
             await asyncio.sleep(LOCK_POLL)
+        # Kept alive while held: the work under a lock (a grant, a Management write) may
+        # take longer than the expiry that frees the lock of a worker that died.
+        keeper = asyncio.get_running_loop().create_task(self._keep(name, owner, ttl_ms))
         try:
             yield
         finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
             # A failed release only means the lock expires on its own, a little later.
             with contextlib.suppress(SharedStateError):
                 await self.call(self.redis.eval(_RELEASE, 1, name, owner))
+
+    async def _keep(self, name: str, owner: str, ttl_ms: int) -> None:
+        while True:
+            await asyncio.sleep(ttl_ms / 3000)
+            with contextlib.suppress(SharedStateError):
+                await self.call(self.redis.eval(_EXTEND, 1, name, owner, str(ttl_ms)))
 
     async def incr(self, key: str, window: float) -> tuple[int, float]:
         name = self._key("count", key)
@@ -182,7 +199,7 @@ class RedisState:
                             self._apply(message["data"])
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # following must outlive any failure, a bad message too
                 self._subscribed.clear()
                 delay = RESUBSCRIBE_BACKOFF[min(attempt, len(RESUBSCRIBE_BACKOFF) - 1)]
                 attempt += 1

@@ -9,12 +9,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from ._access import DEFAULT_MIN_TTL, AccessTokenErrorCode, as_user_token, renewed
 from ._config import Settings
-from ._exceptions import ConsentMiddlewareError, IdTokenError
+from ._exceptions import AccessTokenError, ConsentMiddlewareError, IdTokenError
+from ._gate import Verdict, decide, refusal_body
 from ._login import Login
 from ._oidc import LOGOUT_TOKEN_MAX_AGE, OIDCClient
 from ._pages import NO_STORE, Pages
-from ._redirects import return_to_or_home, safe_return_to
+from ._redirects import origin_of, return_to_or_home, safe_return_to
 from ._refresh import SessionRefresher, with_cookies
 from ._revocation import Revocations
 from ._session import Session, SessionStore
@@ -47,6 +49,7 @@ class AuthRoutes:
             Route(f"{prefix}/logout", self.logout, methods=["GET"]),
             Route(f"{prefix}/profile", self.profile, methods=["GET"]),
             Route(f"{prefix}/backchannel-logout", self.backchannel_logout, methods=["POST"]),
+            Route(f"{prefix}/access-token", self.access_token, methods=["GET"]),
         ]
 
     async def login(self, request: Request) -> Response:
@@ -156,10 +159,47 @@ class AuthRoutes:
         return with_cookies(response, await self.sessions.clear(request.cookies))
 
     async def profile(self, request: Request) -> Response:
-        session = await self.sessions.load(request.cookies)
+        # The marks apply here too: an ended session's claims are not shown.
+        session, cookies = await self.refresher.current_session(request.cookies)
         if session is None:
-            return self.pages.json_error("login_required", 401, login_url=self.pages.login_url)
-        return JSONResponse(session.user, headers=NO_STORE)
+            response: Response = self.pages.json_error(
+                "login_required", 401, login_url=self.pages.login_url
+            )
+        else:
+            response = JSONResponse(session.user, headers=NO_STORE)
+        return with_cookies(response, cookies)
+
+    async def access_token(self, request: Request) -> Response:
+        """The access token for the site's own browser code (nextjs-auth0's route): JSON
+        ``{token, expires_at, scope}``, renewed when it is about to run out."""
+        site = request.headers.get("sec-fetch-site")
+        origin = request.headers.get("origin")
+        if (site is not None and site not in ("same-origin", "none")) or (
+            origin is not None and origin != origin_of(self.settings.app_base_url)
+        ):
+            # CORS already keeps a foreign page from reading the answer; this keeps it from
+            # spending the user's refresh token too.
+            return self.pages.json_error("forbidden", 403)
+        session, cookies = await self.refresher.current_session(request.cookies)
+        verdict = decide(session, self.settings)
+        if session is None or verdict is not Verdict.ALLOW:
+            # A token for the APIs is what the consent gates: none without it.
+            status, body = refusal_body(verdict, "/", self.settings)
+            return with_cookies(JSONResponse(body, status, headers=NO_STORE), cookies)
+        try:
+            current = await renewed(self.refresher, session, refresh=False, min_ttl=DEFAULT_MIN_TTL)
+        except AccessTokenError as exc:
+            if exc.code == AccessTokenErrorCode.PROVIDER_UNAVAILABLE.value:
+                return with_cookies(self.pages.unavailable(as_json=True), cookies)
+            response = self.pages.json_error(
+                "login_required", 401, code=exc.code, login_url=self.pages.login_url
+            )
+            return with_cookies(response, cookies)
+        if current is not session:
+            cookies = await self.sessions.save(current, request.cookies)
+        token = as_user_token(current)
+        answer = {"token": token.token, "expires_at": token.expires_at, "scope": token.scope}
+        return with_cookies(JSONResponse(answer, headers=NO_STORE), cookies)
 
     async def backchannel_logout(self, request: Request) -> Response:
         """OIDC Back-Channel Logout 1.0: the provider ends sessions from its side (2.5)."""

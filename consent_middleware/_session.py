@@ -13,10 +13,9 @@ from cachetools import LRUCache
 
 from . import _jose
 from ._config import Settings
-from ._cookies import CookieWriter, read_chunked
+from ._cookies import SESSION_COOKIE, CookieWriter, read_chunked
 from ._tokens import TokenResponse, TokenSet
 
-SESSION_COOKIE = "__session"
 # nextjs-auth0 v4's leeway on internal.sessionExpiresAt.
 SESSION_EXPIRY_LEEWAY = 30
 # Memory the decrypted-session cache may take, estimated from the cookies' sizes.

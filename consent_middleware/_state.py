@@ -148,7 +148,9 @@ class LocalState:
         marks = self._marks[kind]
         previous = marks.get(key)
         if previous is None or previous[0] < at:
-            _bounded_put(marks, key, (at, until), time.time(), MAX_MARKS)
+            # Only expired marks make room: dropping a live one would bring an ended session
+            # back. Past MAX_MARKS live marks the table grows (each mark needed a login).
+            _bounded_put(marks, key, (at, until), time.time(), MAX_MARKS, evict_live=False)
 
     def mark(self, kind: MarkKind, key: str) -> int | None:
         found = self._marks[kind].get(key)
@@ -175,11 +177,14 @@ def _blob_size(entry: tuple[bytes, float]) -> int:
     return len(entry[0]) + 256
 
 
-def _bounded_put(table: dict[str, V], key: str, value: V, now: float, bound: int) -> None:
-    """Insert, first dropping expired entries and then the oldest when the table is full."""
+def _bounded_put(
+    table: dict[str, V], key: str, value: V, now: float, bound: int, evict_live: bool = True
+) -> None:
+    """Insert, first dropping expired entries and then (``evict_live``) the oldest when the
+    table is full."""
     if key not in table and len(table) >= bound:
         for stale in [k for k, (_, expiry) in table.items() if expiry <= now]:
             del table[stale]
-        while len(table) >= bound:
+        while evict_live and len(table) >= bound:
             del table[next(iter(table))]
     table[key] = value

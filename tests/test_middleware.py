@@ -319,3 +319,29 @@ def test_a_session_whose_claims_nextjs_auth0_filtered_is_read_from_its_id_token(
 def _session_cookie(session: Session) -> str:
     headers = asyncio.run(STORE.save(session, {}))
     return "; ".join(h.decode().split(";", 1)[0] for h in headers)
+
+
+class RollFailsStore(ServerSideStore):
+    """Sessions load, but writing one fails: the shared store went away mid-request."""
+
+    def needs_roll(self, session: Session, now: float | None = None) -> bool:
+        return True
+
+    async def save(
+        self, session: Session, cookies: Mapping[str, str], now: float | None = None
+    ) -> list[bytes]:
+        if not self.sessions:
+            return await super().save(session, cookies, now)
+        raise SharedStateError("the shared store did not answer: timeout")
+
+
+def test_a_roll_that_cannot_be_written_still_serves_the_page() -> None:
+    store = RollFailsStore()
+    session = replace(
+        Session.from_claims({"sub": "auth0|1", **CONSENTED}, TokenSet("at", "idt", "rt")),
+        expires_at=int(time.time()) + 3600,
+    )
+    asyncio.run(store.save(session, {}))
+    gate = ConsentMiddleware(ok, settings=SETTINGS, session_store=store)
+    status, headers = call(gate, f"sid={session.sid}".encode())
+    assert status == 200 and b"set-cookie" not in headers

@@ -128,3 +128,27 @@ async def _away_and_back(server: RedisServer) -> None:
         if server.process is None:
             server.start()
         await state.aclose()
+
+
+async def test_a_lock_held_longer_than_its_expiry_stays_held(
+    pair: tuple[RedisState, RedisState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import consent_middleware._redis_state as module
+
+    monkeypatch.setattr(module, "LOCK_TTL", 0.3)
+    a, b = pair
+    events: list[str] = []
+
+    async def slow_holder() -> None:
+        async with a.lock("consent:u"):
+            events.append("a in")
+            await asyncio.sleep(1.0)  # more than three expiries: kept alive meanwhile
+            events.append("a out")
+
+    async def second() -> None:
+        await asyncio.sleep(0.1)
+        async with b.lock("consent:u"):
+            events.append("b in")
+
+    await asyncio.gather(slow_holder(), second())
+    assert events == ["a in", "a out", "b in"]

@@ -95,6 +95,8 @@ def test_logout_ends_every_copy_of_the_cookie(live: Live) -> None:
     try:
         assert thief.get(f"{live.base}/dashboard").status_code == 200
         browser.go("/auth/logout")
+        # Not even the claims: /auth/profile honours the mark too.
+        assert thief.get(f"{live.base}/auth/profile").status_code == 401
         response = thief.get(f"{live.base}/dashboard")
         assert response.status_code == 307
         assert urlsplit(response.headers["location"]).path == "/auth/login"

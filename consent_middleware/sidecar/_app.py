@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -24,13 +23,14 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from .._config import Settings
+from .._cookies import SESSION_COOKIE
 from .._exceptions import IdentityProviderError, SharedStateError
-from .._gate import Verdict, decide, is_own_route, is_public, refusal_url
+from .._gate import Verdict, decide, is_public, refusal_url
 from .._middleware import SESSION_COOKIES_SCOPE_KEY, USER_SCOPE_KEY, ConsentMiddleware
 from .._models import User
 from .._pages import NO_STORE
+from .._redirects import origin_of
 from .._refresh import with_cookies
-from .._session import SESSION_COOKIE
 from ._assertion import AssertionSigner
 from ._options import SidecarOptions
 from ._proxy import Upstream, forwarded_headers
@@ -132,7 +132,7 @@ class Sidecar:
         if self.upstream is None:
             await Response("Not found", 404, media_type="text/plain")(scope, receive, send)
             return
-        audience = _origin(self.upstream.base_url)
+        audience = origin_of(self.upstream.base_url)
         headers = forwarded_headers(
             scope, self._peer_trusted(scope), self._identity(scope, audience)
         )
@@ -140,7 +140,10 @@ class Sidecar:
         if pending is not None:
             # A roll or refresh during the gate: the upstream reads the session it will
             # write back (a Next.js app rolling the stale one would undo the refresh).
-            headers = with_new_session(headers, await pending())
+            try:
+                headers = with_new_session(headers, await pending())
+            except SharedStateError:
+                pass  # the store is away: the request goes on with the cookie it came with
         if scope["type"] == "websocket":
             await self.upstream.websocket(scope, receive, send, headers)
         else:
@@ -156,9 +159,11 @@ class Sidecar:
         if isinstance(original, Response):
             return original
         method, target, origin = original
-        path = urlsplit(target).path or "/"
+        # The path as the proxy will route it and the app may read it: never urlsplit on a
+        # path ("//x" is a host there), and public only when its cleaned-up form is too.
+        path = target.split("?", 1)[0].split("#", 1)[0] or "/"
         settings = self.settings
-        if is_public(path, settings) or is_own_route(path, settings):
+        if is_public(path, settings):
             return Response(status_code=200, headers=NO_STORE)
         refresher = self.engine.refresher
         try:
@@ -291,11 +296,6 @@ def original_request(request: Request, check_path: str) -> tuple[str, str, str] 
         target = "/" + target
     proto = headers.get("x-forwarded-proto") or request.url.scheme
     return method or "GET", target, f"{proto}://{host}"
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _header_value(value: str) -> bytes:

@@ -76,7 +76,9 @@ def forwarded_headers(scope: Scope, trusted_peer: bool, identity: Headers) -> He
     headers = [
         (n, v)
         for n, v in end_to_end(list(scope["headers"]))
-        if n.lower() not in IDENTITY_HEADERS and (trusted_peer or n.lower() not in FORWARDED)
+        # "X_Auth_Request_User" too: CGI-style servers read "_" and "-" alike.
+        if n.lower().replace(b"_", b"-") not in IDENTITY_HEADERS
+        and (trusted_peer or n.lower() not in FORWARDED)
     ]
     peer = scope.get("consent_middleware.peer") or scope.get("client") or ("", 0)
     earlier = [v for n, v in headers if n == b"x-forwarded-for"]

@@ -207,3 +207,13 @@ def test_an_assertion_is_reused_while_it_has_half_its_life_left() -> None:
     token, expires = signer._recent[key]
     signer._recent[key] = (token, expires - 31)
     assert signer.sign("https://app", "https://up", {"sub": "u", "email": "e"}) != first
+
+
+def test_identity_headers_under_any_spelling_are_stripped() -> None:
+    scope = {
+        "headers": [(b"x_auth_request_user", b"admin"), (b"X-Consent-Version", b"v9")],
+        "client": ("192.0.2.7", 1),
+        "scheme": "http",
+    }
+    names = {name.lower() for name, _ in forwarded_headers(scope, False, [])}
+    assert not names & {b"x_auth_request_user", b"x-consent-version"}

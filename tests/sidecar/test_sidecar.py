@@ -295,3 +295,20 @@ def test_cli_help_and_one_line_errors() -> None:
     bad = run_cli("--trusted-proxies", "not-an-address", env=env)
     assert bad.returncode == 1 and "CONSENT_TRUSTED_PROXIES" in bad.stderr
     assert json.dumps(bad.stderr).count("Traceback") == 0
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/consent/../dashboard", "/auth/..%2Fdashboard", "/public/../dashboard", "//public/x"],
+)
+def test_the_check_decides_on_the_path_the_app_will_serve(stack: Stack, target: str) -> None:
+    # A proxy routes on the cleaned-up path while the app may resolve ".." itself: no path
+    # trick turns a gated page into a public or own one.
+    headers = {"X-Forwarded-Uri": target, "X-Forwarded-Host": "app.example"}
+    assert httpx.get(f"{stack.base}/auth/check", headers=headers).status_code == 401
+
+
+def test_dot_segments_do_not_make_a_gated_page_public(stack: Stack) -> None:
+    response = httpx.get(f"{stack.base}/public/%2E%2E/dashboard")
+    assert response.status_code in (307, 401, 404)
+    assert "x-auth-request-user" not in response.text

@@ -1,0 +1,168 @@
+"""get_access_token() and /auth/access-token: the token as it is while it is good, renewed
+by the refresh-token grant when it runs out (respx for the one HTTP exchange; ID tokens
+really signed)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from consent_middleware import (
+    AccessTokenError,
+    AccessTokenErrorCode,
+    ConsentMiddleware,
+    Session,
+    TokenSet,
+    get_access_token,
+)
+from consent_middleware._session import CookieSessionStore
+from tests.conftest import CLAIM, DOMAIN, ISSUER, idp, make_settings
+from tests.keys import SigningKey, id_token_claims
+from tests.test_session import jar
+
+SETTINGS = make_settings()
+CONSENTED = {CLAIM: {"given": True, "version": "v2"}}
+TOKEN_URL = f"{DOMAIN}/oauth/token"
+
+
+def cookies(
+    expires_in: int, refresh_token: str | None = "rt-1", claims: dict[str, Any] | None = None
+) -> dict[str, str]:
+    session = Session.from_claims(
+        {"sub": "auth0|user1", **(CONSENTED if claims is None else claims)},
+        TokenSet("at-1", "idt", refresh_token, int(time.time()) + expires_in, "openid"),
+    )
+    return jar(asyncio.run(CookieSessionStore(SETTINGS).save(session, {})))
+
+
+def grant_answer(key: SigningKey, token: str = "at-2") -> dict[str, Any]:
+    claims = id_token_claims(ISSUER, "client-1", nonce=None, **CONSENTED)
+    return {"access_token": token, "id_token": key.sign(claims), "expires_in": 3600,
+            "scope": "openid offline_access", "refresh_token": "rt-2"}  # fmt: skip
+
+
+async def call_api(request: Request) -> Response:
+    refresh = request.query_params.get("refresh") == "1"
+    token = await get_access_token(request, refresh=refresh, min_ttl=60)
+    return JSONResponse({"token": token.token, "expires_at": token.expires_at})
+
+
+def client(jar_: dict[str, str]) -> TestClient:
+    app = Starlette(routes=[Route("/api/call", call_api)])
+    app.add_middleware(ConsentMiddleware, settings=SETTINGS)
+    test = TestClient(app, base_url="https://app.example.com", follow_redirects=False)
+    test.cookies.update(jar_)
+    return test
+
+
+def test_a_valid_token_costs_no_io(signing_key: SigningKey) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        grant = mock.post(TOKEN_URL)
+        response = client(cookies(3600)).get("/api/call")
+    assert response.json()["token"] == "at-1" and not grant.called
+    assert "set-cookie" not in response.headers
+
+
+def test_an_expiring_token_is_renewed_and_the_session_written(signing_key: SigningKey) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        grant = mock.post(TOKEN_URL).respond(json=grant_answer(signing_key))
+        with client(cookies(30)) as test:
+            response = test.get("/api/call")
+            assert response.json()["token"] == "at-2" and grant.call_count == 1
+            assert "__session=" in response.headers["set-cookie"]
+            # The renewed session is what the browser holds now: no second grant.
+            assert test.get("/api/call").json()["token"] == "at-2"
+            assert grant.call_count == 1
+            assert test.get("/api/call", params={"refresh": "1"}).status_code == 200
+            assert grant.call_count == 2
+
+
+def test_no_refresh_token_or_a_refused_one_is_a_login_and_an_outage_a_503(
+    signing_key: SigningKey,
+) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        api = {"accept": "application/json"}
+        missing = client(cookies(0, refresh_token=None)).get("/api/call", headers=api)
+        assert missing.status_code == 401 and missing.json()["error"] == "login_required"
+        mock.post(TOKEN_URL).respond(400, json={"error": "invalid_grant"})
+        refused = client(cookies(0, refresh_token="rt-x")).get("/api/call")
+        assert refused.status_code == 307 and "/auth/login" in refused.headers["location"]
+        mock.post(TOKEN_URL).respond(503)
+        down = client(cookies(0, refresh_token="rt-y")).get("/api/call", headers=api)
+        assert down.status_code == 503 and down.json()["error"] == "temporarily_unavailable"
+
+
+@pytest.mark.anyio
+async def test_twenty_concurrent_callers_make_one_grant(signing_key: SigningKey) -> None:
+    calls = 0
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return httpx.Response(200, json=grant_answer(signing_key))
+
+    app = Starlette(routes=[Route("/api/call", call_api)])
+    gate = ConsentMiddleware(app, settings=SETTINGS)
+    header = "; ".join(f"{k}={v}" for k, v in (await _cookies_async(30)).items())
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        mock.post(TOKEN_URL).mock(side_effect=slow)
+        mock.route(host="app.example.com").pass_through()
+        transport = httpx.ASGITransport(app=gate)
+        async with httpx.AsyncClient(transport=transport, base_url="https://app.example.com") as c:
+            answers = await asyncio.gather(
+                *(c.get("/api/call", headers={"cookie": header}) for _ in range(20))
+            )
+    assert [a.json()["token"] for a in answers] == ["at-2"] * 20
+    assert calls == 1
+    await gate.aclose()
+
+
+async def _cookies_async(expires_in: int) -> dict[str, str]:
+    session = Session.from_claims(
+        {"sub": "auth0|user1", **CONSENTED},
+        TokenSet("at-1", "idt", "rt-1", int(time.time()) + expires_in, "openid"),
+    )
+    return jar(await CookieSessionStore(SETTINGS).save(session, {}))
+
+
+def test_the_browser_route(signing_key: SigningKey) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        mock.post(TOKEN_URL).respond(json=grant_answer(signing_key))
+        assert client({}).get("/auth/access-token").status_code == 401
+        test = client(cookies(3600))
+        answer = test.get("/auth/access-token", headers={"sec-fetch-site": "same-origin"})
+        assert answer.status_code == 200 and answer.json()["token"] == "at-1"
+        assert answer.headers["cache-control"] == "no-store"
+        foreign = test.get("/auth/access-token", headers={"origin": "https://evil.example"})
+        assert foreign.status_code == 403
+        cross = test.get("/auth/access-token", headers={"sec-fetch-site": "cross-site"})
+        assert cross.status_code == 403
+        renewed = client(cookies(30)).get("/auth/access-token")
+        assert renewed.json()["token"] == "at-2" and "__session=" in renewed.headers["set-cookie"]
+        # No consent, no token for the APIs.
+        unconsented = client(cookies(3600, claims={CLAIM: {"given": False}}))
+        refused = unconsented.get("/auth/access-token")
+        assert refused.status_code == 403 and refused.json()["error"] == "consent_required"
+
+
+def test_outside_the_gate_there_is_no_token() -> None:
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
+    with pytest.raises(AccessTokenError) as info:
+        asyncio.run(get_access_token(request))
+    assert info.value.code == AccessTokenErrorCode.MISSING_SESSION.value
