@@ -17,11 +17,12 @@ import logging
 from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from .._access import get_access_token
 from .._config import Settings
 from .._cookies import SESSION_COOKIE
 from .._exceptions import IdentityProviderError, SharedStateError
@@ -133,9 +134,14 @@ class Sidecar:
             await Response("Not found", 404, media_type="text/plain")(scope, receive, send)
             return
         audience = origin_of(self.upstream.base_url)
-        headers = forwarded_headers(
-            scope, self._peer_trusted(scope), self._identity(scope, audience)
-        )
+        identity = self._identity(scope, audience)
+        if self.options.pass_access_token and identity:
+            # Renewed first when about to run out (the renewed session then goes to the
+            # browser and upstream as usual); an AccessTokenError here is answered by the
+            # gate like one from app code: the login, or a 503.
+            token = await get_access_token(HTTPConnection(scope))
+            identity.append((b"x-forwarded-access-token", token.token.encode("latin-1")))
+        headers = forwarded_headers(scope, self._peer_trusted(scope), identity)
         pending = scope.get(SESSION_COOKIES_SCOPE_KEY)
         if pending is not None:
             # A roll or refresh during the gate: the upstream reads the session it will

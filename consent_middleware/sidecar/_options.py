@@ -20,6 +20,7 @@ ENV_NAMES = {
     "trusted_proxies": "CONSENT_TRUSTED_PROXIES",
     "assertion_key": "CONSENT_ASSERTION_KEY",
     "upstream_timeout": "CONSENT_UPSTREAM_TIMEOUT",
+    "pass_access_token": "CONSENT_PASS_ACCESS_TOKEN",
 }
 
 
@@ -36,6 +37,9 @@ class SidecarOptions:
     assertion_key: str = ""
     #: Seconds the upstream may take to start answering, and between two chunks.
     upstream_timeout: float = 60.0
+    #: Send the user's access token upstream as X-Forwarded-Access-Token (renewed first
+    #: when it is about to run out); never to the browser.
+    pass_access_token: bool = False
 
     def __post_init__(self) -> None:
         if self.upstream:
@@ -73,11 +77,16 @@ class SidecarOptions:
                     values[name] = int(raw)
                 elif name == "upstream_timeout":
                     values[name] = float(raw)
+                elif name == "pass_access_token":
+                    if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError(raw)
+                    values[name] = raw.lower() in ("true", "1", "yes")
                 elif name == "trusted_proxies":
                     values[name] = tuple(p.strip() for p in raw.split(",") if p.strip())
                 else:
                     values[name] = raw
             except ValueError as exc:
-                raise ConfigurationError(f"{variable} must be a number, got {raw!r}") from exc
+                kind = "true or false" if name == "pass_access_token" else "a number"
+                raise ConfigurationError(f"{variable} must be {kind}, got {raw!r}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

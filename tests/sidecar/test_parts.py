@@ -217,3 +217,47 @@ def test_identity_headers_under_any_spelling_are_stripped() -> None:
     }
     names = {name.lower() for name, _ in forwarded_headers(scope, False, [])}
     assert not names & {b"x_auth_request_user", b"x-consent-version"}
+
+
+@pytest.mark.anyio
+async def test_the_access_token_goes_upstream_when_asked_and_never_from_the_client() -> None:
+    import time
+
+    import httpx
+
+    from consent_middleware import Session, TokenSet
+    from consent_middleware._session import CookieSessionStore
+    from consent_middleware.sidecar import Sidecar
+    from tests.conftest import CLAIM, make_settings
+    from tests.live_server import serve
+    from tests.sidecar.test_sidecar import UPSTREAM
+    from tests.test_session import jar
+
+    settings = make_settings()
+    consent = {"given": True, "version": settings.terms_version}
+    session = Session.from_claims(
+        {"sub": "auth0|1", CLAIM: consent}, TokenSet("at-1", "idt", "rt", int(time.time()) + 600)
+    )
+    cookies = jar(await CookieSessionStore(settings).save(session, {}))
+    with serve(UPSTREAM) as upstream:
+        for passing in (True, False):
+            sidecar = Sidecar(
+                settings, SidecarOptions(upstream=upstream, pass_access_token=passing)
+            )
+            transport = httpx.ASGITransport(app=sidecar)
+            async with httpx.AsyncClient(
+                transport=transport, base_url=settings.app_base_url, cookies=cookies
+            ) as client:
+                forged = {"X-Forwarded-Access-Token": "forged"}
+                seen = (await client.get("/x", headers=forged)).json()["headers"]
+            assert seen.get("x-forwarded-access-token") == ("at-1" if passing else None)
+            await sidecar.gate.aclose()
+            assert sidecar.upstream is not None
+            await sidecar.upstream.aclose()
+
+
+def test_pass_access_token_reads_true_or_false() -> None:
+    assert SidecarOptions.from_env({"CONSENT_PASS_ACCESS_TOKEN": "true"}).pass_access_token
+    assert not SidecarOptions.from_env({"CONSENT_PASS_ACCESS_TOKEN": "0"}).pass_access_token
+    with pytest.raises(ConfigurationError, match="true or false"):
+        SidecarOptions.from_env({"CONSENT_PASS_ACCESS_TOKEN": "maybe"})
