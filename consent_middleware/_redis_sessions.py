@@ -33,7 +33,7 @@ from ._config import Settings
 from ._cookies import SESSION_COOKIE, CookieWriter, read_chunked
 from ._exceptions import SharedStateError
 from ._redis_state import RedisState
-from ._session import ENTRY_OVERHEAD, RollingExpiry, Session
+from ._session import RollingExpiry, Session, entry_weight, remember
 
 logger = logging.getLogger("consent_middleware")
 
@@ -57,7 +57,7 @@ class RedisSessionStore(RollingExpiry):
         # Bounded in bytes (estimated from the stored JSON): sessions are as big as their
         # tokens, which the provider chooses.
         self._local: TTLCache[str, tuple[Session, int]] = TTLCache(
-            LOCAL_BYTES, ttl=LOCAL_TTL, getsizeof=_weight_of
+            LOCAL_BYTES, ttl=LOCAL_TTL, getsizeof=entry_weight
         )
         # Cookie value -> (id, cookie expiry): decrypting the id costs more than the rest of
         # a request. A cookie is small (~200 bytes), so entries are bounded by count.
@@ -97,7 +97,7 @@ class RedisSessionStore(RollingExpiry):
             if parsed is None or raw is None:
                 return None
             session = parsed
-            self._remember(session_id, session, len(raw))
+            remember(self._local, session_id, session, raw)
         if session.expired(time.time()):
             return None
         return session
@@ -123,7 +123,7 @@ class RedisSessionStore(RollingExpiry):
             if previous and previous != session_id:
                 pipe.delete(self._key("session", previous))
             await self.state.call(pipe.execute())
-        self._remember(session_id, stored, len(document))
+        remember(self._local, session_id, stored, document)
         if previous:
             # Other workers may hold the version this one replaces: they drop it now.
             await self._announce(sorted({previous, session_id}))
@@ -176,19 +176,10 @@ class RedisSessionStore(RollingExpiry):
             # Written in Redis already; other workers drop their copies within LOCAL_TTL.
             logger.warning("could not announce changed sessions: %s", exc)
 
-    def _remember(self, session_id: str, session: Session, size: int) -> None:
-        weight = size + ENTRY_OVERHEAD
-        if weight <= self._local.maxsize:
-            self._local[session_id] = (session, weight)
-
     def _on_message(self, message: dict[str, Any]) -> None:
         if message.get("type") == "sessions-changed":
             for session_id in message.get("ids", []):
                 self._local.pop(str(session_id), None)
-
-
-def _weight_of(entry: tuple[Session, int]) -> int:
-    return entry[1]
 
 
 def _parse(raw: bytes | str | None) -> Session | None:

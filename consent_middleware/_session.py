@@ -7,9 +7,9 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 from . import _jose
 from ._config import Settings
@@ -20,6 +20,7 @@ from ._tokens import TokenResponse, TokenSet
 SESSION_EXPIRY_LEEWAY = 30
 # Memory the decrypted-session cache may take, estimated from the cookies' sizes.
 SESSION_CACHE_BYTES = 64 * 1024 * 1024
+K = TypeVar("K")
 # What a cached entry costs beyond its cookie's characters: objects, dict slots, the key.
 ENTRY_OVERHEAD = 1024
 # Re-issue the cookie only once this share of the inactivity window has passed, so a
@@ -181,8 +182,19 @@ def weight(cookie_value: str | bytes) -> int:
     return len(cookie_value) + ENTRY_OVERHEAD
 
 
-def _weight_of(entry: tuple[Session, int]) -> int:
+def entry_weight(entry: tuple[Session, int]) -> int:
+    """A session cache's ``getsizeof``: the weight stored beside the session."""
     return entry[1]
+
+
+def remember(
+    cache: Cache[K, tuple[Session, int]], key: K, session: Session, value: str | bytes
+) -> None:
+    """Cache ``session`` under ``key``, weighed by its stored form ``value``; one larger
+    than the whole budget is served without being cached."""
+    size = weight(value)
+    if size <= cache.maxsize:
+        cache[key] = (session, size)
 
 
 def _cache_key(cookie_value: str) -> bytes:
@@ -261,7 +273,7 @@ class CookieSessionStore(RollingExpiry):
         # cookie; expiry is re-checked on every hit. Bounded in bytes, not entries: a
         # session's size follows its tokens, which the provider (or a client) chooses.
         self._cache: LRUCache[bytes, tuple[Session, int]] = LRUCache(
-            maxsize=cache_bytes, getsizeof=_weight_of
+            maxsize=cache_bytes, getsizeof=entry_weight
         )
 
     async def load(self, cookies: Mapping[str, str]) -> Session | None:
@@ -276,7 +288,7 @@ class CookieSessionStore(RollingExpiry):
             session = Session.from_payload(payload) if payload else None
             if session is None:
                 return None
-            self._remember(key, session, value)
+            remember(self._cache, key, session, value)
         else:
             session = cached[0]
         if session.expired(now):
@@ -284,18 +296,13 @@ class CookieSessionStore(RollingExpiry):
             return None
         return session
 
-    def _remember(self, key: bytes, session: Session, value: str) -> None:
-        size = weight(value)
-        if size <= self._cache.maxsize:
-            self._cache[key] = (session, size)
-
     async def save(
         self, session: Session, cookies: Mapping[str, str], now: float | None = None
     ) -> list[bytes]:
         now = time.time() if now is None else now
         expires_at = self.expiry(session, now)
         value = _jose.encrypt(session.to_payload(), self.keys[0], expires_at)
-        self._remember(_cache_key(value), replace(session, expires_at=expires_at), value)
+        remember(self._cache, _cache_key(value), replace(session, expires_at=expires_at), value)
         return self.writer.set_chunked(SESSION_COOKIE, value, int(expires_at - now), cookies)
 
     async def clear(self, cookies: Mapping[str, str]) -> list[bytes]:
