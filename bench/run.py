@@ -224,6 +224,9 @@ def main() -> None:
     parser.add_argument(
         "--sidecar-connections", type=int, default=64, help="connections for the sidecar table"
     )
+    parser.add_argument(
+        "--stream-mb", type=int, default=1024, help="body size for the streaming memory table"
+    )
     args = parser.parse_args()
 
     print(
@@ -266,6 +269,10 @@ def _report(args: argparse.Namespace) -> None:
         f"-c1, {args.rounds} alternating rounds of {args.duration}s:\n"
     )
     print("\n".join(table(args.rounds, args.duration, args.sidecar_connections)))
+    from bench import streaming
+
+    print(f"\nA {args.stream_mb:,} MB body through the sidecar, each way:\n")
+    print("\n".join(streaming.table(args.stream_mb)))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from bench.run import _serve, _wait, _wrk
 LABELS = {
     "direct": "(a) the upstream, directly",
     "sidecar": "(b) through consent-sidecar, consented session",
+    "floor": "(b0) uvicorn + aiohttp client, no gate (the libraries' floor)",
     "nginx": "(c) through nginx proxy_pass",
 }
 
@@ -93,7 +94,7 @@ http {{
 
 
 def table(rounds: int, duration: int, connections: int) -> list[str]:
-    ports = {"direct": 18201, "sidecar": 18202, "nginx": 18203}
+    ports = {"direct": 18201, "sidecar": 18202, "floor": 18204, "nginx": 18203}
     cookie = gate_cookie()
     results: dict[str, list[tuple[float, float, float]]] = {n: [] for n in ports}
     single: dict[str, list[float]] = {n: [] for n in ports}
@@ -103,6 +104,12 @@ def table(rounds: int, duration: int, connections: int) -> list[str]:
         env = _sidecar_env(ports["direct"])
         stack.enter_context(_process(sidecar, ports["sidecar"], env))
         stack.enter_context(_nginx(ports["direct"], ports["nginx"]))
+        floor = [
+            sys.executable, "-m", "uvicorn", "--factory", "bench.floor_proxy:app",
+            "--port", str(ports["floor"]), "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+        floor_env = {**os.environ, "BENCH_UPSTREAM": f"http://127.0.0.1:{ports['direct']}"}
+        stack.enter_context(_process(floor, ports["floor"], floor_env))
         for port in ports.values():  # untimed warm-up
             _wrk(port, cookie, 1, connections)
         for _ in range(rounds):

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
+from cachetools import LRUCache
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -26,13 +28,13 @@ from .._access import get_access_token
 from .._config import Settings
 from .._cookies import SESSION_COOKIE
 from .._exceptions import IdentityProviderError, SharedStateError
-from .._gate import Verdict, decide, is_public, refusal_url
+from .._gate import Verdict, decide, is_public, matches, refusal_url
 from .._middleware import SESSION_COOKIES_SCOPE_KEY, USER_SCOPE_KEY, ConsentMiddleware
 from .._models import User
 from .._pages import NO_STORE
 from .._redirects import origin_of
 from .._refresh import with_cookies
-from ._assertion import AssertionSigner
+from ._assertion import RECENT_ASSERTIONS, AssertionSigner
 from ._options import SidecarOptions
 from ._proxy import Upstream, forwarded_headers
 
@@ -59,6 +61,9 @@ class Sidecar:
         if options.upstream:
             self.upstream = Upstream(options.upstream, options.upstream_timeout, self._error_page)
         self.check_path = f"{settings.routes_prefix}/check"
+        self._app_origin = origin_of(settings.app_base_url)
+        self._identities: LRUCache[int, tuple[User, str, float, tuple[tuple[bytes, bytes], ...]]]
+        self._identities = LRUCache(RECENT_ASSERTIONS)
         trusted = list(options.trusted_proxies)
         # uvicorn's own X-Forwarded-* handling, for the peers listed and no others.
         # Typed loosely: uvicorn annotates its middleware with its own scope types.
@@ -110,7 +115,17 @@ class Sidecar:
         user = scope.get(USER_SCOPE_KEY)
         if not isinstance(user, User):
             return []
-        return identity_headers(user, self.settings, self.signer, audience)
+        # The gate hands every request of an admitted session the same User: its headers
+        # are built (claims serialised, the assertion looked up) once per half-lifetime of
+        # the assertion, not on each request. The entry holds the User, so its id cannot
+        # be reused by another object while cached.
+        now = time.time()
+        entry = self._identities.get(id(user))
+        if entry is not None and entry[0] is user and entry[1] == audience and entry[2] > now:
+            return list(entry[3])
+        headers, until = identity_headers_until(user, self.settings, self.signer, audience)
+        self._identities[id(user)] = (user, audience, until, tuple(headers))
+        return headers
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         # The gate answers for itself (it closes the engine's client at shutdown); this
@@ -133,8 +148,7 @@ class Sidecar:
         if self.upstream is None:
             await Response("Not found", 404, media_type="text/plain")(scope, receive, send)
             return
-        audience = origin_of(self.upstream.base_url)
-        identity = self._identity(scope, audience)
+        identity = self._identity(scope, self.upstream.origin)
         if self.options.pass_access_token and identity:
             # Renewed first when about to run out (the renewed session then goes to the
             # browser and upstream as usual); an AccessTokenError here is answered by the
@@ -171,6 +185,15 @@ class Sidecar:
         settings = self.settings
         if is_public(path, settings):
             return Response(status_code=200, headers=NO_STORE)
+        if is_websocket_handshake(request.headers) and not matches(
+            path, settings.ungated_websockets
+        ):
+            # Cross-site websocket hijacking, as the middleware refuses it: the browser sends
+            # the page's Origin with the handshake, and the cookie goes along regardless.
+            page = request.headers.get("origin")
+            if page is not None and page not in (origin, self._app_origin):
+                body = {"error": "forbidden_origin"}
+                return JSONResponse(body, status_code=403, headers=NO_STORE)
         refresher = self.engine.refresher
         try:
             session, cookies = await refresher.current_session(request.cookies)
@@ -215,20 +238,33 @@ class Sidecar:
 def identity_headers(
     user: User, settings: Settings, signer: AssertionSigner, audience: str
 ) -> list[tuple[bytes, bytes]]:
+    return identity_headers_until(user, settings, signer, audience)[0]
+
+
+def identity_headers_until(
+    user: User, settings: Settings, signer: AssertionSigner, audience: str
+) -> tuple[list[tuple[bytes, bytes]], float]:
+    """The identity headers for ``user``, and until when (Unix seconds) they may be reused."""
     claims: dict[str, Any] = {"sub": user.sub}
     if user.email:
         claims["email"] = user.email
     consent = user.claims.get(settings.consent_claim)
     if consent is not None:
         claims[settings.consent_claim] = consent
-    assertion = signer.sign(settings.app_base_url, audience, claims)
+    assertion, reusable_until = signer.assertion(settings.app_base_url, audience, claims)
     headers = [(b"x-auth-request-user", _header_value(user.sub))]
     if user.email:
         headers.append((b"x-auth-request-email", _header_value(user.email)))
     if user.consent is not None and user.consent.version:
         headers.append((b"x-consent-version", _header_value(user.consent.version)))
     headers.append((b"x-consent-assertion", assertion.encode("ascii")))
-    return headers
+    return headers, reusable_until
+
+
+def is_websocket_handshake(headers: Headers) -> bool:
+    """A websocket opening handshake (RFC 6455 4.1). ``Sec-WebSocket-Key`` is end-to-end,
+    so it reaches the check even where a proxy drops ``Upgrade`` as hop-by-hop."""
+    return "sec-websocket-key" in headers or headers.get("upgrade", "").lower() == "websocket"
 
 
 def with_cookie_copies(response: Response, cookies: list[bytes]) -> Response:

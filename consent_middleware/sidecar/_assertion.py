@@ -78,17 +78,20 @@ class AssertionSigner:
         return {"keys": [self.public_jwk]}
 
     def sign(self, issuer: str, audience: str, claims: dict[str, Any]) -> str:
-        """The assertion for these claims: one signed within the last half of its lifetime
-        is handed out again (an ECDSA signature per request costs more than the rest of the
-        gate), so an upstream always gets one valid for at least 30 s."""
+        return self.assertion(issuer, audience, claims)[0]
+
+    def assertion(self, issuer: str, audience: str, claims: dict[str, Any]) -> tuple[str, float]:
+        """The assertion for these claims and until when (Unix seconds) it may be handed
+        out: one signed within the last half of its lifetime is handed out again (an ECDSA
+        signature per request costs more than the rest of the gate), so an upstream always
+        gets one valid for at least 30 s."""
         key = (issuer, audience, json.dumps(claims, sort_keys=True, separators=(",", ":")))
         now = time.time()
         cached = self._recent.get(key)
-        if cached is not None and cached[1] - now > ASSERTION_LIFETIME / 2:
-            return cached[0]
-        token = self._signed(issuer, audience, claims)
-        self._recent[key] = (token, now + ASSERTION_LIFETIME)
-        return token
+        if cached is None or cached[1] - now <= ASSERTION_LIFETIME / 2:
+            cached = (self._signed(issuer, audience, claims), now + ASSERTION_LIFETIME)
+            self._recent[key] = cached
+        return cached[0], cached[1] - ASSERTION_LIFETIME / 2
 
     def _signed(self, issuer: str, audience: str, claims: dict[str, Any]) -> str:
         now = int(time.time())

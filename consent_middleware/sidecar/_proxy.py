@@ -20,9 +20,10 @@ from typing import Any
 
 import aiohttp
 import websockets
-from multidict import CIMultiDict
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
+
+from .._redirects import origin_of
 
 logger = logging.getLogger("consent_middleware.sidecar")
 
@@ -59,40 +60,68 @@ class ClientDisconnected(Exception):
     """The browser went away mid-upload; the upstream request is abandoned."""
 
 
+def _without_named(headers: Headers, named: list[bytes]) -> Headers:
+    """``headers`` less those a ``Connection`` header named (RFC 9110 7.6.1)."""
+    tokens = {token.strip().lower() for value in named for token in value.split(b",")}
+    return [(n, v) for n, v in headers if n.lower() not in tokens]
+
+
 def end_to_end(headers: Headers) -> Headers:
     """The headers without hop-by-hop ones, including those ``Connection`` names."""
-    named = {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == b"connection"
-        for token in value.split(b",")
-    }
-    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+    kept: Headers = []
+    named: list[bytes] = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"connection":
+            named.append(value)
+        elif lowered not in HOP_BY_HOP:
+            kept.append((name, value))
+    return _without_named(kept, named) if named else kept
 
 
 def forwarded_headers(scope: Scope, trusted_peer: bool, identity: Headers) -> Headers:
     """Request headers for the upstream: end-to-end only, identity from the sidecar alone,
-    ``X-Forwarded-*`` extended (kept from a trusted proxy in front, replaced otherwise)."""
-    headers = [
-        (n, v)
-        for n, v in end_to_end(list(scope["headers"]))
+    ``X-Forwarded-*`` extended (kept from a trusted proxy in front, replaced otherwise).
+
+    One pass over the headers: this runs on every proxied request."""
+    incoming: Headers = scope["headers"]
+    named = [value for name, value in incoming if name.lower() == b"connection"]
+    if named:
+        # What Connection names is for the hop before only (rare: dropped up front).
+        incoming = _without_named(incoming, named)
+    headers: Headers = []
+    earlier: list[bytes] = []
+    proto = host = forwarded_host = None
+    for name, value in incoming:
+        name = name.lower()
+        if name in HOP_BY_HOP:
+            continue
         # "X_Auth_Request_User" too: CGI-style servers read "_" and "-" alike.
-        if n.lower().replace(b"_", b"-") not in IDENTITY_HEADERS
-        and (trusted_peer or n.lower() not in FORWARDED)
-    ]
+        if name.replace(b"_", b"-") in IDENTITY_HEADERS:
+            continue
+        if name in FORWARDED:
+            if not trusted_peer:
+                continue
+            if name == b"x-forwarded-for":
+                earlier.append(value)
+                continue
+            if name == b"x-forwarded-proto":
+                proto = value
+            elif name == b"x-forwarded-host":
+                forwarded_host = value
+        elif name == b"host":
+            host = value
+        headers.append((name, value))
     peer = scope.get("consent_middleware.peer") or scope.get("client") or ("", 0)
-    earlier = [v for n, v in headers if n == b"x-forwarded-for"]
     chain = b", ".join([*earlier, str(peer[0]).encode()]) if peer[0] else b", ".join(earlier)
-    headers = [(n, v) for n, v in headers if n not in (b"x-forwarded-for",)]
     if chain:
         headers.append((b"x-forwarded-for", chain))
-    if not any(n == b"x-forwarded-proto" for n, _ in headers):
+    if proto is None:
         headers.append((b"x-forwarded-proto", str(scope.get("scheme", "http")).encode()))
-    if not any(n == b"x-forwarded-host" for n, _ in headers):
-        host = next((v for n, v in headers if n == b"host"), b"")
-        if host:
-            headers.append((b"x-forwarded-host", host))
-    return [*headers, *identity]
+    if forwarded_host is None and host:
+        headers.append((b"x-forwarded-host", host))
+    headers.extend(identity)
+    return headers
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:
@@ -110,6 +139,8 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
 class Upstream:
     def __init__(self, base_url: str, timeout: float, error_page: ErrorPage) -> None:
         self.base_url = base_url.rstrip("/")
+        # The assertion's audience: who the upstream is, by origin.
+        self.origin = origin_of(self.base_url)
         self.timeout = timeout
         self.error_page = error_page
         self._session: aiohttp.ClientSession | None = None
@@ -144,9 +175,8 @@ class Upstream:
     async def http(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         framing = (b"content-length", b"transfer-encoding")
         has_body = any(n in framing for n, _ in scope["headers"])
-        request_headers = CIMultiDict(
-            (n.decode("latin-1"), v.decode("latin-1")) for n, v in headers
-        )
+        # Pairs, not a dict: aiohttp builds its own multidict from them, repeats kept.
+        request_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
         try:
             response = await self.session.request(
                 scope["method"],
@@ -172,9 +202,15 @@ class Upstream:
                     "headers": end_to_end(list(response.raw_headers)),
                 }
             )
-            async for chunk in response.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            content = response.content
+            while True:
+                chunk = await content.readany()
+                # A body that arrived whole (most answers) goes out as one last message,
+                # not a chunk and an empty end.
+                done = not chunk or content.at_eof()
+                await send({"type": "http.response.body", "body": chunk, "more_body": not done})
+                if done:
+                    break
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The status is sent already: all that is left is to stop, which the server
             # turns into a closed connection, so the client sees a broken body, not a

@@ -250,6 +250,17 @@ def test_forward_auth_contract(stack: Stack) -> None:
     assert envoy.status_code == 200
     public = httpx.get(check, headers={**original, "X-Forwarded-Uri": "/public/x"})
     assert public.status_code == 200 and "x-auth-request-user" not in public.headers
+    # A websocket handshake from a foreign page is refused even with a consented session;
+    # from the app's own origin it passes.
+    handshake = {
+        **original,
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    foreign = browser.client.get(check, headers={**handshake, "Origin": "https://evil.example"})
+    assert foreign.status_code == 403 and foreign.json() == {"error": "forbidden_origin"}
+    own = browser.client.get(check, headers={**handshake, "Origin": "https://app.example"})
+    assert own.status_code == 200 and "x-consent-assertion" in own.headers
     browser.client.close()
 
 

@@ -1,0 +1,189 @@
+"""The sidecar's faults over real sockets: an upstream that resets mid-body, a client that
+goes away mid-upload, and identity headers a client sends twice or oversized."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from consent_middleware import Session, TokenSet
+from consent_middleware._session import CookieSessionStore
+from consent_middleware.sidecar import Sidecar, SidecarOptions
+from tests.conftest import CLAIM, make_settings
+from tests.live_server import free_port, serve
+
+
+@dataclass
+class Seen:
+    """What the upstream app saw of each upload: bytes read, and whether it ended whole."""
+
+    uploads: list[tuple[int, bool]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+SEEN = Seen()
+
+
+async def upload(request: Request) -> Response:
+    received, whole = 0, True
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+    except ClientDisconnect:
+        whole = False
+    SEEN.uploads.append((received, whole))
+    SEEN.done.set()
+    return JSONResponse({"received": received})
+
+
+async def who(request: Request) -> Response:
+    return JSONResponse(
+        {
+            name: request.headers.getlist(name)
+            for name in ("x-auth-request-user", "x-consent-assertion", "x-consent-version")
+        }
+    )
+
+
+UPSTREAM = Starlette(routes=[Route("/upload", upload, methods=["POST"]), Route("/who", who)])
+
+
+@contextmanager
+def resetting_upstream(*, before_headers: bool) -> Iterator[int]:
+    """A server that promises 100,000 bytes, sends 1,000 and closes (or closes before any
+    answer): the failure no ASGI framework will produce on purpose."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def run() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                if not before_headers:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+                    time.sleep(0.05)
+                # RST, not FIN: SO_LINGER 0 aborts the connection.
+                conn.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        stop.set()
+        thread.join(2)
+        listener.close()
+
+
+@dataclass
+class Front:
+    base: str
+    cookie: str
+    sub: str
+
+
+def session_cookie(base: str) -> tuple[str, str]:
+    settings = make_settings(app_base_url=base)
+    sub = "auth0|faults"
+    claims = {"sub": sub, CLAIM: {"given": True, "version": settings.terms_version}}
+    session = Session.from_claims(claims, TokenSet("at", "idt", "rt", int(time.time()) + 600))
+    values = asyncio.run(CookieSessionStore(settings).save(session, {}))
+    return "; ".join(v.split(b";", 1)[0].decode() for v in values), sub
+
+
+@contextmanager
+def sidecar_in_front_of(upstream: str) -> Iterator[Front]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = make_settings(app_base_url=base)
+    sidecar = Sidecar(settings, SidecarOptions(upstream=upstream, upstream_timeout=2))
+    with serve(sidecar, port=port, proxy_headers=False):
+        cookie, sub = session_cookie(base)
+        yield Front(base, cookie, sub)
+
+
+@pytest.fixture(scope="module")
+def front() -> Iterator[Front]:
+    with ExitStack() as stack:
+        upstream = stack.enter_context(serve(UPSTREAM))
+        yield stack.enter_context(sidecar_in_front_of(upstream))
+
+
+@pytest.mark.parametrize("before_headers", [True, False])
+def test_an_upstream_reset_is_a_502_or_a_broken_body_never_a_whole_one(
+    before_headers: bool,
+) -> None:
+    with resetting_upstream(before_headers=before_headers) as port:
+        with sidecar_in_front_of(f"http://127.0.0.1:{port}") as front:
+            headers = {"cookie": front.cookie}
+            if before_headers:
+                answer = httpx.get(f"{front.base}/x", headers=headers, timeout=5)
+                assert answer.status_code == 502 and "could not be reached" in answer.text
+            else:
+                # The status went out already: the client must see the body cut short.
+                with pytest.raises(httpx.RemoteProtocolError):
+                    httpx.get(f"{front.base}/x", headers=headers, timeout=5)
+            # And the sidecar serves the next request as if nothing happened.
+            assert httpx.get(f"{front.base}/ping", timeout=5).text == "ok"
+
+
+def test_a_client_gone_mid_upload_never_reaches_the_upstream_whole(front: Front) -> None:
+    SEEN.uploads.clear()
+    SEEN.done.clear()
+    port = int(front.base.rsplit(":", 1)[1])
+    total = 8 << 20
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Cookie: {front.cookie}\r\nContent-Length: {total}\r\n\r\n".encode()
+        )
+        client.sendall(b"y" * (1 << 20))
+        time.sleep(0.2)
+    assert SEEN.done.wait(10), "the upstream never finished the abandoned upload"
+    received, whole = SEEN.uploads[-1]
+    assert received < total and not whole
+    # The next upload goes through whole.
+    answer = httpx.post(
+        f"{front.base}/upload", headers={"cookie": front.cookie}, content=b"z" * 1000
+    )
+    assert answer.json() == {"received": 1000}
+
+
+def test_identity_headers_sent_twice_or_oversized_are_replaced(front: Front) -> None:
+    forged = [
+        ("X-Auth-Request-User", "admin"),
+        ("X-Auth-Request-User", "root"),
+        ("x_auth_request_user", "cgi"),
+        ("X-Consent-Assertion", "e" * 30_000),
+        ("X-Consent-Version", "v999"),
+        ("X-Consent-Version", "v998"),
+    ]
+    answer = httpx.get(f"{front.base}/who", headers=[("cookie", front.cookie), *forged])
+    seen = answer.json()
+    assert seen["x-auth-request-user"] == [front.sub]
+    assert seen["x-consent-version"] == [make_settings().terms_version]
+    assert len(seen["x-consent-assertion"]) == 1
+    assert len(seen["x-consent-assertion"][0]) < 2000
+    # Without a session none of them gets through: the gate answers, not the upstream.
+    refused = httpx.get(f"{front.base}/who", headers=forged)
+    assert refused.status_code in (302, 303, 307, 401) and "admin" not in refused.text
