@@ -10,6 +10,14 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigurationError
+from ._purposes import (
+    Purpose,
+    Requirement,
+    check_purposes,
+    check_requirements,
+    parse_purposes,
+    parse_requirements,
+)
 
 WithdrawMode = Literal["revoke", "flag", "delete"]
 WITHDRAW_MODES: tuple[str, ...] = ("revoke", "flag", "delete")
@@ -43,6 +51,12 @@ ENV_NAMES: dict[str, str] = {
     "accepts_per_minute": "CONSENT_ACCEPTS_PER_MINUTE",
     "redis_url": "CONSENT_REDIS_URL",
     "session_store": "CONSENT_SESSION_STORE",
+    "purposes": "CONSENT_PURPOSES",
+    "require": "CONSENT_REQUIRE",
+    "history_limit": "CONSENT_HISTORY_LIMIT",
+    "ledger_url": "CONSENT_LEDGER_URL",
+    "ledger_key": "CONSENT_LEDGER_KEY",
+    "controller": "CONSENT_CONTROLLER",
 }
 REQUIRED = (
     "domain",
@@ -60,6 +74,7 @@ _INT_FIELDS = {
     "absolute_duration",
     "revalidate_seconds",
     "accepts_per_minute",
+    "history_limit",
 }
 
 
@@ -147,6 +162,17 @@ class Settings:
     redis_url: str = ""
     # Where sessions live: whole in the cookie, or in Redis with an id in the cookie.
     session_store: SessionStoreName = "cookie"
+    # Optional purposes beside the terms, and the paths that need them (see _purposes).
+    purposes: tuple[Purpose, ...] = ()
+    require: tuple[Requirement, ...] = ()
+    # Events kept in Auth0's app_metadata.consent.history (the ledger keeps every one).
+    history_limit: int = 50
+    # The ledger the app owns (sqlite:///... or postgresql://...); empty = none. Its key
+    # pseudonymises users and is separate from AUTH0_SECRET, which may rotate.
+    ledger_url: str = ""
+    ledger_key: str = ""
+    # Who collects the consent, as the receipt names them; defaults to APP_BASE_URL.
+    controller: str = ""
     routes_prefix: str = "/auth"
     consent_path: str = "/consent"
     templates_directory: str | None = None
@@ -209,6 +235,15 @@ class Settings:
             for path in getattr(self, list_field):
                 if not path.startswith("/"):
                     raise ConfigurationError(f"{_name(list_field)}: {path!r} must start with '/'")
+        check_purposes(self.purposes, _name("purposes"))
+        check_requirements(self.require, self.purposes, _name("require"))
+        if self.history_limit < 1:
+            raise ConfigurationError(f"{_name('history_limit')} must be at least 1")
+        if self.ledger_url and len(self.ledger_key) < MIN_SECRET_LENGTH:
+            raise ConfigurationError(
+                f"{_name('ledger_key')} must be set, at least {MIN_SECRET_LENGTH} characters, "
+                f"when {_name('ledger_url')} is (generate one with: openssl rand -hex 32)"
+            )
         if not self.mgmt_client_id:
             set_(self, "mgmt_client_id", self.client_id)
             if not self.mgmt_client_secret:
@@ -227,7 +262,11 @@ class Settings:
             raw = env.get(env_name)
             if raw is None or raw.strip() == "":
                 continue
-            if field_name in _LIST_FIELDS:
+            if field_name == "purposes":
+                values[field_name] = parse_purposes(raw, env_name)
+            elif field_name == "require":
+                values[field_name] = parse_requirements(raw, env_name)
+            elif field_name in _LIST_FIELDS:
                 values[field_name] = _split_list(raw)
             elif field_name in _INT_FIELDS:
                 try:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import urlencode
 
 from starlette.datastructures import FormData
@@ -18,12 +15,14 @@ from starlette.routing import Route
 
 from ._config import Settings
 from ._csrf import CSRF
-from ._exceptions import ManagementAPIError, SharedStateError
+from ._events import CollectionMethod, ConsentAction
+from ._exceptions import LedgerError, ManagementAPIError, SharedStateError
 from ._login import Login
 from ._management import ManagementClient
 from ._models import Consent
 from ._oidc import OIDCClient
 from ._pages import Pages
+from ._record import ConsentWriter, terms_statement
 from ._redirects import return_to_or_home
 from ._refresh import SessionRefresher, with_cookies
 from ._revocation import Revocations
@@ -37,39 +36,7 @@ logger = logging.getLogger("consent_middleware")
 COALESCE_SECONDS = 60.0
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def terms_statement(settings: Settings) -> str:
-    """The exact text the user agrees to; its SHA-256 goes into the record."""
-    return settings.terms_text or (
-        f"I have read and accept version {settings.terms_version} of the terms "
-        f"published at {settings.terms_url}."
-    )
-
-
-def consent_record(settings: Settings) -> dict[str, Any]:
-    statement = terms_statement(settings)
-    return {
-        "given": True,
-        "version": settings.terms_version,
-        "date": utc_now(),
-        "text_details": settings.terms_url,
-        "text_sha256": hashlib.sha256(statement.encode("utf-8")).hexdigest(),
-    }
-
-
-def withdrawal_record(settings: Settings) -> dict[str, Any]:
-    return {
-        "given": False,
-        "version": settings.terms_version,
-        "date": utc_now(),
-        "withdrawn": True,
-    }
-
-
-async def _best_effort(operation: Awaitable[object]) -> None:
+async def best_effort(operation: Awaitable[object]) -> None:
     """Bookkeeping after a write the Management API accepted: the shared store being away
     must not turn a saved choice into an error page (the choice is what matters)."""
     try:
@@ -89,6 +56,7 @@ class ConsentRoutes:
     revocations: Revocations
     state: SharedState
     pages: Pages
+    writer: ConsentWriter
     csrf: CSRF = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,12 +71,12 @@ class ConsentRoutes:
             Route(f"{path}/withdraw", self.withdraw, methods=["POST"]),
         ]
 
-    def _return_to(self, value: object) -> str:
+    def return_to(self, value: object) -> str:
         return return_to_or_home(
             value if isinstance(value, str) else None, self.settings.app_base_url
         )
 
-    async def _session_or_login(self, request: Request) -> Session | Response:
+    async def session_or_login(self, request: Request) -> Session | Response:
         # An ended session (logged out, deleted elsewhere) may not give or withdraw consent.
         loaded = await self.sessions.load(request.cookies)
         session = loaded and await self.refresher.settle(loaded)
@@ -131,6 +99,7 @@ class ConsentRoutes:
     ) -> Response:
         settings = self.settings
         consent = Consent.from_claim(session.user.get(settings.consent_claim))
+        given = consent.given_purposes(settings.purposes) if consent else frozenset()
         return self.pages.render(
             "consent.html",
             status_code,
@@ -139,6 +108,8 @@ class ConsentRoutes:
             return_to=return_to,
             user=session.user,
             statement=terms_statement(settings),
+            # Offered unticked (GDPR recital 32); one already given is kept, not asked again.
+            purposes=[p for p in settings.purposes if p.id not in given],
             csrf_token=self.csrf.token(session),
             error=error,
             accepted=consent is not None and consent.covers(settings.terms_version),
@@ -146,13 +117,13 @@ class ConsentRoutes:
             withdraw_url=f"{settings.consent_path}/withdraw",
         )
 
-    async def _form(self, request: Request) -> FormData | None:
+    async def form_of(self, request: Request) -> FormData | None:
         try:
             return await request.form()
         except Exception:  # any unparsable body is the client's mistake, never a 500
             return None
 
-    def _forged(self) -> Response:
+    def forged(self) -> Response:
         return self.pages.error(
             "Request refused",
             "This form did not come from this site's own page, so nothing was changed. "
@@ -161,19 +132,19 @@ class ConsentRoutes:
         )
 
     async def terms(self, request: Request) -> Response:
-        session = await self._session_or_login(request)
+        session = await self.session_or_login(request)
         if isinstance(session, Response):
             return session
-        return self._page(session, self._return_to(request.query_params.get("returnTo")))
+        return self._page(session, self.return_to(request.query_params.get("returnTo")))
 
     async def accept(self, request: Request) -> Response:
-        session = await self._session_or_login(request)
+        session = await self.session_or_login(request)
         if isinstance(session, Response):
             return session
-        form = await self._form(request)
+        form = await self.form_of(request)
         if form is None or not self.csrf.check(request, session, form.get("csrf_token")):
-            return self._forged()
-        return_to = self._return_to(form.get("return_to"))
+            return self.forged()
+        return_to = self.return_to(form.get("return_to"))
         settings = self.settings
         if form.get("version") != settings.terms_version:
             return self._page(
@@ -200,17 +171,29 @@ class ConsentRoutes:
             return response
         # Accept and withdrawal of one user run one at a time, and each ends with a grant
         # sent after its write: the last session issued matches the last record.
-        accepted = f"accepted:{sub}:{settings.terms_version}"
+        # The purposes the page showed: ticked ones are given, the others declined (a
+        # purpose given before and not shown again is left as it is).
+        shown = {str(i) for i in form.getlist("offered")} & {p.id for p in settings.purposes}
+        ticked = sorted(i for i in shown if form.get(f"purpose_{i}") == "yes")
+        unticked = sorted(shown.difference(ticked))
+        accepted = f"accepted:{sub}:{settings.terms_version}:{'+'.join(ticked)}"
         async with self.state.lock(f"consent:{sub}"):
             # The same accept again (a second tab, a double click) is folded into the
             # first: its grant, sent after the write, serves this request too.
             written_ms = await self.state.get_flag(accepted)
+            if written_ms is not None:
+                # Not if a withdrawal was recorded since: then this accept is a new choice.
+                withdrawn_ms = await self.state.get_flag(f"withdrawn:{sub}")
+                written_ms = None if (withdrawn_ms or 0) >= written_ms else written_ms
             if written_ms is None:
+                at = now_ms()
+                choices = self.writer.choices(ticked, unticked, at)
+                event = self.writer.terms_event(
+                    ConsentAction.GIVEN, CollectionMethod.TERMS_PAGE, at, choices
+                )
                 try:
-                    await self.management.update_user(
-                        sub, {"user_metadata": {"consent": consent_record(settings)}}
-                    )
-                except ManagementAPIError as exc:
+                    await self.writer.write(sub, event)
+                except (ManagementAPIError, LedgerError) as exc:
                     logger.warning("saving consent failed: %s", exc)
                     return self._page(
                         session,
@@ -219,17 +202,18 @@ class ConsentRoutes:
                         "We could not save your consent just now, and nothing was "
                         "changed. Please try again in a moment.",
                     )
+                # After the write: the grant that follows must be sent later than this.
                 written_ms = now_ms()
-                await _best_effort(self.state.put_flag(accepted, written_ms, COALESCE_SECONDS))
-                await _best_effort(self.state.drop_flag(f"withdrawn:{sub}"))
+                await best_effort(self.state.put_flag(accepted, written_ms, COALESCE_SECONDS))
+                await best_effort(self.state.drop_flag(f"withdrawn:{sub}"))
                 # The user's other sessions still say "not given": refreshed on next use.
-                await _best_effort(self.revocations.mark_user(sub))
+                await best_effort(self.revocations.mark_user(sub))
             return await self.refresher.refresh_and_continue(
                 request, session, return_to, Expectation.CONSENT, not_before=written_ms / 1000
             )
 
     async def withdraw_page(self, request: Request) -> Response:
-        session = await self._session_or_login(request)
+        session = await self.session_or_login(request)
         if isinstance(session, Response):
             return session
         return self._withdraw_page(session)
@@ -250,12 +234,12 @@ class ConsentRoutes:
         )
 
     async def withdraw(self, request: Request) -> Response:
-        session = await self._session_or_login(request)
+        session = await self.session_or_login(request)
         if isinstance(session, Response):
             return session
-        form = await self._form(request)
+        form = await self.form_of(request)
         if form is None or not self.csrf.check(request, session, form.get("csrf_token")):
-            return self._forged()
+            return self.forged()
         settings = self.settings
         sub = str(session.user["sub"])
         withdrawn = f"withdrawn:{sub}"
@@ -265,8 +249,8 @@ class ConsentRoutes:
             written_ms = await self.state.get_flag(withdrawn)
             if written_ms is None:
                 try:
-                    await self._record_withdrawal(sub)
-                except ManagementAPIError as exc:
+                    await self._record_withdrawal(session)
+                except (ManagementAPIError, LedgerError) as exc:
                     logger.warning("withdrawal failed: %s", exc)
                     # In delete mode the record may be written and the deletion not done
                     # yet: a retry repeats both, so the message does not claim nothing
@@ -278,11 +262,10 @@ class ConsentRoutes:
                         "Please try again in a moment.",
                     )
                 written_ms = now_ms()
-                await _best_effort(self.state.put_flag(withdrawn, written_ms, COALESCE_SECONDS))
-                await _best_effort(self.state.drop_flag(f"accepted:{sub}:{settings.terms_version}"))
+                await best_effort(self.state.put_flag(withdrawn, written_ms, COALESCE_SECONDS))
                 # Processing stops everywhere: the user's other sessions are re-checked
                 # (sent to the terms page, or ended when the account is gone) on next use.
-                await _best_effort(self.revocations.mark_user(sub))
+                await best_effort(self.revocations.mark_user(sub))
             if settings.withdraw_mode == "revoke":
                 terms = self.pages.url(f"{settings.consent_path}?{urlencode({'returnTo': '/'})}")
                 return await self.refresher.refresh_and_continue(
@@ -293,15 +276,25 @@ class ConsentRoutes:
         response = RedirectResponse(url, status_code=303)
         return with_cookies(response, await self.sessions.clear(request.cookies))
 
-    async def _record_withdrawal(self, sub: str) -> None:
-        mode = self.settings.withdraw_mode
-        body: dict[str, Any] = {"user_metadata": {"consent": withdrawal_record(self.settings)}}
-        if mode == "flag":
-            body["app_metadata"] = {"deleted": True}
-        # The withdrawal is written first in every mode, so the tenant's logs show it even
-        # when the account is deleted right after.
+    async def _record_withdrawal(self, session: Session) -> None:
+        settings = self.settings
+        mode = settings.withdraw_mode
+        sub = str(session.user["sub"])
+        consent = Consent.from_claim(session.user.get(settings.consent_claim))
+        # Withdrawing the terms withdraws every optional purpose with them.
+        given = sorted(consent.given_purposes(settings.purposes)) if consent else []
+        at = now_ms()
+        event = self.writer.terms_event(
+            ConsentAction.WITHDRAWN,
+            CollectionMethod.WITHDRAW_PAGE,
+            at,
+            self.writer.choices([], given, at),
+        )
+        extra = {"deleted": True} if mode == "flag" else None
+        # The withdrawal is written first in every mode, so the record (and the tenant's
+        # logs, and the ledger) show it even when the account is deleted right after.
         try:
-            await self.management.update_user(sub, body)
+            await self.writer.write(sub, event, extra)
         except ManagementAPIError as exc:
             # An earlier attempt deleted the user but its answer was lost: go on.
             if not (mode == "delete" and exc.status_code == 404):

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from ._choices import ChoiceRoutes
 from ._config import Settings
 from ._consent import ConsentRoutes
 from ._exceptions import ConfigurationError, ConsentMiddlewareError
@@ -21,6 +22,7 @@ from ._login import Login
 from ._management import ManagementClient
 from ._oidc import OIDCClient
 from ._pages import Pages
+from ._record import ConsentWriter
 from ._refresh import SessionRefresher
 from ._revocation import Revocations
 from ._routes import AuthRoutes
@@ -72,11 +74,22 @@ class Engine:
         auth = AuthRoutes(
             settings, oidc, sessions, transactions, login, refresher, revocations, state, pages
         )
+        writer = ConsentWriter(settings, management)
         consent = ConsentRoutes(
-            settings, oidc, sessions, management, login, refresher, revocations, state, pages
+            settings,
+            oidc,
+            sessions,
+            management,
+            login,
+            refresher,
+            revocations,
+            state,
+            pages,
+            writer,
         )
         routes: dict[str, dict[str, Endpoint]] = {}
-        for route in (*auth.routes(), *consent.routes()):
+        choices = ChoiceRoutes(consent)
+        for route in (*auth.routes(), *consent.routes(), *choices.routes()):
             for method in route.methods or ():
                 routes.setdefault(route.path, {})[method] = route.endpoint
         return cls(

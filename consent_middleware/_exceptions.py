@@ -9,7 +9,8 @@ ConsentMiddlewareError
 ├── ManagementAPIError      the Management API failed after bounded retries
 ├── RefreshError            a session could not be refreshed silently
 ├── AccessTokenError        no usable access token (``code`` says why)
-└── SharedStateError        the shared store (Redis) is unreachable or too slow
+├── SharedStateError        the shared store (Redis) is unreachable or too slow
+└── LedgerError             the consent ledger could not be written or read
 
 Library errors (httpx, python-jose) are translated where they are caught, always with
 ``raise ... from exc`` so the original stays on ``__cause__`` for logs and debuggers.
@@ -84,3 +85,8 @@ class AccessTokenError(ConsentMiddlewareError):
 class SharedStateError(ConsentMiddlewareError):
     """The store the workers share (Redis) did not answer in time; requests that need it
     get a 503 until it is back, and nothing the provider already accepted is undone."""
+
+
+class LedgerError(ConsentMiddlewareError):
+    """The consent ledger (``CONSENT_LEDGER_URL``) failed; a choice it could not record is
+    refused before Auth0 is written, with a page saying nothing changed."""

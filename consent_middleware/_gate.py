@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 from urllib.parse import unquote, urlencode
 
 from starlette.datastructures import Headers
@@ -19,6 +20,8 @@ class Verdict(enum.Enum):
     ALLOW = "allow"
     LOGIN = "login"
     CONSENT = "consent"
+    #: The terms are accepted, but this path needs an optional purpose that is not given.
+    PURPOSE = "purpose"
 
 
 def decide(session: Session | None, settings: Settings) -> Verdict:
@@ -28,6 +31,30 @@ def decide(session: Session | None, settings: Settings) -> Verdict:
     if consent is None or not consent.covers(settings.terms_version):
         return Verdict.CONSENT
     return Verdict.ALLOW
+
+
+def given_purposes(session: Session, settings: Settings) -> frozenset[str]:
+    """The optional purposes the session's claim gives, for their current versions."""
+    if not settings.require:
+        return frozenset()
+    consent = Consent.from_claim(session.user.get(settings.consent_claim))
+    return frozenset() if consent is None else consent.given_purposes(settings.purposes)
+
+
+def missing_purposes(path: str, given: frozenset[str], settings: Settings) -> tuple[str, ...]:
+    """The purposes ``path`` needs (CONSENT_REQUIRE) that are not in ``given``; matched on
+    the path as sent and as a server would clean it up, so no spelling of a path escapes
+    its requirement."""
+    missing: list[str] = []
+    cleaned: str | None = None
+    for pattern, ids in settings.require:
+        hit = matches(path, (pattern,))
+        if not hit:
+            cleaned = normalized_path(path) if cleaned is None else cleaned
+            hit = matches(cleaned, (pattern,))
+        if hit:
+            missing += [i for i in ids if i not in given and i not in missing]
+    return tuple(missing)
 
 
 def app_path(scope: Scope) -> str:
@@ -93,24 +120,37 @@ def wants_json(path: str, headers: Headers, settings: Settings) -> bool:
     return mode is not None and mode != "navigate" and headers.get("sec-fetch-dest") == "empty"
 
 
-def refusal_url(verdict: Verdict, return_to: str, settings: Settings, root_path: str = "") -> str:
-    """Where a refused request is sent: the login, or the terms page, keeping its URL."""
+def refusal_url(
+    verdict: Verdict,
+    return_to: str,
+    settings: Settings,
+    root_path: str = "",
+    purposes: tuple[str, ...] = (),
+) -> str:
+    """Where a refused request is sent: the login, the terms page, or the page asking for
+    the missing purposes, keeping its URL."""
     # A long query (a search, say) is dropped rather than refused at /auth/login: the user
     # still lands on the page they asked for, and the login's cookie stays small.
-    return_to = bounded_return_to(return_to)
-    target = (
-        f"{settings.routes_prefix}/login" if verdict is Verdict.LOGIN else settings.consent_path
-    )
-    return f"{root_path}{target}?{urlencode({'returnTo': return_to})}"
+    query = {"returnTo": bounded_return_to(return_to)}
+    if verdict is Verdict.LOGIN:
+        target = f"{settings.routes_prefix}/login"
+    elif verdict is Verdict.PURPOSE:
+        target = f"{settings.consent_path}/purposes"
+        query = {"need": "+".join(purposes), **query}
+    else:
+        target = settings.consent_path
+    return f"{root_path}{target}?{urlencode(query)}"
 
 
 def refusal_body(
-    verdict: Verdict, return_to: str, settings: Settings
-) -> tuple[int, dict[str, str]]:
+    verdict: Verdict, return_to: str, settings: Settings, purposes: tuple[str, ...] = ()
+) -> tuple[int, dict[str, Any]]:
     """The JSON an API client gets instead of a redirect: status and body."""
-    url = settings.app_base_url + refusal_url(verdict, return_to, settings)
+    url = settings.app_base_url + refusal_url(verdict, return_to, settings, "", purposes)
     if verdict is Verdict.LOGIN:
         return 401, {"error": "login_required", "login_url": url}
+    if verdict is Verdict.PURPOSE:
+        return 403, {"error": "consent_required", "purposes": list(purposes), "consent_url": url}
     return 403, {"error": "consent_required", "consent_url": url}
 
 
@@ -121,11 +161,12 @@ def refusal(
     as_json: bool,
     settings: Settings,
     root_path: str = "",
+    purposes: tuple[str, ...] = (),
 ) -> Response:
     if as_json:
-        status, body = refusal_body(verdict, return_to, settings)
+        status, body = refusal_body(verdict, return_to, settings, purposes)
         return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
-    url = refusal_url(verdict, return_to, settings, root_path)
+    url = refusal_url(verdict, return_to, settings, root_path, purposes)
     if verdict is Verdict.LOGIN:
         # 307 keeps the method, which only makes sense for GET/HEAD.
         return RedirectResponse(url, status_code=307 if method in ("GET", "HEAD") else 303)

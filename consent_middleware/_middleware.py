@@ -23,9 +23,11 @@ from ._gate import (
     Verdict,
     app_path,
     decide,
+    given_purposes,
     is_own_route,
     is_public,
     matches,
+    missing_purposes,
     refusal,
     refusal_body,
     wants_json,
@@ -142,6 +144,11 @@ class ConsentMiddleware:
         if admitted.verdict is not Verdict.ALLOW:
             await self._refuse(admitted.verdict, scope, receive, send)
             return
+        if settings.require:
+            missing = missing_purposes(path, admitted.purposes, settings)
+            if missing:
+                await self._refusal(Verdict.PURPOSE, scope, missing)(scope, receive, send)
+                return
         await self._pass(admitted, scope, receive, send)
 
     async def _pass(self, admitted: _Admitted, scope: Scope, receive: Receive, send: Send) -> None:
@@ -237,7 +244,9 @@ class ConsentMiddleware:
             until = min(until, session.ends_at)
         verdict = decide(session, self.settings)
         # The entry holds its key (the cookie bytes) and the decoded session, about as big.
-        return _Admitted(session, user, roll, until, key, 2 * size + ENTRY_OVERHEAD, verdict)
+        weight = 2 * size + ENTRY_OVERHEAD
+        purposes = given_purposes(session, self.settings)
+        return _Admitted(session, user, roll, until, key, weight, verdict, purposes)
 
     def _marks_apply(self) -> bool:
         return self.engine.state.has_marks or self.settings.revalidate_seconds > 0
@@ -263,13 +272,12 @@ class ConsentMiddleware:
         await response(scope, receive, send)
         return None
 
-    def _refusal(self, verdict: Verdict, scope: Scope) -> Response:
+    def _refusal(self, verdict: Verdict, scope: Scope, purposes: tuple[str, ...] = ()) -> Response:
         query = scope.get("query_string", b"").decode("latin-1")
         return_to = scope["path"] + (f"?{query}" if query else "")
         as_json = wants_json(app_path(scope), Headers(scope=scope), self.settings)
-        return refusal(
-            verdict, scope["method"], return_to, as_json, self.settings, scope.get("root_path", "")
-        )
+        root = scope.get("root_path", "")
+        return refusal(verdict, scope["method"], return_to, as_json, self.settings, root, purposes)
 
     async def _refuse(self, verdict: Verdict, scope: Scope, receive: Receive, send: Send) -> None:
         await self._refusal(verdict, scope)(scope, receive, send)
@@ -301,8 +309,12 @@ class ConsentMiddleware:
             # refreshes (or ends) the session, then the socket may reconnect.
             if status is not Revocation.NONE:
                 verdict = Verdict.LOGIN
+        missing: tuple[str, ...] = ()
+        if not isinstance(admitted, Verdict) and verdict is Verdict.ALLOW and settings.require:
+            missing = missing_purposes(path, admitted.purposes, settings)
+            verdict = Verdict.PURPOSE if missing else verdict
         if isinstance(admitted, Verdict) or verdict is not Verdict.ALLOW:
-            status_code, body = refusal_body(verdict, scope["path"], settings)
+            status_code, body = refusal_body(verdict, scope["path"], settings, missing)
             await _deny_websocket(scope, receive, send, status_code, body)
             return
         scope[USER_SCOPE_KEY] = admitted.user
@@ -354,6 +366,8 @@ class _Admitted:
     key: bytes
     weight: int
     verdict: Verdict
+    #: The optional purposes given (for their current versions), for CONSENT_REQUIRE.
+    purposes: frozenset[str]
 
 
 def _weight_of(admitted: _Admitted) -> int:

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from ._events import PurposeChoice
+from ._purposes import Purpose
 
 
 @dataclass(frozen=True)
 class Consent:
-    """The consent claim from the verified ID token (``user_metadata.consent``)."""
+    """The consent claim from the verified ID token: the current state of
+    ``app_metadata.consent`` (never its history)."""
 
     given: bool
     version: str | None = None
     date: str | None = None
     text_details: str | None = None
     withdrawn: bool = False
+    text_sha256: str | None = None
+    #: Optional purposes by id: given or not, for which version, since when.
+    purposes: Mapping[str, PurposeChoice] = field(default_factory=dict)
 
     @classmethod
     def from_claim(cls, value: object) -> Consent | None:
@@ -29,10 +36,24 @@ class Consent:
             date=_str_or_none(value.get("date")),
             text_details=_str_or_none(value.get("text_details")),
             withdrawn=value.get("withdrawn") is True,
+            text_sha256=_str_or_none(value.get("text_sha256")),
+            purposes=_purposes(value.get("purposes")),
         )
 
     def covers(self, terms_version: str) -> bool:
         return self.given and not self.withdrawn and self.version == terms_version
+
+    def given_purposes(self, purposes: Iterable[Purpose]) -> frozenset[str]:
+        """The ids of ``purposes`` given for their current version (a bumped version asks
+        again); nothing while the terms themselves are withdrawn."""
+        if self.withdrawn:
+            return frozenset()
+        given = set()
+        for purpose in purposes:
+            choice = self.purposes.get(purpose.id)
+            if choice is not None and choice.given and choice.version == purpose.version:
+                given.add(purpose.id)
+        return frozenset(given)
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,17 @@ class User:
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any], consent_claim: str) -> User:
         return cls(claims=claims, consent=Consent.from_claim(claims.get(consent_claim)))
+
+
+def _purposes(value: object) -> dict[str, PurposeChoice]:
+    if not isinstance(value, Mapping):
+        return {}
+    choices = {}
+    for purpose_id, raw in value.items():
+        choice = PurposeChoice.from_record(raw)
+        if isinstance(purpose_id, str) and choice is not None:
+            choices[purpose_id] = choice
+    return choices
 
 
 def _str_or_none(value: object) -> str | None:

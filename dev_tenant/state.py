@@ -19,6 +19,9 @@ from joserfc.jwk import KeyParameters, RSAKey
 from dev_tenant.directory import UserDirectory
 from dev_tenant.records import AccessRecord, Code, DevClient, RefreshRecord
 
+# What the post-login Action copies from app_metadata.consent into the ID token.
+CLAIM_FIELDS = ("given", "version", "date", "text_sha256", "text_details", "purposes", "withdrawn")
+
 
 class KeyRing:
     """RS256 signing keys: the newest signs, all stay published so older tokens still verify."""
@@ -98,9 +101,13 @@ class TenantState:
         if "email" in scopes:
             claims["email"] = user.get("email")
             claims["email_verified"] = user.get("email_verified")
-        consent = user.get("user_metadata", {}).get("consent")
-        if self.consent_claim and consent is not None:
-            claims[self.consent_claim] = consent
+        # As actions/consent-claim.js: the current state of app_metadata.consent (which a
+        # user cannot write), never its history, so the token stays the same size.
+        consent = user.get("app_metadata", {}).get("consent")
+        if self.consent_claim and isinstance(consent, dict):
+            claims[self.consent_claim] = {
+                key: consent[key] for key in CLAIM_FIELDS if key in consent
+            }
         return claims
 
     def bearer(self, headers: Mapping[str, str], audience: str) -> AccessRecord | None:

@@ -48,9 +48,41 @@ def event(
     }
 
 
-def test_copies_consent_unchanged() -> None:
-    consent = {"given": True, "version": "v2", "date": "2026-01-01T00:00:00.000Z", "x": [1]}
-    assert run(event({"consent": consent})) == [["claim", CLAIM, consent]]
+STATE = {
+    "given": True,
+    "version": "v2",
+    "date": "2026-01-01T00:00:00.000Z",
+    "text_sha256": "ab" * 32,
+    "text_details": "https://app.example.com/terms",
+    "purposes": {"marketing": {"given": True, "version": "1", "date": 1767225600000}},
+    "withdrawn": False,
+}
+
+
+def history(events: int) -> list[dict[str, Any]]:
+    return [
+        {"action": "given", "version": "v2", "date": 1767225600000 + i, "method": "terms_page"}
+        for i in range(events)
+    ]
+
+
+def test_copies_the_current_state_of_app_metadata_never_the_history() -> None:
+    stored = {**STATE, "history": history(3)}
+    assert run(event({}, {"consent": stored})) == [["claim", CLAIM, STATE]]
+
+
+def test_the_claim_stays_the_same_size_as_the_history_grows() -> None:
+    sizes = {
+        len(json.dumps(run(event({}, {"consent": {**STATE, "history": history(n)}}))))
+        for n in (0, 1, 50, 500)
+    }
+    assert len(sizes) == 1
+
+
+def test_a_consent_the_user_wrote_into_user_metadata_is_ignored() -> None:
+    # Auth0 lets a user token with update:current_user_metadata write this.
+    forged = {"given": True, "version": "v2", "date": "2020-01-01T00:00:00.000Z"}
+    assert run(event({"consent": forged})) == []
 
 
 def test_no_consent_no_claim() -> None:

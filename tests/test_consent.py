@@ -19,7 +19,8 @@ import pytest
 import respx
 
 from consent_middleware import Session, TokenSet
-from consent_middleware._consent import consent_record, terms_statement, withdrawal_record
+from consent_middleware._events import CollectionMethod, ConsentAction, ConsentEvent
+from consent_middleware._record import ConsentWriter, applied, iso_date, patch_body, terms_statement
 from consent_middleware._csrf import CSRF
 from consent_middleware._engine import Engine
 from consent_middleware._management import MAX_ATTEMPTS
@@ -47,40 +48,68 @@ def basic(client_id: str, secret: str) -> str:
 # The records
 
 
-def test_consent_record_holds_the_version_the_terms_and_their_digest() -> None:
+def terms_event(settings: Any, action: ConsentAction, at: int = 1767225600123) -> ConsentEvent:
+    writer = ConsentWriter(settings, None)  # type: ignore[arg-type]
+    return writer.terms_event(action, CollectionMethod.TERMS_PAGE, at)
+
+
+def test_an_accept_records_the_version_the_terms_and_their_digest() -> None:
     settings = make_settings()
-    before = datetime.now(UTC)
-    record = consent_record(settings)
-    assert set(record) == {"given", "version", "date", "text_details", "text_sha256"}
-    assert record["given"] is True and record["version"] == "v2"
-    assert record["text_details"] == "https://app.example.com/terms"
-    statement = terms_statement(settings)
-    assert statement == (
+    before = int(time.time() * 1000)
+    event = terms_event(settings, ConsentAction.GIVEN, before)
+    record = applied({}, event, 50)
+    state = {k: v for k, v in record.items() if k != "history"}
+    assert state == {
+        "given": True,
+        "withdrawn": False,
+        "version": "v2",
+        "date": iso_date(before),
+        "text_details": "https://app.example.com/terms",
+        "text_sha256": hashlib.sha256(terms_statement(settings).encode()).hexdigest(),
+        "purposes": {},
+    }
+    assert terms_statement(settings) == (
         "I have read and accept version v2 of the terms published at https://app.example.com/terms."
     )
-    assert record["text_sha256"] == hashlib.sha256(statement.encode()).hexdigest()
-    assert DATE.fullmatch(record["date"]), record["date"]
-    written = datetime.strptime(record["date"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    assert abs((written - before).total_seconds()) < 5  # UTC, now
+    assert DATE.fullmatch(state["date"]), state["date"]
+    written = datetime.strptime(state["date"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs(written.timestamp() * 1000 - before) < 1
+    assert record["history"] == [event.as_record()]
+    # user_metadata mirrors the state; app_metadata holds it with the history.
+    body = patch_body(record)
+    assert body["user_metadata"]["consent"] == state
+    assert body["app_metadata"]["consent"] == record
 
 
 def test_custom_terms_text_is_the_statement_and_its_digest_is_recorded() -> None:
     text = "Ich stimme den Bedingungen zu (Version 7) — mit Umlauten: äöü."
     settings = make_settings(terms_text=text, terms_version="7")
-    record = consent_record(settings)
+    event = terms_event(settings, ConsentAction.GIVEN)
     assert terms_statement(settings) == text
-    assert record["version"] == "7"
-    assert record["text_sha256"] == hashlib.sha256(text.encode("utf-8")).hexdigest()
-    default = consent_record(make_settings(terms_version="7"))
-    assert default["text_sha256"] != record["text_sha256"]
+    assert event.version == "7"
+    assert event.text_sha256 == hashlib.sha256(text.encode("utf-8")).hexdigest()
+    default = terms_event(make_settings(terms_version="7"), ConsentAction.GIVEN)
+    assert default.text_sha256 != event.text_sha256
 
 
-def test_withdrawal_record() -> None:
-    record = withdrawal_record(make_settings())
-    assert set(record) == {"given", "version", "date", "withdrawn"}
-    assert record["given"] is False and record["withdrawn"] is True
-    assert record["version"] == "v2"
-    assert DATE.fullmatch(record["date"]), record["date"]
+def test_a_withdrawal_keeps_the_history_and_the_history_is_bounded() -> None:
+    settings = make_settings()
+    record: dict[str, Any] = {}
+    for i in range(7):
+        action = ConsentAction.GIVEN if i % 2 == 0 else ConsentAction.WITHDRAWN
+        record = applied(record, terms_event(settings, action, 1000 + i), 5)
+    assert record["given"] is True and record["withdrawn"] is False
+    assert [e["date"] for e in record["history"]] == [1002, 1003, 1004, 1005, 1006]
+    withdrawn = applied(record, terms_event(settings, ConsentAction.WITHDRAWN, 2000), 5)
+    assert withdrawn["given"] is False and withdrawn["withdrawn"] is True
+    assert withdrawn["history"][-1]["action"] == "withdrawn"
+    # A malformed stored entry is skipped, never fatal.
+    assert (
+        applied(
+            {"history": ["junk", {"action": "?"}]}, terms_event(settings, ConsentAction.GIVEN), 5
+        )["history"][0]["action"]
+        == "given"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,13 +117,13 @@ def test_withdrawal_record() -> None:
 
 
 class Tenant:
-    """The provider's side: a post-login Action copies ``user_metadata.consent`` into the
-    ID token, so a grant after a PATCH shows what the PATCH wrote."""
+    """The provider's side: a post-login Action copies the state of ``app_metadata.consent``
+    into the ID token, so a grant after a PATCH shows what the PATCH wrote."""
 
     def __init__(self, mock: respx.MockRouter, key: SigningKey) -> None:
         self.key = key
         self.user_metadata: dict[str, Any] = {"consent": ACCEPTED}
-        self.app_metadata: dict[str, Any] = {}
+        self.app_metadata: dict[str, Any] = {"consent": ACCEPTED}
         self.deleted = False
         # Set to answer the next PATCH / DELETE with this status instead of doing it.
         self.patch_status: int | None = None
@@ -102,6 +131,7 @@ class Tenant:
         idp(mock, [key])
         self.token = mock.post(TOKEN_URL).mock(side_effect=self._token)
         self.patch = mock.patch(USER_URL).mock(side_effect=self._patch)
+        self.get = mock.get(USER_URL).mock(side_effect=self._get)
         self.delete = mock.delete(USER_URL).mock(side_effect=self._delete)
         self.calls = mock.calls
 
@@ -119,8 +149,9 @@ class Tenant:
         if self.deleted or form["refresh_token"] != ["rt-1"]:
             return httpx.Response(400, json={"error": "invalid_grant"})
         claims = id_token_claims(ISSUER, "client-1", nonce=None)
-        if "consent" in self.user_metadata:
-            claims[CLAIM] = self.user_metadata["consent"]
+        if "consent" in self.app_metadata:
+            stored = self.app_metadata["consent"]
+            claims[CLAIM] = {k: v for k, v in stored.items() if k != "history"}
         return httpx.Response(
             200,
             json={
@@ -146,6 +177,14 @@ class Tenant:
         self.user_metadata.update(body.get("user_metadata", {}))
         self.app_metadata.update(body.get("app_metadata", {}))
         return httpx.Response(200, json={"user_id": SUB, "user_metadata": self.user_metadata})
+
+    def _get(self, request: httpx.Request) -> httpx.Response:
+        if not self._authorized(request):
+            return httpx.Response(401, json={"message": "Invalid token"})
+        if self.deleted:
+            return httpx.Response(404, json={"message": "The user does not exist."})
+        user = {"user_id": SUB, "user_metadata": self.user_metadata}
+        return httpx.Response(200, json={**user, "app_metadata": self.app_metadata})
 
     def _delete(self, request: httpx.Request) -> httpx.Response:
         if not self._authorized(request):
@@ -432,9 +471,14 @@ async def test_accept_writes_then_refreshes_then_goes_back(build: Build, tenant:
     assert response.status_code == 303, response.text
     assert response.headers["location"] == f"{APP}/dashboard"
     (body,) = tenant.patched()
-    record = body["user_metadata"]["consent"]
-    assert set(body) == {"user_metadata"}
+    assert set(body) == {"user_metadata", "app_metadata"}
+    stored = body["app_metadata"]["consent"]
+    record = {k: v for k, v in stored.items() if k != "history"}
+    assert body["user_metadata"]["consent"] == record
     assert record["given"] is True and record["version"] == "v2"
+    # Read, append, write: the event joins what was stored.
+    assert [e["action"] for e in stored["history"]] == ["given"]
+    assert stored["history"][-1]["method"] == "terms_page"
     assert (
         record["text_sha256"]
         == hashlib.sha256(terms_statement(engine.settings).encode()).hexdigest()
@@ -442,7 +486,9 @@ async def test_accept_writes_then_refreshes_then_goes_back(build: Build, tenant:
     assert DATE.fullmatch(record["date"])
     # The write, then the grant that brings the claim into the session.
     sent = [call.request for call in tenant.calls]
+    read_at = next(i for i, r in enumerate(sent) if r.method == "GET" and "/api/" in r.url.path)
     patched_at = next(i for i, r in enumerate(sent) if r.method == "PATCH")
+    assert read_at < patched_at
     granted_at = next(i for i, r in enumerate(sent) if b"grant_type=refresh_token" in r.content)
     assert patched_at < granted_at
     assert tenant.refresh_grants() == 1
@@ -522,8 +568,8 @@ async def test_withdraw_in_revoke_mode(build: Build, tenant: Tenant) -> None:
     assert response.status_code == 303, response.text
     assert response.headers["location"] == f"{APP}/consent?returnTo=%2F"
     (body,) = tenant.patched()
-    assert set(body) == {"user_metadata"}
     record = body["user_metadata"]["consent"]
+    assert body["app_metadata"]["consent"]["history"][-1]["action"] == "withdrawn"
     assert record["given"] is False and record["withdrawn"] is True
     assert record["version"] == "v2" and DATE.fullmatch(record["date"])
     assert not tenant.delete.called and tenant.refresh_grants() == 1
@@ -542,8 +588,9 @@ async def test_withdraw_in_flag_mode_closes_the_account_and_the_session(
 
     assert response.status_code == 303, response.text
     (body,) = tenant.patched()
-    assert body["app_metadata"] == {"deleted": True}
+    assert body["app_metadata"]["deleted"] is True
     consent = body["user_metadata"]["consent"]
+    assert body["app_metadata"]["consent"]["withdrawn"] is True
     assert consent["given"] is False and consent["withdrawn"] is True
     assert not tenant.delete.called and tenant.refresh_grants() == 0
     assert_signed_out(response)
@@ -559,9 +606,10 @@ async def test_withdraw_in_delete_mode_deletes_after_recording(
 
     assert response.status_code == 303, response.text
     methods = [c.request.method for c in tenant.calls if c.request.url.path.startswith("/api")]
-    assert methods == ["PATCH", "DELETE"]
+    assert methods == ["GET", "PATCH", "DELETE"]
     (body,) = tenant.patched()
-    assert set(body) == {"user_metadata"} and body["user_metadata"]["consent"]["withdrawn"]
+    assert body["user_metadata"]["consent"]["withdrawn"]
+    assert body["app_metadata"]["consent"]["history"][-1]["action"] == "withdrawn"
     assert tenant.deleted
     assert_signed_out(response)
 

@@ -113,7 +113,7 @@ def test_periodic_revalidation_picks_up_a_change_made_elsewhere(live: Live) -> N
     user = live.tenant.users.by_email("dev@example.com")
     assert user is not None
     # An administrator withdraws the consent in the tenant's dashboard, not through the app.
-    live.tenant.users.patch(user["user_id"], {"user_metadata": {"consent": {"given": False}}})
+    live.tenant.users.patch(user["user_id"], {"app_metadata": {"consent": {"given": False}}})
     assert browser.client.get(f"{live.base}/dashboard").status_code == 200  # not yet due
     time.sleep(1.2)
     page = browser.go("/dashboard")

@@ -28,7 +28,16 @@ from .._access import get_access_token
 from .._config import Settings
 from .._cookies import SESSION_COOKIE
 from .._exceptions import IdentityProviderError, SharedStateError
-from .._gate import Verdict, decide, is_public, matches, refusal_url
+from .._gate import (
+    Verdict,
+    decide,
+    given_purposes,
+    is_public,
+    matches,
+    missing_purposes,
+    refusal_body,
+    refusal_url,
+)
 from .._middleware import SESSION_COOKIES_SCOPE_KEY, USER_SCOPE_KEY, ConsentMiddleware
 from .._models import User
 from .._pages import NO_STORE
@@ -206,6 +215,10 @@ class Sidecar:
         except SharedStateError:
             return self.engine.pages.unavailable(as_json=True)
         verdict = decide(session, settings)
+        missing: tuple[str, ...] = ()
+        if verdict is Verdict.ALLOW and session is not None and settings.require:
+            missing = missing_purposes(path, given_purposes(session, settings), settings)
+            verdict = Verdict.PURPOSE if missing else verdict
         if verdict is Verdict.ALLOW and session is not None:
             user = User.from_claims(session.user, settings.consent_claim)
             response = Response(status_code=200, headers=NO_STORE)
@@ -217,7 +230,8 @@ class Sidecar:
                 forward = with_new_session([(b"cookie", _cookie_header(request))], cookies)
                 response.raw_headers.append((b"x-consent-forward-cookie", forward[-1][1]))
             return with_cookie_copies(with_cookies(response, cookies), cookies)
-        url = settings.app_base_url + refusal_url(verdict, target, settings)
+        status_code, body = refusal_body(verdict, target, settings, missing)
+        url = settings.app_base_url + refusal_url(verdict, target, settings, "", missing)
         if request.query_params.get("mode") == "redirect":
             # As the gate answers pages: a GET may come back to the login, a form post
             # is sent on with 303 (the browser must not re-post it to the provider).
@@ -225,13 +239,10 @@ class Sidecar:
             status = 302 if login_by_get else 303
             redirect = RedirectResponse(url, status_code=status, headers=NO_STORE)
             return with_cookie_copies(with_cookies(redirect, cookies), cookies)
-        login = verdict is Verdict.LOGIN
-        body = {"error": "login_required" if login else "consent_required"}
-        body["login_url" if login else "consent_url"] = url
         # nginx keeps only the status of an auth_request answer: the URL goes in a header
         # too, for auth_request_set to read.
         headers = {**NO_STORE, "X-Consent-Redirect": url}
-        answer = JSONResponse(body, status_code=401 if login else 403, headers=headers)
+        answer = JSONResponse(body, status_code=status_code, headers=headers)
         return with_cookie_copies(with_cookies(answer, cookies), cookies)
 
 

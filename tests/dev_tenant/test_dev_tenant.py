@@ -216,8 +216,13 @@ def test_refresh_rotates_and_carries_the_current_consent(tenant: Tenant) -> None
     tokens = tenant.code_flow()
     sub = tenant.claims(tokens["id_token"])["sub"]
     consent = {"given": True, "version": "v1", "date": "2026-11-23T00:00:00.000Z"}
+    stored = {**consent, "history": [{"action": "given", "version": "v1"}]}
     token = tenant.management_token()
-    patched = tenant.api("PATCH", sub, token, json={"user_metadata": {"consent": consent}})
+    # The claim comes from app_metadata (as the shipped Action), without the history; a
+    # record the user could write themself (user_metadata) is not read.
+    forged = {"consent": {**consent, "version": "v9"}}
+    body = {"app_metadata": {"consent": stored}, "user_metadata": forged}
+    patched = tenant.api("PATCH", sub, token, json=body)
     assert patched.status_code == 200
     refreshed = tenant.token(grant_type="refresh_token", refresh_token=tokens["refresh_token"])
     body = refreshed.json()

@@ -1,0 +1,269 @@
+"""The user's own view of their choices: optional purposes given or withdrawn one by one, the
+history of every choice, and a consent receipt to download.
+
+``GET /consent/purposes?need=a+b`` asks for the purposes a path needs (not the full terms);
+``POST /consent/purposes`` gives or withdraws purposes, each choice an event of its own;
+``GET /consent/history`` lists what was given and withdrawn, when, with per-purpose buttons
+as easy to use as the ones that gave them (GDPR Art. 7(3)); ``GET /consent/receipt.json`` is
+the record as a receipt after ISO/IEC TS 27560 and the Kantara consent receipt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from ._consent import COALESCE_SECONDS, ConsentRoutes, best_effort
+from ._events import CollectionMethod, ConsentAction, ConsentEvent
+from ._exceptions import LedgerError, ManagementAPIError
+from ._models import Consent
+from ._purposes import Purpose, purpose_by_id
+from ._record import history_of, state_of, stored_consent
+from ._session import Session, now_ms
+from ._transactions import Expectation
+
+RECEIPT_VERSION = "consent_middleware-receipt/1"
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass
+class ChoiceRoutes:
+    consent: ConsentRoutes
+
+    def routes(self) -> list[Route]:
+        path = self.consent.settings.consent_path
+        return [
+            Route(f"{path}/purposes", self.purposes_page, methods=["GET"]),
+            Route(f"{path}/purposes", self.choose, methods=["POST"]),
+            Route(f"{path}/history", self.history, methods=["GET"]),
+            Route(f"{path}/receipt.json", self.receipt, methods=["GET"]),
+        ]
+
+    def _purposes(self, raw: str) -> list[Purpose] | None:
+        """The declared purposes named in ``a+b`` (or a form's list); None for an unknown one."""
+        found = []
+        for name in (part for part in raw.replace(" ", "+").split("+") if part):
+            purpose = purpose_by_id(self.consent.settings.purposes, name)
+            if purpose is None:
+                return None
+            found.append(purpose)
+        return found
+
+    def _unknown(self) -> Response:
+        return self.consent.pages.error(
+            "Unknown purpose", "This page asked about a purpose this site does not use.", 400
+        )
+
+    def _given(self, session: Session) -> frozenset[str]:
+        settings = self.consent.settings
+        consent = Consent.from_claim(session.user.get(settings.consent_claim))
+        return consent.given_purposes(settings.purposes) if consent else frozenset()
+
+    async def _terms_first(self, session: Session, return_to: str) -> Response | None:
+        """The terms page when the terms themselves are not accepted: purposes come after."""
+        settings = self.consent.settings
+        consent = Consent.from_claim(session.user.get(settings.consent_claim))
+        if consent is not None and consent.covers(settings.terms_version):
+            return None
+        query = f"?returnTo={return_to}" if return_to else ""
+        return RedirectResponse(self.consent.pages.url(settings.consent_path + query), 303)
+
+    async def purposes_page(self, request: Request) -> Response:
+        session = await self.consent.session_or_login(request)
+        if isinstance(session, Response):
+            return session
+        needed = self._purposes(request.query_params.get("need", ""))
+        if needed is None:
+            return self._unknown()
+        return_to = self.consent.return_to(request.query_params.get("returnTo"))
+        early = await self._terms_first(session, request.query_params.get("returnTo", ""))
+        if early is not None:
+            return early
+        given = self._given(session)
+        return self._purposes_view(session, [p for p in needed if p.id not in given], return_to)
+
+    def _purposes_view(
+        self,
+        session: Session,
+        asked: list[Purpose],
+        return_to: str,
+        status_code: int = 200,
+        error: str | None = None,
+    ) -> Response:
+        consent = self.consent
+        return consent.pages.render(
+            "purposes.html",
+            status_code,
+            settings=consent.settings,
+            user=session.user,
+            purposes=asked,
+            return_to=return_to,
+            csrf_token=consent.csrf.token(session),
+            error=error,
+            history_url=f"{consent.settings.consent_path}/history",
+            home_url=consent.pages.home_url,
+        )
+
+    async def choose(self, request: Request) -> Response:
+        """Give (``action=give``) or withdraw (``action=withdraw``) the purposes named in
+        ``purpose`` fields: one event, then the session refreshed to show it."""
+        consent, settings = self.consent, self.consent.settings
+        session = await consent.session_or_login(request)
+        if isinstance(session, Response):
+            return session
+        form = await consent.form_of(request)
+        if form is None or not consent.csrf.check(request, session, form.get("csrf_token")):
+            return consent.forged()
+        return_to = consent.return_to(form.get("return_to"))
+        chosen = self._purposes("+".join(str(v) for v in form.getlist("purpose")))
+        action_name = form.get("action")
+        if chosen is None or action_name not in ("give", "withdraw"):
+            return self._unknown()
+        if not chosen:
+            return RedirectResponse(return_to, status_code=303)
+        early = await self._terms_first(session, "")
+        if early is not None:
+            return early
+        action = ConsentAction.GIVEN if action_name == "give" else ConsentAction.WITHDRAWN
+        sub = str(session.user["sub"])
+        count, reset_in = await consent.state.incr(f"accepts:{sub}", 60)
+        if count > settings.accepts_per_minute:
+            response = self._purposes_view(
+                session, chosen, return_to, 429, "Too many changes in a minute: please wait."
+            )
+            response.headers["Retry-After"] = str(max(1, math.ceil(reset_in)))
+            return response
+        ids = sorted(p.id for p in chosen)
+        other = ConsentAction.WITHDRAWN if action is ConsentAction.GIVEN else ConsentAction.GIVEN
+        flag = f"purposes:{sub}:{action.value}:{'+'.join(ids)}"
+        async with consent.state.lock(f"consent:{sub}"):
+            # The same choice again (a double click) is folded into the first.
+            written_ms = await consent.state.get_flag(flag)
+            if written_ms is None:
+                at = now_ms()
+                # Where the choice was made, as the form says (only these two send it).
+                method = (
+                    CollectionMethod.HISTORY_PAGE
+                    if form.get("method") == CollectionMethod.HISTORY_PAGE.value
+                    else CollectionMethod.PURPOSE_PAGE
+                )
+                event = consent.writer.purposes_event(action, method, at, ids)
+                try:
+                    await consent.writer.write(sub, event)
+                except (ManagementAPIError, LedgerError):
+                    return self._purposes_view(
+                        session,
+                        chosen,
+                        return_to,
+                        503,
+                        "We could not save your choice just now, and nothing was changed. "
+                        "Please try again in a moment.",
+                    )
+                # After the write: the grant that follows must be sent later than this.
+                written_ms = now_ms()
+                await best_effort(consent.state.put_flag(flag, written_ms, COALESCE_SECONDS))
+                other_flag = f"purposes:{sub}:{other.value}:{'+'.join(ids)}"
+                await best_effort(consent.state.drop_flag(other_flag))
+                await best_effort(consent.revocations.mark_user(sub))
+            return await consent.refresher.refresh_and_continue(
+                request, session, return_to, Expectation.CONSENT, not_before=written_ms / 1000
+            )
+
+    async def _record(self, session: Session) -> dict[str, Any]:
+        user = await self.consent.management.get_user(str(session.user["sub"]))
+        return dict(stored_consent(user))
+
+    async def history(self, request: Request) -> Response:
+        consent = self.consent
+        session = await consent.session_or_login(request)
+        if isinstance(session, Response):
+            return session
+        try:
+            record = await self._record(session)
+        except ManagementAPIError:
+            return consent.pages.unavailable()
+        events = history_of(record)
+        given = self._given(session)
+        settings = consent.settings
+        return consent.pages.render(
+            "history.html",
+            settings=settings,
+            user=session.user,
+            events=[(_when(e.date), e) for e in reversed(events)],
+            purposes=[(p, p.id in given) for p in settings.purposes],
+            state=state_of(record),
+            csrf_token=consent.csrf.token(session),
+            return_to=f"{settings.consent_path}/history",
+            withdraw_url=f"{settings.consent_path}/withdraw",
+            receipt_url=f"{settings.consent_path}/receipt.json",
+        )
+
+    async def receipt(self, request: Request) -> Response:
+        consent = self.consent
+        session = await consent.session_or_login(request)
+        if isinstance(session, Response):
+            return session
+        try:
+            record = await self._record(session)
+        except ManagementAPIError:
+            return consent.pages.unavailable(as_json=True)
+        body = receipt(consent, str(session.user["sub"]), record)
+        headers = {
+            "Cache-Control": "no-store",
+            "Content-Disposition": 'attachment; filename="consent-receipt.json"',
+        }
+        return JSONResponse(body, headers=headers)
+
+
+def receipt(consent: ConsentRoutes, sub: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The record as a consent receipt (fields after ISO/IEC TS 27560 and the Kantara
+    Consent Receipt 1.1): who collected it, from whom, for what, under which text, how."""
+    settings = consent.settings
+    events = history_of(record)
+    last: ConsentEvent | None = events[-1] if events else None
+    state = state_of(record)
+    stored_purposes = state.get("purposes") or {}
+    current = Consent.from_claim(state)
+    given = current.given_purposes(settings.purposes) if current else frozenset()
+    # The same record gives the same receipt id: a receipt names a state, not a download.
+    digest = hashlib.sha256(f"{sub}\n{last.as_record() if last else ''}".encode()).digest()
+    return {
+        "receipt_version": RECEIPT_VERSION,
+        "receipt_id": str(uuid.UUID(bytes=digest[:16])),
+        "timestamp": int(time.time() * 1000),
+        "controller": {"name": settings.controller or settings.app_base_url,
+                       "url": settings.app_base_url},
+        "principal_id": sub,
+        "policy_url": settings.terms_url,
+        "terms": {
+            "version": state.get("version"),
+            "given": state.get("given") is True and state.get("withdrawn") is not True,
+            "date": state.get("date"),
+            "text_sha256": state.get("text_sha256"),
+        },
+        "purposes": [
+            {
+                "id": purpose.id,
+                "title": purpose.title,
+                "version": purpose.version,
+                # Given only for the current version of its text.
+                "given": purpose.id in given,
+                "choice": stored_purposes.get(purpose.id),
+            }
+            for purpose in settings.purposes
+        ],
+        "collection_method": last.method.value if last else None,
+        "events": [event.as_record() for event in events],
+    }  # fmt: skip
