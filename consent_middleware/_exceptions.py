@@ -9,7 +9,8 @@ ConsentMiddlewareError
 ├── ManagementAPIError      the Management API failed after bounded retries
 ├── RefreshError            a session could not be refreshed silently
 ├── AccessTokenError        no usable access token (``code`` says why)
-└── SharedStateError        the shared store (Redis) is unreachable or too slow
+├── SharedStateError        the shared store (Redis) is unreachable or too slow
+└── LedgerError             the consent ledger is unreachable, or refused an append
 
 Library errors (httpx, python-jose) are translated where they are caught, always with
 ``raise ... from exc`` so the original stays on ``__cause__`` for logs and debuggers.
@@ -84,3 +85,9 @@ class AccessTokenError(ConsentMiddlewareError):
 class SharedStateError(ConsentMiddlewareError):
     """The store the workers share (Redis) did not answer in time; requests that need it
     get a 503 until it is back, and nothing the provider already accepted is undone."""
+
+
+class LedgerError(ConsentMiddlewareError):
+    """The consent ledger could not be written or read (the database is down), refused an
+    append (an unknown or already decided entry), or holds a schema newer than this code.
+    A consent is accepted only once the ledger holds it, so the accept fails with a page."""
