@@ -338,6 +338,18 @@ async def test_a_row_without_a_valid_event_is_reported(ledger: Ledger, ledger_ur
         await ledger.stats("v2")
 
 
+async def test_history_skips_a_decision_of_an_event_it_does_not_hold(
+    ledger: Ledger, ledger_url: str
+) -> None:
+    entry_id = await ledger.record("auth0|alice", consent_event())
+    await ledger.confirm(entry_id)
+    # A confirmation pointing elsewhere (only by hand: verify reports the edit).
+    await raw(ledger_url, row_update(2, ref="00000000-0000-4000-8000-000000000000"))
+    (entry,) = await ledger.history("auth0|alice")
+    assert entry.state is EntryState.PENDING
+    assert (await ledger.verify()).broken_seq == 2
+
+
 # ---- pseudonyms and settings --------------------------------------------------------------
 
 
