@@ -10,7 +10,7 @@ ConsentMiddlewareError
 ├── RefreshError            a session could not be refreshed silently
 ├── AccessTokenError        no usable access token (``code`` says why)
 ├── SharedStateError        the shared store (Redis) is unreachable or too slow
-└── LedgerError             the consent ledger could not be written or read
+└── LedgerError             the consent ledger is unreachable, or refused an append
 
 Library errors (httpx, python-jose) are translated where they are caught, always with
 ``raise ... from exc`` so the original stays on ``__cause__`` for logs and debuggers.
@@ -88,5 +88,6 @@ class SharedStateError(ConsentMiddlewareError):
 
 
 class LedgerError(ConsentMiddlewareError):
-    """The consent ledger (``CONSENT_LEDGER_URL``) failed; a choice it could not record is
-    refused before Auth0 is written, with a page saying nothing changed."""
+    """The consent ledger could not be written or read (the database is down), refused an
+    append (an unknown or already decided entry), or holds a schema newer than this code.
+    A consent is accepted only once the ledger holds it, so the accept fails with a page."""

@@ -11,9 +11,16 @@ echo "Installing Python packages into .venv ..."
 
 apt_install() {
   # Debian packages the project needs that pip cannot provide (Chromium, Node.js).
+  # Each argument is CHECK:PACKAGE; CHECK is a command on PATH, or a glob of a file the
+  # package installs where PATH does not reach (PostgreSQL's /usr/lib/postgresql/*/bin).
   local missing=()
   for pair in "$@"; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+    local check="${pair%%:*}"
+    if [[ "$check" == /* ]]; then
+      compgen -G "$check" >/dev/null || missing+=("${pair##*:}")
+    else
+      command -v "$check" >/dev/null 2>&1 || missing+=("${pair##*:}")
+    fi
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""

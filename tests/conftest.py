@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +14,7 @@ from consent_middleware import Settings
 from consent_middleware._engine import Engine
 from consent_middleware._oidc import OIDCClient
 from tests.keys import SigningKey
+from tests.postgres_server import PostgresServer, postgres_server
 from tests.redis_server import RedisServer, redis_server
 
 DOMAIN = "https://tenant.example.com"
@@ -108,6 +111,23 @@ def redis() -> Iterator[RedisServer]:
     """One real redis-server for the session; tests keep apart by key prefix."""
     with redis_server() as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session; each test gets a database of its own."""
+    with postgres_server() as running:
+        yield running
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty ledger database's URL, as users write it: every ledger behaviour is
+    tested on both databases."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database(f"ledger_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,11 @@ import pytest
 import respx
 
 from consent_middleware import Session, TokenSet
-from consent_middleware._events import CollectionMethod, ConsentAction, ConsentEvent
-from consent_middleware._record import ConsentWriter, applied, iso_date, patch_body, terms_statement
 from consent_middleware._csrf import CSRF
 from consent_middleware._engine import Engine
+from consent_middleware._events import CollectionMethod, ConsentAction, ConsentEvent
 from consent_middleware._management import MAX_ATTEMPTS
+from consent_middleware._record import ConsentWriter, applied, iso_date, patch_body, terms_statement
 from consent_middleware._revocation import Revocation
 from consent_middleware._transactions import Purpose
 from tests.conftest import CLAIM, DOMAIN, ISSUER, Sleeps, idp, make_settings
