@@ -173,7 +173,7 @@ class ConsentRoutes:
         # sent after its write: the last session issued matches the last record.
         # The purposes the page showed: ticked ones are given, the others declined (a
         # purpose given before and not shown again is left as it is).
-        shown = {str(i) for i in form.getlist("offered")} & {p.id for p in settings.purposes}
+        shown = set(str(form.get("offered", "")).split()) & {p.id for p in settings.purposes}
         ticked = sorted(i for i in shown if form.get(f"purpose_{i}") == "yes")
         unticked = sorted(shown.difference(ticked))
         accepted = f"accepted:{sub}:{settings.terms_version}:{'+'.join(ticked)}"

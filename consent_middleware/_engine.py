@@ -22,7 +22,7 @@ from ._login import Login
 from ._management import ManagementClient
 from ._oidc import OIDCClient
 from ._pages import Pages
-from ._record import ConsentWriter
+from ._record import ConsentWriter, EventLedger, LedgerOpener
 from ._refresh import SessionRefresher
 from ._revocation import Revocations
 from ._routes import AuthRoutes
@@ -46,6 +46,7 @@ class Engine:
     pages: Pages
     login: Login
     refresher: SessionRefresher
+    writer: ConsentWriter
     # path -> method -> endpoint, for the auth and consent routes.
     routes: dict[str, dict[str, Endpoint]]
     # A client passed in is the caller's to close; one made here is ours.
@@ -74,7 +75,7 @@ class Engine:
         auth = AuthRoutes(
             settings, oidc, sessions, transactions, login, refresher, revocations, state, pages
         )
-        writer = ConsentWriter(settings, management)
+        writer = ConsentWriter(settings, management, _ledger_opener(settings))
         consent = ConsentRoutes(
             settings,
             oidc,
@@ -104,6 +105,7 @@ class Engine:
             pages=pages,
             login=login,
             refresher=refresher,
+            writer=writer,
             routes=routes,
             owns_http=http_client is None,
         )
@@ -134,9 +136,28 @@ class Engine:
         await self.state.start()
 
     async def aclose(self) -> None:
+        await self.writer.aclose()
         await self.state.aclose()
         if self.owns_http:
             await self.http.aclose()
+
+
+def _ledger_opener(settings: Settings) -> LedgerOpener | None:
+    if not settings.ledger_url:
+        return None
+    try:
+        from ._ledger import Ledger
+        from ._ledger_schema import engine_url
+    except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
+        raise ConfigurationError(
+            "CONSENT_LEDGER_URL needs the ledger extra: pip install 'consent-middleware[ledger]'"
+        ) from exc
+    engine_url(settings.ledger_url)  # a URL that cannot work stops start-up, not an accept
+
+    async def open_ledger() -> EventLedger:
+        return await Ledger.open(settings.ledger_url, settings.ledger_key)
+
+    return open_ledger
 
 
 def _shared_state(settings: Settings) -> SharedState:

@@ -17,6 +17,7 @@ from ._exceptions import (
     ConsentMiddlewareError,
     IdentityProviderError,
     IdTokenError,
+    LedgerError,
     ManagementAPIError,
     SharedStateError,
     TokenEndpointError,
@@ -117,8 +118,8 @@ class Pages:
         if isinstance(exc, SharedStateError):
             logger.warning("shared store unavailable: %s", exc)
             return self.unavailable()
-        if isinstance(exc, ManagementAPIError):
-            logger.warning("Management API failed: %s", exc)
+        if isinstance(exc, ManagementAPIError | LedgerError):
+            logger.warning("saving a choice failed: %s", exc)
             return self.error(
                 "Service unavailable",
                 "Your choice could not be saved just now. Please try again in a moment.",

@@ -18,10 +18,11 @@ a consent Auth0 does not have: a pending row with no confirmation is not a conse
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -110,11 +111,32 @@ def patch_body(consent: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+class LedgerOpener(Protocol):
+    async def __call__(self) -> EventLedger: ...
+
+
 @dataclass
 class ConsentWriter:
     settings: Settings
     management: ManagementClient
+    #: Opens the ledger on first use (a database down at start-up must not stop the gate;
+    #: only choices wait for it), and again after a failed open.
+    open_ledger: LedgerOpener | None = None
     ledger: EventLedger | None = None
+    _opening: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+
+    async def _ledger(self) -> EventLedger | None:
+        if self.ledger is None and self.open_ledger is not None:
+            async with self._opening:
+                if self.ledger is None:
+                    self.ledger = await self.open_ledger()
+        return self.ledger
+
+    async def aclose(self) -> None:
+        close = getattr(self.ledger, "close", None)
+        if close is not None:
+            await close()
+        self.ledger = None
 
     def terms_event(
         self,
@@ -171,7 +193,8 @@ class ConsentWriter:
         """Record ``event`` for ``sub`` (the caller holds the user's lock); returns the
         record as written. Raises ``LedgerError`` before Auth0 is touched when the ledger
         cannot take it, ``ManagementAPIError`` when Auth0 did not."""
-        entry = await self.ledger.record(sub, event) if self.ledger is not None else None
+        ledger = await self._ledger()
+        entry = await ledger.record(sub, event) if ledger is not None else None
         try:
             user = await self.management.get_user(sub)
             consent = applied(stored_consent(user), event, self.settings.history_limit)

@@ -7,6 +7,7 @@ and points itself at it, so the whole flow runs with no Auth0 account.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -35,6 +36,24 @@ DEV_CLIENT_ID = "example-app"
 DEFAULTS = {
     "CONSENT_CLAIM": "https://consent.example.com/consent",
     "CONSENT_TERMS_VERSION": "2026-11",
+    # Two optional purposes beside the terms; the newsletter page needs one of them.
+    "CONSENT_PURPOSES": json.dumps(
+        [
+            {
+                "id": "marketing",
+                "title": "Newsletter",
+                "text": "Send me the monthly newsletter by email.",
+                "version": "1",
+            },
+            {
+                "id": "analytics",
+                "title": "Usage statistics",
+                "text": "Count my visits, without sharing them, to improve the site.",
+                "version": "1",
+            },
+        ]
+    ),
+    "CONSENT_REQUIRE": "/newsletter*=marketing",
 }
 
 
@@ -57,6 +76,11 @@ async def dashboard(request: Request) -> Response:
     )
 
 
+async def newsletter(request: Request) -> Response:
+    # Behind CONSENT_REQUIRE=/newsletter*=marketing: only users who allowed it get here.
+    return templates.TemplateResponse(request, "newsletter.html", {"user": current_user(request)})
+
+
 async def api_me(request: Request) -> Response:
     user = current_user(request)
     consent = user.consent
@@ -76,6 +100,7 @@ def build_app(settings: Settings, extra_routes: list[Mount] | None = None) -> St
             Route("/", home),
             Route("/terms", terms),
             Route("/dashboard", dashboard),
+            Route("/newsletter", newsletter),
             Route("/api/me", api_me),
             *extra,
         ],
@@ -118,6 +143,12 @@ def create_dev_app(env: dict[str, str], public: dict[str, tuple[str, ...]]) -> S
     for name, value in DEFAULTS.items():
         env.setdefault(name, value)
     env.setdefault("CONSENT_TERMS_URL", f"{base}/terms")
+    # The ledger the example owns: a SQLite file beside it, unless told otherwise. Its key
+    # pseudonymises users; a random one per start is fine for a tenant that forgets its
+    # users on restart anyway (in production, set CONSENT_LEDGER_KEY once and keep it).
+    env.setdefault("CONSENT_LEDGER_URL", "sqlite:///consent-ledger.db")
+    if not env.get("CONSENT_LEDGER_KEY"):
+        env["CONSENT_LEDGER_KEY"] = secrets.token_hex(32)
     if not env.get("AUTH0_SECRET"):
         # Fine for a dev tenant that forgets everything on restart anyway.
         env["AUTH0_SECRET"] = secrets.token_hex(32)
