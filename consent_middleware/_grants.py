@@ -50,7 +50,12 @@ class GrantRecord:
             return False
         if arrived <= self.finished:
             return True  # it was waiting on this very grant
-        return self.rotated and self.session is not None and now - self.finished < RECORD_TTL
+        if self.session is None or now - self.finished >= RECORD_TTL:
+            return False
+        # A rotated token is dead: its holder must take the result. A caller that named how
+        # fresh the claims must be (a second tab folded into an accept) is served by any
+        # grant sent after that moment, rotation or not: one grant, not one per tab.
+        return self.rotated or not_before > 0
 
     def successor(self, spent: str) -> Session | None:
         """The session this grant made from the token ``spent``, if it rotated it."""

@@ -7,12 +7,14 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from playwright.sync_api import Browser as PlaywrightBrowser
 
 from consent_middleware import Settings
 from consent_middleware._exceptions import ConfigurationError
@@ -52,13 +54,15 @@ def ledger_entries(tmp_path: Path, sub: str) -> tuple[bool, list[Any]]:
         finally:
             await ledger.close()
 
-    return asyncio.run(read())
+    # In a thread of its own: Playwright's sync API keeps an event loop in this one.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, read()).result()
 
 
 def accept(browser: Browser, page: httpx.Response, **purposes: str) -> httpx.Response:
     assert 'name="agree"' in page.text, page.text
     fields = {f"purpose_{name}": value for name, value in purposes.items()}
-    return browser.submit(page, agree="yes", **fields)
+    return browser.submit(page, 0, agree="yes", **fields)
 
 
 def signed_in(live: Live, path: str = "/dashboard") -> tuple[Browser, httpx.Response]:
@@ -247,3 +251,45 @@ def test_unknown_purposes_are_refused(live: Live) -> None:
                 "CONSENT_REQUIRE": "/news*=nope",
             }
         )  # fmt: skip
+
+
+@pytest.mark.browser
+def test_in_chromium_give_withdraw_give_and_the_newsletter(
+    chromium: PlaywrightBrowser, live: Live, tmp_path: Path
+) -> None:
+    context = chromium.new_context()
+    page = context.new_page()
+    page.goto(f"{live.base}/newsletter")
+    page.fill('input[name="email"]', "dev@example.com")
+    page.fill('input[name="password"]', "dev-password")
+    page.click('button[type="submit"]')
+    page.wait_for_url(f"{live.base}/consent?*")
+    marketing = page.get_by_role("checkbox", name="Newsletter")
+    assert (
+        not marketing.is_checked()
+        and not page.get_by_role("checkbox", name="Statistics").is_checked()
+    )
+    page.locator('input[name="agree"]').check()
+    marketing.check()
+    page.get_by_role("button", name="Accept").click()
+    page.wait_for_url(f"{live.base}/newsletter")
+    page.goto(f"{live.base}/consent/history")
+    page.get_by_role("button", name="Withdraw Newsletter").click()
+    page.wait_for_url(f"{live.base}/consent/history")
+    # Withdrawn: the newsletter asks for that purpose alone, the rest of the site is open.
+    page.goto(f"{live.base}/newsletter")
+    assert "/consent/purposes" in page.url and "need=marketing" in page.url
+    page.goto(f"{live.base}/dashboard")
+    assert page.url == f"{live.base}/dashboard"
+    page.goto(f"{live.base}/consent/history")
+    page.get_by_role("button", name="Allow Newsletter").click()
+    page.wait_for_url(f"{live.base}/consent/history")
+    assert page.locator("tbody tr").count() == 3
+    page.goto(f"{live.base}/newsletter")
+    assert page.url == f"{live.base}/newsletter"
+    claim = json.loads(page.goto(f"{live.base}/auth/profile").text())[CLAIM]  # type: ignore[union-attr]
+    assert "history" not in claim and claim["purposes"]["marketing"]["given"] is True
+    assert len(stored(live)["history"]) == 3
+    ok, entries = ledger_entries(tmp_path, record_sub(live))
+    assert ok and len(entries) == 3
+    context.close()
