@@ -92,8 +92,11 @@ def joined_cookie_header(scope: Scope) -> bytes:
     cookie reader downstream see all cookies too.
     """
     found = [value for name, value in scope["headers"] if name == b"cookie"]
-    if len(found) < 2:
-        return bytes(found[0]) if found else b""
+    if len(found) == 1:
+        value = found[0]
+        return value if type(value) is bytes else bytes(value)
+    if not found:
+        return b""
     joined = b"; ".join(bytes(value) for value in found)
     headers = [(name, value) for name, value in scope["headers"] if name != b"cookie"]
     scope["headers"] = [*headers, (b"cookie", joined)]
@@ -117,10 +120,25 @@ def session_cookies(cookie_header: bytes) -> tuple[bytes, int]:
         end = cookie_header.find(b";", position)
         if end < 0:
             end = len(cookie_header)
-        parts.append(cookie_header[position:end].rstrip())
+        # Only at a cookie's start: "x=a__session=b" is x's value, not a session cookie.
+        if position == 0 or cookie_header[position - 1] in b"; \t":
+            parts.append(cookie_header[position:end].rstrip())
         position = cookie_header.find(SESSION_PREFIX, end)
     own = b";".join(parts)
     return own, len(own)
+
+
+def session_cookie_map(own: bytes) -> dict[str, str]:
+    """``session_cookies``'s bytes as a name -> value mapping, for a session store: the
+    session's cookies alone, without parsing every other cookie of the request."""
+    found: dict[str, str] = {}
+    for pair in own.decode("latin-1").split(";"):
+        name, sep, value = pair.partition("=")
+        if sep:
+            # The last of a repeated name, as Starlette's cookie parser (request.cookies)
+            # reads it: the gate and the routes must see the same session.
+            found[name.strip()] = value.strip()
+    return found
 
 
 def scope_cookies(scope: Scope) -> dict[str, str]:

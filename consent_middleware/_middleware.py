@@ -6,37 +6,40 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import httpx
-from cachetools import LRUCache
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._access import AccessTokenErrorCode
+from ._admissions import REVALIDATE_AFTER, AdmissionCache, Admitted, entry_weight
 from ._config import Settings
-from ._cookies import joined_cookie_header, scope_cookies, session_cookies, sets_session_cookie
+from ._cookies import (
+    joined_cookie_header,
+    scope_cookies,
+    session_cookie_map,
+    session_cookies,
+    sets_session_cookie,
+)
 from ._engine import Engine
 from ._exceptions import AccessTokenError, SharedStateError
 from ._gate import (
     Verdict,
     app_path,
-    decide,
-    given_purposes,
-    is_own_route,
     is_public,
     matches,
     missing_purposes,
     refusal,
     refusal_body,
+    verdict_for,
     wants_json,
 )
 from ._models import User
 from ._redirects import origin_of
 from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, SESSION_SCOPE_KEY, with_cookies
 from ._revocation import Revocation
-from ._session import ENTRY_OVERHEAD, Session, SessionStore
+from ._session import Session, SessionStore
 from ._state import SharedState
 
 logger = logging.getLogger("consent_middleware")
@@ -45,8 +48,6 @@ USER_SCOPE_KEY = "consent_middleware.user"
 # An async callable in the scope of gated requests: the Set-Cookie values the response gets.
 SESSION_COOKIES_SCOPE_KEY = "consent_middleware.session_cookies"
 # Memory the admitted-request cache may take, estimated from the session cookies' sizes.
-ADMITTED_CACHE_BYTES = 32 * 1024 * 1024
-REVALIDATE_AFTER = 60.0
 # RFC 9111 5.2.2: whenever this middleware sets a cookie, no cache may keep the response.
 PRIVATE = b"private, no-store"
 _DENIAL_EXTENSION = "websocket.http.response"
@@ -78,9 +79,11 @@ class ConsentMiddleware:
         # no decryption and no parsing. Bounded, and each entry is re-checked by the full
         # path after REVALIDATE_AFTER seconds or at session expiry; revocation marks are
         # checked on every request, cached or not.
-        self._admitted: LRUCache[bytes, _Admitted] = LRUCache(
-            maxsize=ADMITTED_CACHE_BYTES, getsizeof=_weight_of
-        )
+        self._admitted = AdmissionCache()
+        # Read once: the gate's hot path asks these on every request.
+        self._state = self.engine.state
+        self._own_prefixes = (self.settings.routes_prefix, self.settings.consent_path)
+        self._own_starts = tuple(f"{p}/" for p in self._own_prefixes)
         self._started = False
         self._origin = origin_of(self.settings.app_base_url)
 
@@ -115,7 +118,7 @@ class ConsentMiddleware:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = app_path(scope)
         settings = self.settings
-        if is_own_route(path, settings):
+        if path in self._own_prefixes or path.startswith(self._own_starts):
             joined_cookie_header(scope)
             await self.engine.serve_own_route(scope, receive, send, path)
             return
@@ -124,11 +127,22 @@ class ConsentMiddleware:
             return
         now = time.time()
         try:
-            admitted = await self._admitted_or_verdict(scope, now)
-            if not isinstance(admitted, Verdict) and self._marks_apply():
+            # The known-session lookup inline (no coroutine of its own): for an admitted
+            # user it is the whole of the gate's work.
+            raw = joined_cookie_header(scope)
+            key, size = session_cookies(raw)
+            found = self._admitted.get(key) if key else None
+            admitted = (
+                found
+                if found is not None and found.until >= now
+                else await self._admit(scope, raw, key, size, now)
+            )
+            if not isinstance(admitted, Verdict) and (
+                self._state.has_marks or settings.revalidate_seconds
+            ):
                 session = admitted.session
                 if self.engine.revocations.status(session, now) is not Revocation.NONE:
-                    self._admitted.pop(admitted.key, None)
+                    self._admitted.pop(admitted.key)
                     fresh = await self._after_revocation(session, scope, receive, send)
                     if fresh is None:
                         return
@@ -151,7 +165,7 @@ class ConsentMiddleware:
                 return
         await self._pass(admitted, scope, receive, send)
 
-    async def _pass(self, admitted: _Admitted, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _pass(self, admitted: Admitted, scope: Scope, receive: Receive, send: Send) -> None:
         scope[USER_SCOPE_KEY] = admitted.user
         scope[SESSION_SCOPE_KEY] = admitted.session
         scope.setdefault("state", {})["user"] = admitted.user
@@ -170,13 +184,16 @@ class ConsentMiddleware:
                 # The answer depends on who asks: shared caches must key it by the cookie.
                 # Raw header pairs, not a Headers object: this runs on every response.
                 headers = _with_vary_cookie(message.get("headers", ()))
-                try:
-                    values = await write.values()
-                except SharedStateError as exc:
-                    # The store is away: the page still goes out, only the roll (or the
-                    # refreshed cookie) waits for a later request.
-                    logger.warning("session not written: %s", exc)
-                    values = []
+                values: list[bytes] = []
+                # Nothing to write unless the session rolls or was refreshed meanwhile:
+                # most responses skip the call.
+                if write.roll or REFRESHED_SCOPE_KEY in scope:
+                    try:
+                        values = await write.values()
+                    except SharedStateError as exc:
+                        # The store is away: the page still goes out, only the roll (or
+                        # the refreshed cookie) waits for a later request.
+                        logger.warning("session not written: %s", exc)
                 # RFC 6265 4.1.1: one Set-Cookie per name. An app that set the session
                 # itself (nextjs-auth0 rolling the session it was handed) wins.
                 if values and not sets_session_cookie(headers):
@@ -200,21 +217,16 @@ class ConsentMiddleware:
                 response = self._refusal(Verdict.LOGIN, scope)
             await response(scope, receive, send)
 
-    async def _admitted_or_verdict(self, scope: Scope, now: float) -> _Admitted | Verdict:
-        raw = joined_cookie_header(scope)
-        key, size = session_cookies(raw)
-        admitted = self._admitted.get(key) if key else None
-        if admitted is not None and admitted.until >= now:
-            return admitted
-        return await self._admit(scope, raw, key, size, now)
-
     async def _admit(
         self, scope: Scope, raw: bytes, key: bytes, size: int, now: float
-    ) -> _Admitted | Verdict:
+    ) -> Admitted | Verdict:
         """The full check: decrypt (or the store's cache), decide. A session that may not
         pass is still returned (with its verdict): a revocation mark may change it."""
         sessions = self.engine.sessions
-        session = await sessions.load(scope_cookies(scope)) if raw else None
+        # The session's own cookies when it has the usual name (no parse of the rest of
+        # the header); a store of one's own may name its cookie anything: all of them.
+        cookies = session_cookie_map(key) if key else scope_cookies(scope) if raw else {}
+        session = await sessions.load(cookies) if cookies else None
         if session is None:
             return Verdict.LOGIN
         session = await self.engine.refresher.with_consent_claim(session)
@@ -224,36 +236,35 @@ class ConsentMiddleware:
         # on this response; caching the old value would only keep it alive. And only a
         # self-contained store's cookie is the whole session: a server-side store can end
         # a session behind an unchanged cookie.
-        cache = self._admitted
-        if (
-            key
-            and admitted.verdict is Verdict.ALLOW
-            and not roll
-            and sessions.self_contained
-            and admitted.weight <= cache.maxsize
-        ):
-            cache[key] = admitted
+        if key and admitted.verdict is Verdict.ALLOW and not roll and sessions.self_contained:
+            self._admitted.put(admitted)
         return admitted
 
     def _admission(
         self, session: Session, key: bytes, roll: bool, now: float, size: int = 0
-    ) -> _Admitted:
-        user = User.from_claims(session.user, self.settings.consent_claim)
+    ) -> Admitted:
+        settings = self.settings
+        user = User.from_claims(session.user, settings.consent_claim)
         until = now + REVALIDATE_AFTER
         if session.expires_at:  # 0: a session not written yet (just refreshed)
             until = min(until, session.ends_at)
-        verdict = decide(session, self.settings)
-        # The entry holds its key (the cookie bytes) and the decoded session, about as big.
-        weight = 2 * size + ENTRY_OVERHEAD
-        purposes = given_purposes(session, self.settings)
-        return _Admitted(session, user, roll, until, key, weight, verdict, purposes)
+        # The claim is parsed once, for the user, the verdict and the purposes alike.
+        consent = user.consent
+        verdict = verdict_for(consent, settings)
+        weight = entry_weight(size)
+        purposes = (
+            consent.given_purposes(settings.purposes)
+            if settings.require and consent is not None
+            else frozenset()
+        )
+        return Admitted(session, user, roll, until, key, weight, verdict, purposes)
 
     def _marks_apply(self) -> bool:
-        return self.engine.state.has_marks or self.settings.revalidate_seconds > 0
+        return self._state.has_marks or self.settings.revalidate_seconds > 0
 
     async def _after_revocation(
         self, session: Session, scope: Scope, receive: Receive, send: Send
-    ) -> _Admitted | None:
+    ) -> Admitted | None:
         """A stale session refreshed and let through, or the answer sent and None."""
         engine = self.engine
         cookies = scope_cookies(scope)
@@ -297,7 +308,16 @@ class ConsentMiddleware:
             return
         now = time.time()
         try:
-            admitted = await self._admitted_or_verdict(scope, now)
+            # The known-session lookup inline (no coroutine of its own): for an admitted
+            # user it is the whole of the gate's work.
+            raw = joined_cookie_header(scope)
+            key, size = session_cookies(raw)
+            found = self._admitted.get(key) if key else None
+            admitted = (
+                found
+                if found is not None and found.until >= now
+                else await self._admit(scope, raw, key, size, now)
+            )
         except SharedStateError:
             body = {"error": "temporarily_unavailable"}
             await _deny_websocket(scope, receive, send, 503, body)
@@ -357,21 +377,7 @@ class _SessionWrite:
         return self._done[1]
 
 
-@dataclass(frozen=True, slots=True)
-class _Admitted:
-    session: Session
-    user: User
-    roll: bool
-    until: float
-    key: bytes
-    weight: int
-    verdict: Verdict
-    #: The optional purposes given (for their current versions), for CONSENT_REQUIRE.
-    purposes: frozenset[str]
-
-
-def _weight_of(admitted: _Admitted) -> int:
-    return admitted.weight
+_VARY = (b"vary", b"Vary")
 
 
 def _with_vary_cookie(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -379,7 +385,7 @@ def _with_vary_cookie(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, b
     12.5.5: a list, possibly over several fields) merged into one, Cookie added by token
     unless present or "*"."""
     headers = list(raw)
-    fields = [value for name, value in headers if name.lower() == b"vary"]
+    fields = [value for name, value in headers if name in _VARY or name.lower() == b"vary"]
     if not fields:
         headers.append((b"vary", b"Cookie"))
         return headers

@@ -26,7 +26,8 @@ class Consent:
 
     @classmethod
     def from_claim(cls, value: object) -> Consent | None:
-        if not isinstance(value, Mapping):
+        # dict first: a decoded claim always is one, and the ABC check costs more.
+        if not isinstance(value, dict) and not isinstance(value, Mapping):
             return None
         version = value.get("version")
         return cls(
@@ -37,7 +38,7 @@ class Consent:
             text_details=_str_or_none(value.get("text_details")),
             withdrawn=value.get("withdrawn") is True,
             text_sha256=_str_or_none(value.get("text_sha256")),
-            purposes=_purposes(value.get("purposes")),
+            purposes=_purposes(value["purposes"]) if "purposes" in value else {},
         )
 
     def covers(self, terms_version: str) -> bool:

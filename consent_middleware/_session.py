@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
-from cachetools import Cache, LRUCache
+from cachetools import Cache
 
 from . import _jose
 from ._config import Settings
@@ -19,7 +18,6 @@ from ._tokens import TokenResponse, TokenSet
 # nextjs-auth0 v4's leeway on internal.sessionExpiresAt.
 SESSION_EXPIRY_LEEWAY = 30
 # Memory the decrypted-session cache may take, estimated from the cookies' sizes.
-SESSION_CACHE_BYTES = 64 * 1024 * 1024
 K = TypeVar("K")
 # What a cached entry costs beyond its cookie's characters: objects, dict slots, the key.
 ENTRY_OVERHEAD = 1024
@@ -76,7 +74,8 @@ class Session:
         ``internal.sessionExpiresAt`` (30 s leeway), which nextjs-auth0 v4 sets from the ID
         token's ``session_expiry`` and honours over any ``exp``."""
         ends: float = self.expires_at + _jose.COOKIE_CLOCK_SKEW
-        limit = _mapping(self.extra.get("internal")).get("sessionExpiresAt")
+        internal = self.extra.get("internal")
+        limit = internal.get("sessionExpiresAt") if isinstance(internal, dict) else None
         if isinstance(limit, int | float):
             ends = min(ends, limit + SESSION_EXPIRY_LEEWAY)
         return ends
@@ -197,11 +196,6 @@ def remember(
         cache[key] = (session, size)
 
 
-def _cache_key(cookie_value: str) -> bytes:
-    # UTF-8 with surrogatepass is injective, so distinct values never share a key.
-    return hashlib.blake2b(cookie_value.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
 class SessionStore(Protocol):
     """Where sessions live; implement it to keep them somewhere else.
 
@@ -260,39 +254,27 @@ class RollingExpiry:
 
 
 class CookieSessionStore(RollingExpiry):
-    """Encrypted, chunked cookies; the decrypted result cached per cookie value."""
+    """Encrypted, chunked cookies.
+
+    No cache of its own: the gate remembers each admitted request by its session cookies
+    (one cache, not two copies of every session), and everything else that loads a session
+    (the consent routes, a roll) is rare enough to decrypt."""
 
     self_contained = True
 
-    def __init__(self, settings: Settings, cache_bytes: int = SESSION_CACHE_BYTES) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = [_jose.derive_key(s) for s in settings.secrets]
         self.writer = CookieWriter(secure=settings.secure_cookies)
-        # Keyed by a digest of the full cookie value, so a changed cookie is a new entry and
-        # a stale one ages out of the LRU, while a key costs 16 bytes, not the 2-4 KB
-        # cookie; expiry is re-checked on every hit. Bounded in bytes, not entries: a
-        # session's size follows its tokens, which the provider (or a client) chooses.
-        self._cache: LRUCache[bytes, tuple[Session, int]] = LRUCache(
-            maxsize=cache_bytes, getsizeof=entry_weight
-        )
 
     async def load(self, cookies: Mapping[str, str]) -> Session | None:
         value = read_chunked(SESSION_COOKIE, cookies)
         if not value:
             return None
         now = time.time()
-        key = _cache_key(value)
-        cached = self._cache.get(key)
-        if cached is None:
-            payload = _jose.decrypt(value, self.keys, now)
-            session = Session.from_payload(payload) if payload else None
-            if session is None:
-                return None
-            remember(self._cache, key, session, value)
-        else:
-            session = cached[0]
-        if session.expired(now):
-            self._cache.pop(key, None)
+        payload = _jose.decrypt(value, self.keys, now)
+        session = Session.from_payload(payload) if payload else None
+        if session is None or session.expired(now):
             return None
         return session
 
@@ -302,13 +284,9 @@ class CookieSessionStore(RollingExpiry):
         now = time.time() if now is None else now
         expires_at = self.expiry(session, now)
         value = _jose.encrypt(session.to_payload(), self.keys[0], expires_at)
-        remember(self._cache, _cache_key(value), replace(session, expires_at=expires_at), value)
         return self.writer.set_chunked(SESSION_COOKIE, value, int(expires_at - now), cookies)
 
     async def clear(self, cookies: Mapping[str, str]) -> list[bytes]:
-        value = read_chunked(SESSION_COOKIE, cookies)
-        if value:
-            self._cache.pop(_cache_key(value), None)
         return self.writer.delete_chunked(SESSION_COOKIE, cookies)
 
     async def delete_by(self, *, sid: str | None = None, sub: str | None = None) -> int:

@@ -16,10 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consent_middleware import ConsentMiddleware, Session, TokenSet, _jose
-from consent_middleware import _middleware as middleware_module
+from consent_middleware import _admissions as admissions_module
+from consent_middleware._admissions import AdmissionCache, entry_weight
 from consent_middleware._cookies import CHUNK_SIZE
 from consent_middleware._exceptions import SharedStateError
-from consent_middleware._session import ENTRY_OVERHEAD, CookieSessionStore
+from consent_middleware._session import CookieSessionStore
 from tests.conftest import CLAIM, ISSUER, idp, make_settings
 from tests.flow import run_lifespan
 from tests.keys import SigningKey, id_token_claims
@@ -161,7 +162,7 @@ def test_cached_verdicts_are_rechecked_and_expire(monkeypatch: pytest.MonkeyPatc
     gate = ConsentMiddleware(ok, settings=SETTINGS)
     assert call(gate, VALID.encode())[0] == 200
     now = time.time()
-    clock = [now + middleware_module.REVALIDATE_AFTER / 2]
+    clock = [now + admissions_module.REVALIDATE_AFTER / 2]
     monkeypatch.setattr(time, "time", lambda: clock[0])
     assert call(gate, VALID.encode())[0] == 200
     clock[0] = now + 2 * 86400  # past the cookie's one-day inactivity expiry
@@ -178,9 +179,9 @@ def test_not_consented_is_never_cached() -> None:
 
 
 def test_admitted_cache_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    one = 2 * len(cookie_value({"n": 0, **CONSENTED})) + ENTRY_OVERHEAD
-    monkeypatch.setattr(middleware_module, "ADMITTED_CACHE_BYTES", 8 * one + one // 2)
+    one = entry_weight(len(cookie_value({"n": 0, **CONSENTED})))
     gate = ConsentMiddleware(ok, settings=SETTINGS)
+    gate._admitted = AdmissionCache(8 * one + one // 2)
     for i in range(20):
         assert call(gate, cookie_value({"n": i, **CONSENTED}).encode())[0] == 200
     assert len(gate._admitted) == 8
@@ -189,7 +190,7 @@ def test_admitted_cache_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> 
         big = cookie_value({"n": i, **CONSENTED}, padding=one).encode()
         assert call(gate, big)[0] == 200
     assert 1 <= len(gate._admitted) <= 4
-    assert gate._admitted.currsize <= gate._admitted.maxsize
+    assert gate._admitted.weight <= gate._admitted.max_weight
     # One larger than the whole budget is served, just never cached.
     huge = cookie_value({"n": -1, **CONSENTED}, padding=10 * one).encode()
     assert call(gate, huge)[0] == 200
