@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
-from ._access import AccessTokenErrorCode, UserAccessToken, get_access_token
+from ._access import UserAccessToken, get_access_token
 from ._config import Settings
 from ._exceptions import (
     AccessTokenError,
+    AccessTokenErrorCode,
     ConfigurationError,
     ConsentMiddlewareError,
     NotGatedError,

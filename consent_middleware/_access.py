@@ -4,32 +4,23 @@ What nextjs-auth0's ``getAccessToken()`` does for a Next.js app: a token valid f
 ``min_ttl`` more seconds is returned as it is (no I/O, no cryptography); otherwise, or when
 asked with ``refresh=True``, the refresh-token grant renews it (one grant per session at a
 time, shared with the consent flow), and the renewed session is written on the response.
+A token for another API than the session's own comes from ``_audiences``.
 """
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
-from ._exceptions import AccessTokenError, IdTokenError, RefreshError, TokenEndpointError
+from ._audiences import AudienceMismatch, for_connection, refresh_failure
+from ._exceptions import AccessTokenError, AccessTokenErrorCode, RefreshError
 from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, SESSION_SCOPE_KEY, SessionRefresher
 from ._session import Session
 
 DEFAULT_MIN_TTL = 60
-
-
-class AccessTokenErrorCode(enum.Enum):
-    #: No session: the user must sign in.
-    MISSING_SESSION = "missing_session"
-    #: The session holds no refresh token (``offline_access`` was not granted).
-    MISSING_REFRESH_TOKEN = "missing_refresh_token"  # noqa: S105 - an error code
-    #: The provider refused the refresh token (revoked, expired, reused): sign in again.
-    FAILED_TO_REFRESH_TOKEN = "failed_to_refresh_token"  # noqa: S105 - an error code
-    #: The provider could not be reached: try again later; the old token is untouched.
-    PROVIDER_UNAVAILABLE = "provider_unavailable"
 
 
 @dataclass(frozen=True)
@@ -38,6 +29,8 @@ class UserAccessToken:
     #: Unix seconds; 0 when the provider did not say.
     expires_at: int
     scope: str | None
+    #: The API the token is for, when one was asked for.
+    audience: str | None = None
 
 
 def usable(session: Session, min_ttl: float, now: float) -> bool:
@@ -62,15 +55,37 @@ async def renewed(
     try:
         return await refresher.refresh(session)
     except RefreshError as exc:
-        # The provider said no (or answered with a token that fails verification): sign in
-        # again. Anything else is an outage, and the session is left as it was.
-        refused = isinstance(exc.__cause__, TokenEndpointError | IdTokenError)
-        code = (
-            AccessTokenErrorCode.FAILED_TO_REFRESH_TOKEN
-            if refused
-            else AccessTokenErrorCode.PROVIDER_UNAVAILABLE
-        )
-        raise AccessTokenError(code.value, str(exc)) from exc
+        raise refresh_failure(exc) from exc
+
+
+def is_own_audience(refresher: SessionRefresher, session: Session, audience: str | None) -> bool:
+    """Whether ``audience`` names the session's own token (AUTH0_AUDIENCE, or the one
+    nextjs-auth0 recorded as ``tokenSet.audience``)."""
+    if audience is None or audience == refresher.settings.audience:
+        return True
+    own = session.extra.get("tokenSet")
+    return isinstance(own, dict) and own.get("audience") == audience
+
+
+async def token_for(
+    connection: HTTPConnection,
+    refresher: SessionRefresher,
+    session: Session,
+    *,
+    refresh: bool,
+    min_ttl: float,
+    audience: str | None,
+) -> tuple[Session, UserAccessToken]:
+    """The session (itself when nothing was renewed) and the token asked for."""
+    if is_own_audience(refresher, session, audience):
+        current = await renewed(refresher, session, refresh=refresh, min_ttl=min_ttl)
+        return current, as_user_token(current)
+    assert audience is not None
+    current, token = await for_connection(
+        connection, refresher, session, audience, refresh=refresh, min_ttl=min_ttl
+    )
+    answer = UserAccessToken(token.access_token, token.expires_at, token.scope, audience)
+    return current, answer
 
 
 def as_user_token(session: Session) -> UserAccessToken:
@@ -79,14 +94,20 @@ def as_user_token(session: Session) -> UserAccessToken:
 
 
 async def get_access_token(
-    connection: HTTPConnection, *, refresh: bool = False, min_ttl: float = DEFAULT_MIN_TTL
+    connection: HTTPConnection,
+    *,
+    refresh: bool = False,
+    min_ttl: float = DEFAULT_MIN_TTL,
+    audience: str | None = None,
 ) -> UserAccessToken:
     """The current user's access token, renewed when it expires within ``min_ttl`` seconds
-    (or always, with ``refresh=True``). Call it from a route behind the gate; a renewed
-    session is written on the response. Raises ``AccessTokenError`` (its ``code`` is one of
-    ``AccessTokenErrorCode``); one raised before the response starts is answered by the
-    middleware: 401 ``login_required`` for API calls, the login for pages, 503 when the
-    provider is unreachable."""
+    (or always, with ``refresh=True``). With ``audience``, a token for that API, got with
+    the refresh token (Auth0's Multi-Resource Refresh Token, or RFC 8707's ``resource``)
+    and kept in the session's ``accessTokens``. Call it from a route behind the gate; a
+    renewed session is written on the response. Raises ``AccessTokenError`` (its ``code``
+    is one of ``AccessTokenErrorCode``); one raised before the response starts is answered
+    by the middleware: 401 ``login_required`` for API calls, the login for pages, 503 when
+    the provider is unreachable, 502 for a token issued for another audience."""
     scope = connection.scope
     refresher = scope.get(REFRESHER_SCOPE_KEY)
     session = scope.get(REFRESHED_SCOPE_KEY) or scope.get(SESSION_SCOPE_KEY)
@@ -95,8 +116,19 @@ async def get_access_token(
             AccessTokenErrorCode.MISSING_SESSION.value,
             "get_access_token() needs a request that passed ConsentMiddleware",
         )
-    current = await renewed(refresher, session, refresh=refresh, min_ttl=min_ttl)
-    if current is not session:
+    try:
+        current, token = await token_for(
+            connection, refresher, session, refresh=refresh, min_ttl=min_ttl, audience=audience
+        )
+    except AudienceMismatch as exc:
+        # The grant rotated the refresh token all the same: the cookie must carry it.
+        _remember(scope, session, exc.session)
+        raise
+    _remember(scope, session, current)
+    return token
+
+
+def _remember(scope: Scope, before: Session, current: Session) -> None:
+    if current is not before:
         scope[SESSION_SCOPE_KEY] = current
         scope[REFRESHED_SCOPE_KEY] = current
-    return as_user_token(current)

@@ -23,6 +23,8 @@ WithdrawMode = Literal["revoke", "flag", "delete"]
 WITHDRAW_MODES: tuple[str, ...] = ("revoke", "flag", "delete")
 SessionStoreName = Literal["cookie", "redis"]
 SESSION_STORES: tuple[str, ...] = ("cookie", "redis")
+AudienceParameter = Literal["auto", "audience", "resource"]
+AUDIENCE_PARAMETERS: tuple[str, ...] = ("auto", "audience", "resource")
 MIN_SECRET_LENGTH = 32
 
 # Field name -> environment variable, so every message names what the user actually set.
@@ -39,6 +41,7 @@ ENV_NAMES: dict[str, str] = {
     "mgmt_client_secret": "AUTH0_MGMT_CLIENT_SECRET",
     "previous_secrets": "AUTH0_PREVIOUS_SECRETS",
     "audience": "AUTH0_AUDIENCE",
+    "audience_parameter": "CONSENT_AUDIENCE_PARAMETER",
     "scope": "AUTH0_SCOPE",
     "withdraw_mode": "CONSENT_WITHDRAW_MODE",
     "terms_text": "CONSENT_TERMS_TEXT",
@@ -142,6 +145,10 @@ class Settings:
     # Older AUTH0_SECRET values, still accepted for decryption while cookies roll over.
     previous_secrets: tuple[str, ...] = ()
     audience: str = ""
+    # How a token for another API is asked for with the refresh token: Auth0's
+    # ``audience`` (Multi-Resource Refresh Token), RFC 8707's ``resource``, or "auto":
+    # ``audience`` when the token endpoint is Auth0's ``/oauth/token``, else ``resource``.
+    audience_parameter: AudienceParameter = "auto"
     scope: str = "openid profile email offline_access"
     withdraw_mode: WithdrawMode = "revoke"
     # The statement shown beside the checkbox; its SHA-256 is stored with the consent.
@@ -203,6 +210,10 @@ class Settings:
         if self.withdraw_mode not in WITHDRAW_MODES:
             raise ConfigurationError(
                 f"{_name('withdraw_mode')} must be one of {', '.join(WITHDRAW_MODES)}"
+            )
+        if self.audience_parameter not in AUDIENCE_PARAMETERS:
+            raise ConfigurationError(
+                f"{_name('audience_parameter')} must be one of {', '.join(AUDIENCE_PARAMETERS)}"
             )
         if "openid" not in self.scope.split():
             raise ConfigurationError(f"{_name('scope')} must include 'openid'")

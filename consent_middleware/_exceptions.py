@@ -22,6 +22,8 @@ pages or JSON by ``_pages.Pages.for_error``.
 
 from __future__ import annotations
 
+import enum
+
 
 class ConsentMiddlewareError(Exception):
     """Base class of every error this package raises."""
@@ -71,6 +73,23 @@ class ManagementAPIError(ConsentMiddlewareError):
 
 class RefreshError(ConsentMiddlewareError):
     """The session could not be refreshed without the browser."""
+
+
+class AccessTokenErrorCode(enum.Enum):
+    #: No session: the user must sign in.
+    MISSING_SESSION = "missing_session"
+    #: The session holds no refresh token (``offline_access`` was not granted).
+    MISSING_REFRESH_TOKEN = "missing_refresh_token"  # noqa: S105 - an error code
+    #: The provider refused the refresh token (revoked, expired, reused): sign in again.
+    FAILED_TO_REFRESH_TOKEN = "failed_to_refresh_token"  # noqa: S105 - an error code
+    #: The provider could not be reached: try again later; the old token is untouched.
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    #: The provider answered with a token for another API than the one asked for (Auth0
+    #: without a Multi-Resource Refresh Token policy for it quietly does): a setup problem.
+    AUDIENCE_MISMATCH = "audience_mismatch"
+    #: The audience asked for is not an identifier that may be sent (empty, too long, or
+    #: for RFC 8707's ``resource`` not an absolute URI without a fragment).
+    INVALID_AUDIENCE = "invalid_audience"
 
 
 class AccessTokenError(ConsentMiddlewareError):

@@ -11,6 +11,11 @@ lock in the shared state, and each leaves a record of what it spent and what it 
   result is too old for it, continues from the token that grant handed out;
 - otherwise it makes its own grant. ``not_before`` lets a caller that just changed the
   user's record refuse any result of a grant sent before the change.
+
+Grants for other audiences (Auth0's Multi-Resource Refresh Token) spend the same refresh
+token, so they take the same lock; a record is kept per token spent and names the audience
+it was for, so a request follows the chain of rotated tokens to the live one and shares only
+a grant for its own audience.
 """
 
 from __future__ import annotations
@@ -30,23 +35,27 @@ logger = logging.getLogger("consent_middleware")
 
 # How long a grant's record is kept: rotated-away tokens are served from it this long.
 RECORD_TTL = 30.0
+# Rotations a request follows to reach the live token (each a grant within RECORD_TTL).
+MAX_FOLLOW = 8
 
 Grant = Callable[[Session, str], Awaitable[Session]]
 
 
 @dataclass(frozen=True)
 class GrantRecord:
-    #: SHA-256 of the refresh token the grant spent (the token itself is never stored).
-    spent: str
+    """What one grant made of one refresh token (stored under the token's digest)."""
+
     started: float
     finished: float
     rotated: bool
     #: None when the grant failed.
     session: Session | None
+    #: The API the grant asked a token for; "" for the session's own token set.
+    audience: str = ""
 
-    def serves(self, spent: str, not_before: float, arrived: float, now: float) -> bool:
-        """Whether a request that arrived at ``arrived`` holding ``spent`` takes this result."""
-        if self.spent != spent or self.started < not_before:
+    def serves(self, audience: str, not_before: float, arrived: float, now: float) -> bool:
+        """Whether a request for ``audience`` that arrived at ``arrived`` takes this result."""
+        if self.audience != audience or self.started < not_before:
             return False
         if arrived <= self.finished:
             return True  # it was waiting on this very grant
@@ -57,9 +66,9 @@ class GrantRecord:
         # grant sent after that moment, rotation or not: one grant, not one per tab.
         return self.rotated or not_before > 0
 
-    def successor(self, spent: str) -> Session | None:
-        """The session this grant made from the token ``spent``, if it rotated it."""
-        return self.session if self.rotated and self.spent == spent else None
+    def successor(self) -> Session | None:
+        """The session this grant made, if it rotated the token it spent."""
+        return self.session if self.rotated else None
 
 
 class Grants:
@@ -68,58 +77,66 @@ class Grants:
         # A key of its own: records hold tokens, sealed like the session cookie itself.
         self.key = _jose.derive_key(secret, info=b"consent_middleware grant record")
 
-    async def refresh(self, session: Session, not_before: float, grant: Grant) -> Session:
+    async def refresh(
+        self, session: Session, not_before: float, grant: Grant, audience: str = ""
+    ) -> Session:
         token = session.token_set.refresh_token
         if not token:
             raise RefreshError("the session holds no refresh token")
         arrived = time.time()
         async with self.state.lock(f"grant:{session.sid}"):
-            record = await self._load(session.sid)
-            if record is not None:
-                spent = _digest(token)
-                if record.serves(spent, not_before, arrived, time.time()):
+            for _ in range(MAX_FOLLOW):
+                record = await self._load(session.sid, token)
+                if record is None:
+                    break
+                if record.serves(audience, not_before, arrived, time.time()):
                     if record.session is None:
                         raise RefreshError("the refresh-token grant this request waited on failed")
                     return record.session
-                successor = record.successor(spent)
-                if successor is not None and successor.token_set.refresh_token:
-                    # Our token is dead; the claims it was traded for are too old for us.
-                    session = successor
-                    token = successor.token_set.refresh_token
-            return await self._run(session, token, grant)
+                successor = record.successor()
+                if successor is None or not successor.token_set.refresh_token:
+                    if record.session is not None and record.audience != audience:
+                        # Same token, another audience's result: build on it, so the
+                        # token it stored is not lost from the cookie this request writes.
+                        session = record.session
+                    break
+                # Our token is dead; what it was traded for is not (yet) what we need.
+                session = successor
+                token = successor.token_set.refresh_token
+            return await self._run(session, token, grant, audience)
 
-    async def _run(self, session: Session, token: str, grant: Grant) -> Session:
+    async def _run(self, session: Session, token: str, grant: Grant, audience: str) -> Session:
         started = time.time()
         try:
             refreshed = await grant(session, token)
         except RefreshError:
-            failed = GrantRecord(_digest(token), started, time.time(), False, None)
-            await self._save(session.sid, failed)
+            failed = GrantRecord(started, time.time(), False, None, audience)
+            await self._save(session.sid, token, failed)
             raise
         rotated = refreshed.token_set.refresh_token != token
-        record = GrantRecord(_digest(token), started, time.time(), rotated, refreshed)
-        await self._save(session.sid, record)
+        record = GrantRecord(started, time.time(), rotated, refreshed, audience)
+        await self._save(session.sid, token, record)
         return refreshed
 
-    async def _load(self, sid: str) -> GrantRecord | None:
-        blob = await self.state.get_blob(f"grant:{sid}")
+    async def _load(self, sid: str, token: str) -> GrantRecord | None:
+        blob = await self.state.get_blob(f"grant:{sid}:{_digest(token)}")
         payload = _jose.decrypt(blob.decode("ascii"), [self.key]) if blob else None
         if payload is None:
             return None
         sealed = payload.get("session")
         session = Session.from_payload(sealed) if isinstance(sealed, dict) else None
         return GrantRecord(
-            spent=str(payload["spent"]),
             started=float(payload["started"]),
             finished=float(payload["finished"]),
             rotated=bool(payload["rotated"]),
             session=session,
+            audience=str(payload.get("audience", "")),
         )
 
-    async def _save(self, sid: str, record: GrantRecord) -> None:
+    async def _save(self, sid: str, token: str, record: GrantRecord) -> None:
         session = record.session
         payload = {
-            "spent": record.spent,
+            "audience": record.audience,
             "started": record.started,
             "finished": record.finished,
             "rotated": record.rotated,
@@ -127,7 +144,8 @@ class Grants:
         }
         sealed = _jose.encrypt(payload, self.key, int(time.time() + RECORD_TTL) + 1)
         try:
-            await self.state.put_blob(f"grant:{sid}", sealed.encode("ascii"), RECORD_TTL)
+            key = f"grant:{sid}:{_digest(token)}"
+            await self.state.put_blob(key, sealed.encode("ascii"), RECORD_TTL)
         except SharedStateError as exc:
             # The grant is done and its result goes back to this request; other requests
             # for the session merely lose the chance to share it.

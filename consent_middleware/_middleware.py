@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -12,7 +13,6 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._access import AccessTokenErrorCode
 from ._admissions import REVALIDATE_AFTER, AdmissionCache, Admitted, entry_weight
 from ._config import Settings
 from ._cookies import (
@@ -23,7 +23,7 @@ from ._cookies import (
     sets_session_cookie,
 )
 from ._engine import Engine
-from ._exceptions import AccessTokenError, SharedStateError
+from ._exceptions import AccessTokenError, AccessTokenErrorCode, SharedStateError
 from ._gate import (
     Verdict,
     app_path,
@@ -209,12 +209,15 @@ class ConsentMiddleware:
             if started:
                 raise
             # get_access_token() found no usable token before the app answered: the login
-            # (401 JSON for API calls), or a 503 while the provider is unreachable.
-            if exc.code == AccessTokenErrorCode.PROVIDER_UNAVAILABLE.value:
-                as_json = wants_json(app_path(scope), Headers(scope=scope), self.settings)
-                response = self.engine.pages.unavailable(as_json)
-            else:
+            # (401 JSON for API calls), a 503 while the provider is unreachable, a 502 for
+            # a token issued for another API (whose grant's new session is still written).
+            as_json = wants_json(app_path(scope), Headers(scope=scope), self.settings)
+            response = self.engine.pages.access_token_error(exc.code, as_json)
+            if response is None:
                 response = self._refusal(Verdict.LOGIN, scope)
+            elif exc.code == AccessTokenErrorCode.AUDIENCE_MISMATCH.value:
+                with contextlib.suppress(SharedStateError):
+                    with_cookies(response, await write.values())
             await response(scope, receive, send)
 
     async def _admit(

@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ._config import Settings
 from ._exceptions import (
+    AccessTokenErrorCode,
     ConsentMiddlewareError,
     IdentityProviderError,
     IdTokenError,
@@ -146,6 +147,28 @@ class Pages:
             )
         response.headers["Retry-After"] = "5"
         return response
+
+    def access_token_error(self, code: str, as_json: bool) -> Response | None:
+        """An ``AccessTokenError`` that a new login would not cure, as its answer; None for
+        the others (the caller sends the login)."""
+        if code == AccessTokenErrorCode.PROVIDER_UNAVAILABLE.value:
+            return self.unavailable(as_json)
+        if code == AccessTokenErrorCode.AUDIENCE_MISMATCH.value:
+            # The provider answered, with a token for another API: a gateway error, and a
+            # setup problem (Auth0: no Multi-Resource Refresh Token policy for that API).
+            if as_json:
+                return self.json_error(code, 502)
+            return self.error(
+                "Token not available",
+                "The identity provider would not issue a token for the service this page "
+                "needs. The site's configuration needs attention.",
+                502,
+            )
+        if code == AccessTokenErrorCode.INVALID_AUDIENCE.value:
+            if as_json:
+                return self.json_error(code, 400)
+            return self.error("Bad request", "The service asked for is not a valid one.", 400)
+        return None
 
     def not_shown_by_provider(self, expect: Expectation) -> Response:
         """The loop guard's page: the consent was saved but the new ID token ignores it."""

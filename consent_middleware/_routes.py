@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ._access import DEFAULT_MIN_TTL, AccessTokenErrorCode, as_user_token, renewed
+from ._access import DEFAULT_MIN_TTL, token_for
+from ._audiences import AudienceMismatch
 from ._config import Settings
 from ._exceptions import AccessTokenError, ConsentMiddlewareError, IdTokenError
 from ._gate import Verdict, decide, refusal_body
@@ -171,7 +172,8 @@ class AuthRoutes:
 
     async def access_token(self, request: Request) -> Response:
         """The access token for the site's own browser code (nextjs-auth0's route): JSON
-        ``{token, expires_at, scope}``, renewed when it is about to run out."""
+        ``{token, expires_at, scope}``, renewed when it is about to run out; with
+        ``?audience=``, a token for that API (and ``audience`` in the answer)."""
         site = request.headers.get("sec-fetch-site")
         origin = request.headers.get("origin")
         if (site is not None and site not in ("same-origin", "none")) or (
@@ -186,19 +188,31 @@ class AuthRoutes:
             # A token for the APIs is what the consent gates: none without it.
             status, body = refusal_body(verdict, "/", self.settings)
             return with_cookies(JSONResponse(body, status, headers=NO_STORE), cookies)
+        audience = request.query_params.get("audience") or None
         try:
-            current = await renewed(self.refresher, session, refresh=False, min_ttl=DEFAULT_MIN_TTL)
-        except AccessTokenError as exc:
-            if exc.code == AccessTokenErrorCode.PROVIDER_UNAVAILABLE.value:
-                return with_cookies(self.pages.unavailable(as_json=True), cookies)
-            response = self.pages.json_error(
-                "login_required", 401, code=exc.code, login_url=self.pages.login_url
+            current, token = await token_for(
+                request,
+                self.refresher,
+                session,
+                refresh=False,
+                min_ttl=DEFAULT_MIN_TTL,
+                audience=audience,
             )
+        except AccessTokenError as exc:
+            response = self.pages.access_token_error(exc.code, as_json=True)
+            if response is None:
+                response = self.pages.json_error(
+                    "login_required", 401, code=exc.code, login_url=self.pages.login_url
+                )
+            elif isinstance(exc, AudienceMismatch):
+                # The grant rotated the refresh token all the same: keep what it handed out.
+                cookies = await self.sessions.save(exc.session, request.cookies)
             return with_cookies(response, cookies)
         if current is not session:
             cookies = await self.sessions.save(current, request.cookies)
-        token = as_user_token(current)
         answer = {"token": token.token, "expires_at": token.expires_at, "scope": token.scope}
+        if token.audience:
+            answer["audience"] = token.audience
         return with_cookies(JSONResponse(answer, headers=NO_STORE), cookies)
 
     async def backchannel_logout(self, request: Request) -> Response:

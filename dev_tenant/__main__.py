@@ -22,6 +22,20 @@ def main() -> None:
     parser.add_argument("--client-id", default="dev-app")
     parser.add_argument("--client-secret", default=secrets.token_urlsafe(24))
     parser.add_argument("--claim", default="https://consent.example.com/consent")
+    parser.add_argument(
+        "--access-token-lifetime",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="how long access tokens last (a few seconds shows renewal at work)",
+    )
+    parser.add_argument(
+        "--api",
+        action="append",
+        default=[],
+        metavar="IDENTIFIER",
+        help="an API identifier tokens may be asked for with audience (repeatable)",
+    )
     args = parser.parse_args()
     app = args.app.rstrip("/")
     client = DevClient(
@@ -31,7 +45,13 @@ def main() -> None:
         logout_urls=[f"{app}/"],
         backchannel_logout_uri=f"{app}/auth/backchannel-logout",
     )
-    tenant = DevTenant(f"http://localhost:{args.port}", [client], args.claim)
+    tenant = DevTenant(
+        f"http://localhost:{args.port}",
+        [client],
+        args.claim,
+        access_token_lifetime=args.access_token_lifetime,
+        apis=args.api,
+    )
     uvicorn.run(tenant, host="127.0.0.1", port=args.port, log_level="warning")
 
 

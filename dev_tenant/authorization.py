@@ -16,6 +16,7 @@ from authlib.oauth2.rfc6749 import (
     AccessDeniedError,
     AuthorizationServer,
     InvalidRequestError,
+    OAuth2Error,
     OAuth2Request,
     grants,
     scope_to_list,
@@ -33,7 +34,6 @@ from dev_tenant.records import (
 )
 from dev_tenant.state import TenantState
 
-ACCESS_TOKEN_LIFETIME = 3600
 MANAGEMENT_TOKEN_LIFETIME = 86400
 CODE_LIFETIME = 60
 MANAGEMENT_SCOPES = "read:users update:users delete:users update:users_app_metadata"
@@ -41,6 +41,11 @@ MANAGEMENT_SCOPES = "read:users update:users delete:users update:users_app_metad
 
 class FormRequest(OAuth2Request):  # type: ignore[misc]
     """An OAuth2Request from values already read off a Starlette request (Authlib is sync)."""
+
+    #: The API this grant's access token is for (None: userinfo only), and the login's,
+    #: which a new refresh token keeps: set while the token is made, read when it is saved.
+    audience: str | None = None
+    default_audience: str | None = None
 
     def __init__(
         self, method: str, url: str, headers: Mapping[str, str], data: Mapping[str, str]
@@ -117,8 +122,44 @@ class IdTokenOnRefresh(_IdTokenSigning, OpenIDToken):  # type: ignore[misc]
     pass
 
 
-class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
+class InvalidTargetError(OAuth2Error):  # type: ignore[misc]
+    """RFC 8707 §2: the ``resource`` asked for is unknown."""
+
+    error = "invalid_target"
+
+
+class _AudienceTokens:
+    """Access tokens for an API are JWTs with its ``aud`` (Auth0's shape); tokens for
+    userinfo alone stay opaque, as Auth0's are."""
+
+    request: FormRequest
+    server: TenantServer
+
+    def token_audiences(self) -> tuple[str | None, str | None]:
+        """(this token's API, the login's API)."""
+        raise NotImplementedError
+
+    def generate_token(self, user: Any = None, scope: Any = None, **options: Any) -> Any:
+        token = super().generate_token(user=user, scope=scope, **options)  # type: ignore[misc]
+        audience, default = self.token_audiences()
+        self.request.audience, self.request.default_audience = audience, default
+        if audience:
+            token["access_token"] = self.server.state.api_access_token(
+                self.request.client.client_id,
+                user["user_id"],
+                audience,
+                token["scope"],
+                int(token["expires_in"]),
+            )
+        return token
+
+
+class CodeGrant(_AudienceTokens, grants.AuthorizationCodeGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def token_audiences(self) -> tuple[str | None, str | None]:
+        audience: str | None = self.request.authorization_code.audience
+        return audience, audience
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         data = request.payload.data
@@ -134,6 +175,7 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
             code_challenge_method=data.get("code_challenge_method"),
             expires_at=time.time() + CODE_LIFETIME,
             sid=request.user.get("sid"),
+            audience=data.get("audience") or data.get("resource"),
         )
 
     def query_authorization_code(self, code: str, client: DevClient) -> Code | None:
@@ -152,8 +194,29 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
         return {**user, "sid": authorization_code.sid} if user is not None else None
 
 
-class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
+class RefreshGrant(_AudienceTokens, grants.RefreshTokenGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        data = self.request.payload.data
+        audience, resource = data.get("audience"), data.get("resource")
+        known = self.server.state.apis
+        if audience and audience not in known:
+            # What Auth0 answers for an API identifier it does not have.
+            raise AccessDeniedError(description=f"Service not found: {audience}", status_code=403)
+        if resource and resource not in known:
+            raise InvalidTargetError(description=f"Unknown resource: {resource}")
+
+    def token_audiences(self) -> tuple[str | None, str | None]:
+        data = self.request.payload.data
+        default: str | None = self.request.refresh_token.audience
+        asked = data.get("audience") or data.get("resource")
+        # Multi-Resource Refresh Token: a refresh may ask for another known API. Without a
+        # policy Auth0 ignores the request and answers for the login's audience.
+        if asked and self.server.state.multi_resource_refresh:
+            return asked, default
+        return default, default
 
     @property
     def INCLUDE_NEW_REFRESH_TOKEN(self) -> bool:
@@ -238,7 +301,7 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
         token = {
             "token_type": "Bearer",
             "access_token": secrets.token_urlsafe(32),
-            "expires_in": ACCESS_TOKEN_LIFETIME,
+            "expires_in": self.state.access_token_lifetime,
             "scope": scope or "",
         }
         # Like Auth0: a refresh token only for offline_access.
@@ -252,7 +315,8 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
         if request.payload.grant_type == "client_credentials":
             user_id, audience = None, tenant.management_audience
         else:
-            user_id, audience = request.user["user_id"], tenant.issuer + "userinfo"
+            user_id = request.user["user_id"]
+            audience = getattr(request, "audience", None) or tenant.issuer + "userinfo"
         tenant.access_tokens[token["access_token"]] = AccessRecord(
             client_id,
             user_id,
@@ -267,4 +331,5 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
                 user_id,
                 token["scope"],
                 sid=request.user.get("sid"),
+                audience=getattr(request, "default_audience", None),
             )

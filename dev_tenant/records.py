@@ -62,6 +62,8 @@ class Code(AuthorizationCodeMixin):  # type: ignore[misc]
     expires_at: float
     # The SSO session the login belongs to (the ID token's sid).
     sid: str | None = None
+    # The API the login asked a token for (Auth0's ``audience``); None: userinfo only.
+    audience: str | None = None
 
     def get_redirect_uri(self) -> str:
         return self.redirect_uri
@@ -90,6 +92,8 @@ class RefreshRecord:
     scope: str
     revoked: bool = False
     sid: str | None = None
+    # The login's API: a refresh without ``audience`` gets a token for it, as on Auth0.
+    audience: str | None = None
 
     def check_client(self, client: DevClient) -> bool:
         return client.client_id == self.client_id

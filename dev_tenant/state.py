@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from authlib.oauth2.rfc6749 import scope_to_list
+from joserfc import jwt
 from joserfc.jwk import KeyParameters, RSAKey
 
 from dev_tenant.directory import UserDirectory
@@ -69,6 +70,9 @@ class TenantState:
         *,
         advertise_end_session: bool = True,
         rotate_refresh_tokens: bool = True,
+        access_token_lifetime: int = 3600,
+        apis: Iterable[str] = (),
+        multi_resource_refresh: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.issuer = self.base_url + "/"
@@ -78,6 +82,12 @@ class TenantState:
         self.consent_claim = consent_claim
         self.advertise_end_session = advertise_end_session
         self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.access_token_lifetime = access_token_lifetime
+        # The API identifiers the tenant knows (Auth0's APIs); tokens for them are JWTs.
+        self.apis = tuple(apis)
+        # Auth0's Multi-Resource Refresh Token policy for every known API. Without it a
+        # refresh with ``audience`` quietly answers for the login's audience, as Auth0 does.
+        self.multi_resource_refresh = multi_resource_refresh
         self.users = UserDirectory()
         self.keys = KeyRing()
         self.codes: dict[str, Code] = {}
@@ -109,6 +119,27 @@ class TenantState:
                 key: consent[key] for key in CLAIM_FIELDS if key in consent
             }
         return claims
+
+    def api_access_token(
+        self, client_id: str, user_id: str, audience: str, scope: str, lifetime: int
+    ) -> str:
+        """A JWT access token for one of the tenant's APIs, as Auth0 issues them (RFC 9068
+        profile): RS256 with the current key; ``aud`` also names userinfo under openid."""
+        now = int(time.time())
+        scopes = scope_to_list(scope) or []
+        claims = {
+            "iss": self.issuer,
+            "sub": user_id,
+            "aud": [audience, self.issuer + "userinfo"] if "openid" in scopes else audience,
+            "iat": now,
+            "exp": now + lifetime,
+            "scope": scope,
+            "azp": client_id,
+            "jti": secrets.token_urlsafe(12),
+        }
+        key = self.keys.current
+        header = {"alg": "RS256", "typ": "at+jwt", "kid": str(key.kid)}
+        return jwt.encode(header, claims, key)
 
     def bearer(self, headers: Mapping[str, str], audience: str) -> AccessRecord | None:
         """The access token of an ``Authorization: Bearer`` header, if valid for ``audience``."""

@@ -43,13 +43,23 @@ class DevTenant:
         *,
         advertise_end_session: bool = True,
         rotate_refresh_tokens: bool = True,
+        access_token_lifetime: int = 3600,
+        apis: Iterable[str] = (),
+        multi_resource_refresh: bool = True,
     ) -> None:
+        """``access_token_lifetime`` in seconds (short ones show renewal); ``apis``: the API
+        identifiers a login's ``audience`` or a refresh's ``audience``/``resource`` may name
+        (tokens for them are JWTs); ``multi_resource_refresh=False`` answers a refresh for
+        another API with the login's audience, as Auth0 does without an MRRT policy."""
         self.state = TenantState(
             base_url,
             clients,
             consent_claim,
             advertise_end_session=advertise_end_session,
             rotate_refresh_tokens=rotate_refresh_tokens,
+            access_token_lifetime=access_token_lifetime,
+            apis=apis,
+            multi_resource_refresh=multi_resource_refresh,
         )
         self.base_url = self.state.base_url
         self.server = TenantServer(self.state)
@@ -224,6 +234,16 @@ class DevTenant:
             grant = self.server.get_consent_grant(oauth_request, end_user=user)
         except OAuth2Error as error:
             return self._authorize_error(error)
+        audience = params.get("audience")
+        if audience and audience not in self.state.apis:
+            # Auth0's answer for an API identifier it does not have.
+            unknown = OAuth2Error(
+                description=f"Service not found: {audience}",
+                error="access_denied",
+                state=oauth_request.payload.state,
+                redirect_uri=oauth_request.payload.redirect_uri,
+            )
+            return self._authorize_error(unknown)
         if user is None or grant.prompt == "login":
             login_id = secrets.token_urlsafe(16)
             self.state.logins[login_id] = {

@@ -24,6 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.templating import Jinja2Templates
 
 from consent_middleware import ConsentMiddleware, Settings, current_user
+from example_app import api
 
 if TYPE_CHECKING:
     from dev_tenant import DevTenant
@@ -102,6 +103,7 @@ def build_app(settings: Settings, extra_routes: list[Mount] | None = None) -> St
             Route("/dashboard", dashboard),
             Route("/newsletter", newsletter),
             Route("/api/me", api_me),
+            *api.routes(),
             *extra,
         ],
         # Outermost, so it also sees the lifespan and closes its HTTP client at shutdown.
@@ -113,7 +115,8 @@ def build_app(settings: Settings, extra_routes: list[Mount] | None = None) -> St
 
 def create_app(environ: Mapping[str, str] | None = None) -> Starlette:
     env = dict(os.environ if environ is None else environ)
-    public: dict[str, tuple[str, ...]] = {"public_paths": ("/", "/terms")}
+    # The protected API checks its bearer token itself: the consent gate is the app's.
+    public: dict[str, tuple[str, ...]] = {"public_paths": ("/", "/terms", api.RESOURCE_PATH)}
     if env.get("AUTH0_DOMAIN"):
         for name, value in DEFAULTS.items():
             env.setdefault(name, value)
@@ -135,6 +138,7 @@ def dev_tenant(base: str, client_secret: str, consent_claim: str, **options: Any
         # The tenant tells the app when a login ends elsewhere (OIDC Back-Channel Logout).
         backchannel_logout_uri=f"{base}/auth/backchannel-logout",
     )
+    options.setdefault("apis", (api.ORDERS_API,))
     return DevTenant(base + DEV_TENANT_PATH, [client], consent_claim, **options)
 
 
@@ -153,7 +157,10 @@ def create_dev_app(env: dict[str, str], public: dict[str, tuple[str, ...]]) -> S
         # Fine for a dev tenant that forgets everything on restart anyway.
         env["AUTH0_SECRET"] = secrets.token_hex(32)
     client_secret = secrets.token_urlsafe(32)
-    tenant = dev_tenant(base, client_secret, env["CONSENT_CLAIM"])
+    # DEV_ACCESS_TOKEN_LIFETIME=5 makes the dashboard widget's token renew every few seconds.
+    lifetime = int(env.get("DEV_ACCESS_TOKEN_LIFETIME") or 3600)
+    tenant = dev_tenant(base, client_secret, env["CONSENT_CLAIM"], access_token_lifetime=lifetime)
+    env.setdefault("AUTH0_AUDIENCE", api.ORDERS_API)
     env.update(
         AUTH0_DOMAIN=base + DEV_TENANT_PATH,
         AUTH0_CLIENT_ID=DEV_CLIENT_ID,
