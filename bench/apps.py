@@ -24,7 +24,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from consent_middleware import ConsentMiddleware, Session, Settings, TokenSet
+from consent_middleware import ConsentMiddleware, Session, Settings, TokenSet, get_access_token
 from consent_middleware._redis_sessions import RedisSessionStore
 from consent_middleware._redis_state import RedisState
 from consent_middleware._session import CookieSessionStore
@@ -74,6 +74,20 @@ def bare() -> Starlette:
 def gated() -> Starlette:
     return Starlette(
         routes=[Route("/", hello)], middleware=[Middleware(ConsentMiddleware, settings=settings())]
+    )
+
+
+async def with_token(request: Request) -> Response:
+    # The user's access token, as an API route would take it before calling its API.
+    token = await get_access_token(request)
+    return PlainTextResponse(token.token[:5])
+
+
+def gated_token() -> Starlette:
+    """(b) with a route that calls get_access_token(): a valid token costs no I/O."""
+    return Starlette(
+        routes=[Route("/", with_token)],
+        middleware=[Middleware(ConsentMiddleware, settings=settings())],
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bench.apps import APPS, CLAIMS, request_cookie
+from bench.apps import APPS, CLAIMS, gated_token, request_cookie
 from consent_middleware import ConsentMiddleware
 from consent_middleware._session import CookieSessionStore
 from tests.redis_server import redis_server
@@ -72,7 +72,7 @@ def _scope(cookie: str) -> dict[str, Any]:
 
 
 async def _per_request_us(name: str, cookie: str, iterations: int) -> float:
-    app = APPS[name]()
+    app = gated_token() if name == "token" else APPS[name]()
     scope = _scope(cookie)
     for _ in range(200):  # warm up: builds the middleware stack, fills the caches
         await _call(app, scope)
@@ -247,6 +247,11 @@ def _report(args: argparse.Namespace) -> None:
     print("| app | µs per request | added vs (a) |\n| --- | ---: | ---: |")
     for name in APPS:
         print(f"| {LABELS[name]} | {us[name]:.1f} | {us[name] - us['bare']:+.1f} |")
+    token = asyncio.run(_per_request_us("token", request_cookie("gate"), args.iterations))
+    print(
+        f"| (b) and the route calls `get_access_token()` (valid token: no I/O) | {token:.1f} "
+        f"| {token - us['bare']:+.1f} |"
+    )
     calls, cached, half, full = asyncio.run(_outbound_calls_and_memory(args.sessions))
     print(
         f"\n{args.sessions:,} distinct consented sessions: {calls} IdP/Management calls; "

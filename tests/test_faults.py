@@ -125,5 +125,5 @@ def test_two_tabs_accepting_at_once(live: Live) -> None:
     assert user is not None and user["user_metadata"]["consent"]["version"] == "v1"
     # One refresh grant for the session (plus at most one Management token fetch).
     token_calls = sum(p.endswith("/oauth/token") for _, p in live.tenant.requests)
-    assert token_calls - token_calls_before <= 2
+    assert token_calls - token_calls_before <= 2, live.tenant.requests[-12:]
     assert browser.profile()[CLAIM]["given"] is True
