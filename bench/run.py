@@ -219,7 +219,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=20_000)
-    parser.add_argument("--sessions", type=int, default=20_000)
+    parser.add_argument(
+        "--users", default="1,1000,20000,100000", help="distinct users for the many-users table"
+    )
     parser.add_argument("--no-http", action="store_true", help="in-process figures only")
     parser.add_argument(
         "--sidecar-connections", type=int, default=64, help="connections for the sidecar table"
@@ -252,12 +254,16 @@ def _report(args: argparse.Namespace) -> None:
         f"| (b) and the route calls `get_access_token()` (valid token: no I/O) | {token:.1f} "
         f"| {token - us['bare']:+.1f} |"
     )
-    calls, cached, half, full = asyncio.run(_outbound_calls_and_memory(args.sessions))
-    print(
-        f"\n{args.sessions:,} distinct consented sessions: {calls} IdP/Management calls; "
-        f"{cached:,} sessions cached (the LRU bound); memory growth {half:.1f} MB after "
-        f"{args.sessions // 2:,} sessions, {full:.1f} MB after {args.sessions:,}.\n"
-    )
+    users = tuple(int(n) for n in args.users.split(","))
+    print()
+    for count in users:
+        calls, cached, half, full = asyncio.run(_outbound_calls_and_memory(count))
+        print(
+            f"- {count:,} distinct consented sessions: **{calls} IdP/Management calls**; "
+            f"{cached:,} admissions cached (the weight bound); traced memory growth "
+            f"{half:.1f} MB after {count // 2:,} sessions, {full:.1f} MB after {count:,}."
+        )
+    print()
     if args.no_http:
         return
     if not shutil.which("wrk"):
@@ -267,6 +273,14 @@ def _report(args: argparse.Namespace) -> None:
         f"{args.rounds} alternating rounds of {args.duration}s:\n"
     )
     print("\n".join(_http_table(args.rounds, args.duration, args.connections)))
+    from bench import users as many
+
+    print(
+        f"\nMany users: N distinct consented users round robin (wrk -c{args.connections} with "
+        f"a Lua script), the apps alternated, {args.rounds} rounds of {args.duration}s; RSS "
+        "after the runs:\n"
+    )
+    print("\n".join(many.table(users, args.rounds, args.duration, args.connections)))
     from bench.sidecar import table
 
     print(

@@ -232,7 +232,10 @@ class ConsentMiddleware:
         session = await sessions.load(cookies) if cookies else None
         if session is None:
             return Verdict.LOGIN
-        session = await self.engine.refresher.with_consent_claim(session)
+        if self.settings.consent_claim not in session.user:
+            # nextjs-auth0 wrote it with its default claim filter: the claim is read from
+            # the session's own ID token (rare; the usual session carries it).
+            session = await self.engine.refresher.with_consent_claim(session)
         roll = sessions.needs_roll(session, now)
         admitted = self._admission(session, key, roll, now, size)
         # Only consented requests are remembered. A session due to roll gets a new cookie

@@ -61,6 +61,44 @@ def test_decrypt_rejects_expired_wrong_key_tampered_and_garbage() -> None:
         assert decrypt(junk, [key]) is None
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_the_fast_path_checks_what_python_jose_checks() -> None:
+    # The cookie's own shape is opened with AES-GCM directly: every part must still hold.
+    key = derive_key("k" * 32)
+    token = encrypt({"a": 1}, key, int(time.time()) + 60)
+    header, _, iv, ciphertext, tag = token.split(".")
+    tampered = {
+        "tag": ".".join([header, "", iv, ciphertext, _b64(bytes(16))]),
+        "iv": ".".join([header, "", _b64(bytes(12)), ciphertext, tag]),
+        "short iv": ".".join([header, "", _b64(bytes(8)), ciphertext, tag]),
+        "short tag": ".".join([header, "", iv, ciphertext, tag[:-4]]),
+        # The header is the AAD: the same ciphertext under another spelling fails.
+        "header": ".".join([_b64(b'{"enc":"A256GCM","alg":"dir"}'), "", iv, ciphertext, tag]),
+        "stray characters": ".".join(
+            [header, "", iv, ciphertext[:10] + "!" + ciphertext[10:], tag]
+        ),
+        "padding": ".".join([header, "", iv, ciphertext + "==", tag]),
+        "a sixth part": token + ".x",
+    }
+    for name, value in tampered.items():
+        assert decrypt(value, [key]) is None, name
+    # Not valid JSON inside a valid seal: not a session.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = bytes(range(12))
+    sealed = AESGCM(key).encrypt(nonce, b"not json", header.encode())
+    assert (
+        decrypt(".".join([header, "", _b64(nonce), _b64(sealed[:-16]), _b64(sealed[-16:])]), [key])
+        is None
+    )
+    # Any other header (here "zip") is python-jose's to decide.
+    zipped = _b64(b'{"alg":"dir","enc":"A256GCM","zip":"DEF"}')
+    assert decrypt(".".join([zipped, "", iv, ciphertext, tag]), [key]) is None
+
+
 def test_decrypt_tries_every_key_in_order() -> None:
     old, new = derive_key("o" * 32), derive_key("n" * 32)
     token = encrypt({"a": 1}, old, int(time.time()) + 60)
