@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -116,10 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     url = args.url or os.environ.get(URL_VARIABLE, "")
     key = os.environ.get(KEY_VARIABLE, "")
-    for value, variable in ((url, URL_VARIABLE), (key, KEY_VARIABLE)):
+    # Only export turns a sub into its pseudonym; verify, head and stats read rows as they
+    # are, so an auditor can check a ledger without the key (an unset one opens it with a
+    # throwaway key that is never used).
+    needed = [(url, URL_VARIABLE)] + ([(key, KEY_VARIABLE)] if args.command == "export" else [])
+    for value, variable in needed:
         if not value:
             print(f"consent-middleware: {variable} is not set", file=sys.stderr)
             return UNUSABLE
+    key = key or secrets.token_hex(32)
     try:
         return asyncio.run(_open_and_run(url, key, args))
     except ImportError:

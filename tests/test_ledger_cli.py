@@ -3,6 +3,7 @@ and exit status, on SQLite and on a real PostgreSQL server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -104,7 +105,7 @@ def test_a_missing_setting_is_named_and_exits_2() -> None:
         2,
         "consent-middleware: CONSENT_LEDGER_URL is not set\n",
     )
-    done = run("ledger", "--url", "sqlite:///x.db", "head")
+    done = run("ledger", "--url", "sqlite:///x.db", "export", "--user", "auth0|1")
     assert (done.returncode, done.stderr) == (
         2,
         "consent-middleware: CONSENT_LEDGER_KEY is not set\n",
@@ -117,8 +118,31 @@ def test_an_unusable_setting_exits_2_without_the_password() -> None:
     )
     assert done.returncode == 2 and "CONSENT_LEDGER_URL must look like" in done.stderr
     assert "hunter2" not in done.stderr + done.stdout
-    done = run("ledger", "head", CONSENT_LEDGER_URL="sqlite:///x.db", CONSENT_LEDGER_KEY="short")
+    done = run(
+        "ledger",
+        "export",
+        "--user",
+        "u",
+        CONSENT_LEDGER_URL="sqlite:///x.db",
+        CONSENT_LEDGER_KEY="short",
+    )
     assert done.returncode == 2 and "CONSENT_LEDGER_KEY must be at least 32" in done.stderr
+
+
+def test_verify_head_and_stats_need_no_key(ledger_url: str) -> None:
+    # An auditor checks the chain without the pseudonyms' key.
+    asyncio.run(_filled(ledger_url))
+    for command in (["verify"], ["head"], ["stats", "--version", "v1"]):
+        done = run("ledger", *command, CONSENT_LEDGER_URL=ledger_url)
+        assert done.returncode == 0, done.stderr
+
+
+async def _filled(url: str) -> None:
+    ledger = await Ledger.open(url, KEY)
+    try:
+        await ledger.confirm(await ledger.record("auth0|1", consent_event()))
+    finally:
+        await ledger.close()
 
 
 def test_a_malformed_head_is_a_usage_error() -> None:
