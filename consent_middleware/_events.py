@@ -28,7 +28,7 @@ class CollectionMethod(enum.StrEnum):
     API = "api"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PurposeChoice:
     """One optional purpose's state: given or not, for which version, since when (UTC ms)."""
 

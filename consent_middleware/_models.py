@@ -10,7 +10,7 @@ from ._events import PurposeChoice
 from ._purposes import Purpose
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Consent:
     """The consent claim from the verified ID token: the current state of
     ``app_metadata.consent`` (never its history)."""
@@ -57,7 +57,7 @@ class Consent:
         return frozenset(given)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class User:
     """A logged-in user, as the verified ID token described them."""
 

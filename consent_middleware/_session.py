@@ -30,7 +30,7 @@ PROTOCOL_CLAIMS = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Session:
     """One signed-in user's session, in nextjs-auth0 v4's shape.
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenSet:
     """The tokens of one token-endpoint answer (RFC 6749 5.1, OIDC Core 3.1.3.3)."""
 
