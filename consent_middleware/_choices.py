@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ._consent import COALESCE_SECONDS, ConsentRoutes, best_effort
+from ._consent import ConsentRoutes
 from ._events import CollectionMethod, ConsentAction, ConsentEvent
 from ._exceptions import LedgerError, ManagementAPIError
 from ._models import Consent
@@ -120,12 +120,10 @@ class ChoiceRoutes:
         """Give (``action=give``) or withdraw (``action=withdraw``) the purposes named in
         ``purpose`` fields: one event, then the session refreshed to show it."""
         consent, settings = self.consent, self.consent.settings
-        session = await consent.session_or_login(request)
-        if isinstance(session, Response):
-            return session
-        form = await consent.form_of(request)
-        if form is None or not consent.csrf.check(request, session, form.get("csrf_token")):
-            return consent.forged()
+        posted = await consent.posted(request)
+        if isinstance(posted, Response):
+            return posted
+        session, form = posted
         return_to = consent.return_to(form.get("return_to"))
         chosen = self._purposes("+".join(str(v) for v in form.getlist("purpose")))
         action_name = form.get("action")
@@ -171,29 +169,32 @@ class ChoiceRoutes:
                         "We could not save your choice just now, and nothing was changed. "
                         "Please try again in a moment.",
                     )
-                # After the write: the grant that follows must be sent later than this.
-                written_ms = now_ms()
-                await best_effort(consent.state.put_flag(flag, written_ms, COALESCE_SECONDS))
                 other_flag = f"purposes:{sub}:{other.value}:{'+'.join(ids)}"
-                await best_effort(consent.state.drop_flag(other_flag))
-                await best_effort(consent.revocations.mark_user(sub))
+                written_ms = await consent.recorded(sub, flag, other_flag)
             return await consent.refresher.refresh_and_continue(
                 request, session, return_to, Expectation.CONSENT, not_before=written_ms / 1000
             )
 
-    async def _record(self, session: Session) -> dict[str, Any]:
-        user = await self.consent.management.get_user(str(session.user["sub"]))
-        return dict(stored_consent(user))
-
-    async def history(self, request: Request) -> Response:
-        consent = self.consent
-        session = await consent.session_or_login(request)
+    async def _session_and_record(
+        self, request: Request, as_json: bool = False
+    ) -> tuple[Session, dict[str, Any]] | Response:
+        """The signed-in user's session and their record as Auth0 holds it (read on these
+        pages only), or the answer instead: the login, or a 503 while Auth0 is away."""
+        session = await self.consent.session_or_login(request)
         if isinstance(session, Response):
             return session
         try:
-            record = await self._record(session)
+            user = await self.consent.management.get_user(str(session.user["sub"]))
         except ManagementAPIError:
-            return consent.pages.unavailable()
+            return self.consent.pages.unavailable(as_json)
+        return session, dict(stored_consent(user))
+
+    async def history(self, request: Request) -> Response:
+        consent = self.consent
+        found = await self._session_and_record(request)
+        if isinstance(found, Response):
+            return found
+        session, record = found
         events = history_of(record)
         given = self._given(session)
         settings = consent.settings
@@ -211,15 +212,11 @@ class ChoiceRoutes:
         )
 
     async def receipt(self, request: Request) -> Response:
-        consent = self.consent
-        session = await consent.session_or_login(request)
-        if isinstance(session, Response):
-            return session
-        try:
-            record = await self._record(session)
-        except ManagementAPIError:
-            return consent.pages.unavailable(as_json=True)
-        body = receipt(consent, str(session.user["sub"]), record)
+        found = await self._session_and_record(request, as_json=True)
+        if isinstance(found, Response):
+            return found
+        session, record = found
+        body = receipt(self.consent, str(session.user["sub"]), record)
         headers = {
             "Cache-Control": "no-store",
             "Content-Disposition": 'attachment; filename="consent-receipt.json"',

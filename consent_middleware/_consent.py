@@ -117,7 +117,18 @@ class ConsentRoutes:
             withdraw_url=f"{settings.consent_path}/withdraw",
         )
 
-    async def form_of(self, request: Request) -> FormData | None:
+    async def posted(self, request: Request) -> tuple[Session, FormData] | Response:
+        """A state-changing form's session and fields, or the answer instead: the login
+        when the session ended, a 403 page when the form is not this site's (CSRF)."""
+        session = await self.session_or_login(request)
+        if isinstance(session, Response):
+            return session
+        form = await self._form(request)
+        if form is None or not self.csrf.check(request, session, form.get("csrf_token")):
+            return self.forged()
+        return session, form
+
+    async def _form(self, request: Request) -> FormData | None:
         try:
             return await request.form()
         except Exception:  # any unparsable body is the client's mistake, never a 500
@@ -138,12 +149,10 @@ class ConsentRoutes:
         return self._page(session, self.return_to(request.query_params.get("returnTo")))
 
     async def accept(self, request: Request) -> Response:
-        session = await self.session_or_login(request)
-        if isinstance(session, Response):
-            return session
-        form = await self.form_of(request)
-        if form is None or not self.csrf.check(request, session, form.get("csrf_token")):
-            return self.forged()
+        posted = await self.posted(request)
+        if isinstance(posted, Response):
+            return posted
+        session, form = posted
         return_to = self.return_to(form.get("return_to"))
         settings = self.settings
         if form.get("version") != settings.terms_version:
@@ -202,15 +211,23 @@ class ConsentRoutes:
                         "We could not save your consent just now, and nothing was "
                         "changed. Please try again in a moment.",
                     )
-                # After the write: the grant that follows must be sent later than this.
-                written_ms = now_ms()
-                await best_effort(self.state.put_flag(accepted, written_ms, COALESCE_SECONDS))
-                await best_effort(self.state.drop_flag(f"withdrawn:{sub}"))
-                # The user's other sessions still say "not given": refreshed on next use.
-                await best_effort(self.revocations.mark_user(sub))
+                written_ms = await self.recorded(sub, accepted, f"withdrawn:{sub}")
             return await self.refresher.refresh_and_continue(
                 request, session, return_to, Expectation.CONSENT, not_before=written_ms / 1000
             )
+
+    async def recorded(self, sub: str, flag: str, stale: str | None = None) -> int:
+        """The bookkeeping once Auth0 holds a choice; returns the time (UTC ms) the grant
+        that follows must be sent after. ``flag`` folds a repeat of the same choice into
+        this one for a minute, ``stale`` is the opposite choice's flag, and the user's other
+        sessions are marked: they still show the old record, and are refreshed (or ended,
+        when the account is gone) on their next request."""
+        written_ms = now_ms()
+        await best_effort(self.state.put_flag(flag, written_ms, COALESCE_SECONDS))
+        if stale is not None:
+            await best_effort(self.state.drop_flag(stale))
+        await best_effort(self.revocations.mark_user(sub))
+        return written_ms
 
     async def withdraw_page(self, request: Request) -> Response:
         session = await self.session_or_login(request)
@@ -234,12 +251,10 @@ class ConsentRoutes:
         )
 
     async def withdraw(self, request: Request) -> Response:
-        session = await self.session_or_login(request)
-        if isinstance(session, Response):
-            return session
-        form = await self.form_of(request)
-        if form is None or not self.csrf.check(request, session, form.get("csrf_token")):
-            return self.forged()
+        posted = await self.posted(request)
+        if isinstance(posted, Response):
+            return posted
+        session, _ = posted
         settings = self.settings
         sub = str(session.user["sub"])
         withdrawn = f"withdrawn:{sub}"
@@ -261,11 +276,7 @@ class ConsentRoutes:
                         "We could not complete your withdrawal just now. "
                         "Please try again in a moment.",
                     )
-                written_ms = now_ms()
-                await best_effort(self.state.put_flag(withdrawn, written_ms, COALESCE_SECONDS))
-                # Processing stops everywhere: the user's other sessions are re-checked
-                # (sent to the terms page, or ended when the account is gone) on next use.
-                await best_effort(self.revocations.mark_user(sub))
+                written_ms = await self.recorded(sub, withdrawn)
             if settings.withdraw_mode == "revoke":
                 terms = self.pages.url(f"{settings.consent_path}?{urlencode({'returnTo': '/'})}")
                 return await self.refresher.refresh_and_continue(

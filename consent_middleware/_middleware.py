@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable
 
 import httpx
 from starlette.datastructures import Headers
@@ -38,6 +37,7 @@ from ._gate import (
 from ._models import User
 from ._redirects import origin_of
 from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, SESSION_SCOPE_KEY, with_cookies
+from ._responses import PRIVATE, SessionWrite, with_vary_cookie
 from ._revocation import Revocation
 from ._session import Session, SessionStore
 from ._state import SharedState
@@ -48,8 +48,6 @@ USER_SCOPE_KEY = "consent_middleware.user"
 # An async callable in the scope of gated requests: the Set-Cookie values the response gets.
 SESSION_COOKIES_SCOPE_KEY = "consent_middleware.session_cookies"
 # Memory the admitted-request cache may take, estimated from the session cookies' sizes.
-# RFC 9111 5.2.2: whenever this middleware sets a cookie, no cache may keep the response.
-PRIVATE = b"private, no-store"
 _DENIAL_EXTENSION = "websocket.http.response"
 
 
@@ -127,16 +125,8 @@ class ConsentMiddleware:
             return
         now = time.time()
         try:
-            # The known-session lookup inline (no coroutine of its own): for an admitted
-            # user it is the whole of the gate's work.
-            raw = joined_cookie_header(scope)
-            key, size = session_cookies(raw)
-            found = self._admitted.get(key) if key else None
-            admitted = (
-                found
-                if found is not None and found.until >= now
-                else await self._admit(scope, raw, key, size, now)
-            )
+            found, raw, key, size = self._known(scope, now)
+            admitted = found or await self._admit(scope, raw, key, size, now)
             if not isinstance(admitted, Verdict) and (
                 self._state.has_marks or settings.revalidate_seconds
             ):
@@ -170,7 +160,7 @@ class ConsentMiddleware:
         scope[SESSION_SCOPE_KEY] = admitted.session
         scope.setdefault("state", {})["user"] = admitted.user
         scope[REFRESHER_SCOPE_KEY] = self.engine.refresher
-        write = _SessionWrite(self.engine.sessions, scope, admitted.session, admitted.roll)
+        write = SessionWrite(self.engine.sessions, scope, admitted.session, admitted.roll)
         # What this response will set (a roll or a refresh), for an app that must pass the
         # new session on before answering (the sidecar forwards it in the Cookie header).
         scope[SESSION_COOKIES_SCOPE_KEY] = write.values
@@ -183,7 +173,7 @@ class ConsentMiddleware:
                 started = True
                 # The answer depends on who asks: shared caches must key it by the cookie.
                 # Raw header pairs, not a Headers object: this runs on every response.
-                headers = _with_vary_cookie(message.get("headers", ()))
+                headers = with_vary_cookie(message.get("headers", ()))
                 values: list[bytes] = []
                 # Nothing to write unless the session rolls or was refreshed meanwhile:
                 # most responses skip the call.
@@ -219,6 +209,17 @@ class ConsentMiddleware:
                 with contextlib.suppress(SharedStateError):
                     with_cookies(response, await write.values())
             await response(scope, receive, send)
+
+    def _known(self, scope: Scope, now: float) -> tuple[Admitted | None, bytes, bytes, int]:
+        """The cached admission of this request's session cookies, if still current, and
+        what the full check needs otherwise. Not a coroutine: for an admitted user this is
+        the whole of the gate's work."""
+        raw = joined_cookie_header(scope)
+        key, size = session_cookies(raw)
+        found = self._admitted.get(key) if key else None
+        if found is not None and found.until < now:
+            found = None
+        return found, raw, key, size
 
     async def _admit(
         self, scope: Scope, raw: bytes, key: bytes, size: int, now: float
@@ -314,16 +315,8 @@ class ConsentMiddleware:
             return
         now = time.time()
         try:
-            # The known-session lookup inline (no coroutine of its own): for an admitted
-            # user it is the whole of the gate's work.
-            raw = joined_cookie_header(scope)
-            key, size = session_cookies(raw)
-            found = self._admitted.get(key) if key else None
-            admitted = (
-                found
-                if found is not None and found.until >= now
-                else await self._admit(scope, raw, key, size, now)
-            )
+            found, raw, key, size = self._known(scope, now)
+            admitted = found or await self._admit(scope, raw, key, size, now)
         except SharedStateError:
             body = {"error": "temporarily_unavailable"}
             await _deny_websocket(scope, receive, send, 503, body)
@@ -359,47 +352,6 @@ class ConsentMiddleware:
     async def aclose(self) -> None:
         """Close what the middleware created (done at lifespan shutdown)."""
         await self.engine.aclose()
-
-
-class _SessionWrite:
-    """The ``Set-Cookie`` values for the session this request ends with, computed once."""
-
-    def __init__(self, sessions: SessionStore, scope: Scope, session: Session, roll: bool) -> None:
-        self.sessions = sessions
-        self.scope = scope
-        self.session = session
-        self.roll = roll
-        self._done: tuple[Session, list[bytes]] | None = None
-
-    async def values(self) -> list[bytes]:
-        # A refresh_session() call during the request wins over a plain roll.
-        current = self.scope.get(REFRESHED_SCOPE_KEY)
-        if current is None and not self.roll:
-            return []
-        target = current or self.session
-        if self._done is None or self._done[0] is not target:
-            cookies = scope_cookies(self.scope)
-            self._done = (target, await self.sessions.save(target, cookies))
-        return self._done[1]
-
-
-_VARY = (b"vary", b"Vary")
-
-
-def _with_vary_cookie(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The response headers with Cookie in Vary: every Vary field the app sent (RFC 9110
-    12.5.5: a list, possibly over several fields) merged into one, Cookie added by token
-    unless present or "*"."""
-    headers = list(raw)
-    fields = [value for name, value in headers if name in _VARY or name.lower() == b"vary"]
-    if not fields:
-        headers.append((b"vary", b"Cookie"))
-        return headers
-    tokens = {token.strip().lower() for field in fields for token in field.split(b",")}
-    if tokens & {b"cookie", b"*"}:
-        return headers
-    merged = b", ".join([*fields, b"Cookie"])
-    return [(n, v) for n, v in headers if n.lower() != b"vary"] + [(b"vary", merged)]
 
 
 async def _deny_websocket(
