@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -77,7 +78,7 @@ class ChoiceRoutes:
         consent = Consent.from_claim(session.user.get(settings.consent_claim))
         if consent is not None and consent.covers(settings.terms_version):
             return None
-        query = f"?returnTo={return_to}" if return_to else ""
+        query = f"?{urlencode({'returnTo': return_to})}" if return_to else ""
         return RedirectResponse(self.consent.pages.url(settings.consent_path + query), 303)
 
     async def purposes_page(self, request: Request) -> Response:
@@ -136,7 +137,11 @@ class ChoiceRoutes:
             return early
         action = ConsentAction.GIVEN if action_name == "give" else ConsentAction.WITHDRAWN
         sub = str(session.user["sub"])
-        count, reset_in = await consent.state.incr(f"accepts:{sub}", 60)
+        # Giving spends Management API writes and grants against tenant-wide limits, so it
+        # is throttled like an accept; withdrawing never is (GDPR Art. 7(3): as easy as giving).
+        count, reset_in = (0, 0.0)
+        if action is ConsentAction.GIVEN:
+            count, reset_in = await consent.state.incr(f"accepts:{sub}", 60)
         if count > settings.accepts_per_minute:
             response = self._purposes_view(
                 session, chosen, return_to, 429, "Too many changes in a minute: please wait."
@@ -144,11 +149,10 @@ class ChoiceRoutes:
             response.headers["Retry-After"] = str(max(1, math.ceil(reset_in)))
             return response
         ids = sorted(p.id for p in chosen)
-        other = ConsentAction.WITHDRAWN if action is ConsentAction.GIVEN else ConsentAction.GIVEN
         flag = f"purposes:{sub}:{action.value}:{'+'.join(ids)}"
         async with consent.state.lock(f"consent:{sub}"):
             # The same choice again (a double click) is folded into the first.
-            written_ms = await consent.state.get_flag(flag)
+            written_ms = await consent.folded(sub, flag)
             if written_ms is None:
                 at = now_ms()
                 # Where the choice was made, as the form says (only these two send it).
@@ -169,8 +173,7 @@ class ChoiceRoutes:
                         "We could not save your choice just now, and nothing was changed. "
                         "Please try again in a moment.",
                     )
-                other_flag = f"purposes:{sub}:{other.value}:{'+'.join(ids)}"
-                written_ms = await consent.recorded(sub, flag, other_flag)
+                written_ms = await consent.recorded(sub, flag)
             return await consent.refresher.refresh_and_continue(
                 request, session, return_to, Expectation.CONSENT, not_before=written_ms / 1000
             )
@@ -231,7 +234,8 @@ def receipt(consent: ConsentRoutes, sub: str, record: dict[str, Any]) -> dict[st
     events = history_of(record)
     last: ConsentEvent | None = events[-1] if events else None
     state = state_of(record)
-    stored_purposes = state.get("purposes") or {}
+    stored = state.get("purposes")
+    stored_purposes = stored if isinstance(stored, dict) else {}
     current = Consent.from_claim(state)
     given = current.given_purposes(settings.purposes) if current else frozenset()
     # The same record gives the same receipt id: a receipt names a state, not a download.

@@ -189,11 +189,7 @@ class ConsentRoutes:
         async with self.state.lock(f"consent:{sub}"):
             # The same accept again (a second tab, a double click) is folded into the
             # first: its grant, sent after the write, serves this request too.
-            written_ms = await self.state.get_flag(accepted)
-            if written_ms is not None:
-                # Not if a withdrawal was recorded since: then this accept is a new choice.
-                withdrawn_ms = await self.state.get_flag(f"withdrawn:{sub}")
-                written_ms = None if (withdrawn_ms or 0) >= written_ms else written_ms
+            written_ms = await self.folded(sub, accepted)
             if written_ms is None:
                 at = now_ms()
                 choices = self.writer.choices(ticked, unticked, at)
@@ -211,21 +207,29 @@ class ConsentRoutes:
                         "We could not save your consent just now, and nothing was "
                         "changed. Please try again in a moment.",
                     )
-                written_ms = await self.recorded(sub, accepted, f"withdrawn:{sub}")
+                written_ms = await self.recorded(sub, accepted)
             return await self.refresher.refresh_and_continue(
                 request, session, return_to, Expectation.CONSENT, not_before=written_ms / 1000
             )
 
-    async def recorded(self, sub: str, flag: str, stale: str | None = None) -> int:
+    async def folded(self, sub: str, flag: str) -> int | None:
+        """When the same choice (``flag``) was this user's last recorded one, less than a
+        minute ago, its time: a second tab or a double click is folded into it, and the
+        grant sent after it serves this request too. Any other choice since (another
+        purpose, the terms withdrawn) makes this one a new choice, written again."""
+        written_ms = await self.state.get_flag(flag)
+        if written_ms is None or written_ms != await self.state.get_flag(f"last:{sub}"):
+            return None
+        return written_ms
+
+    async def recorded(self, sub: str, flag: str) -> int:
         """The bookkeeping once Auth0 holds a choice; returns the time (UTC ms) the grant
-        that follows must be sent after. ``flag`` folds a repeat of the same choice into
-        this one for a minute, ``stale`` is the opposite choice's flag, and the user's other
-        sessions are marked: they still show the old record, and are refreshed (or ended,
-        when the account is gone) on their next request."""
+        that follows must be sent after. ``flag`` names the choice (see ``folded``), and
+        the user's other sessions are marked: they still show the old record, and are
+        refreshed (or ended, when the account is gone) on their next request."""
         written_ms = now_ms()
         await best_effort(self.state.put_flag(flag, written_ms, COALESCE_SECONDS))
-        if stale is not None:
-            await best_effort(self.state.drop_flag(stale))
+        await best_effort(self.state.put_flag(f"last:{sub}", written_ms, COALESCE_SECONDS))
         await best_effort(self.revocations.mark_user(sub))
         return written_ms
 
@@ -260,8 +264,8 @@ class ConsentRoutes:
         withdrawn = f"withdrawn:{sub}"
         async with self.state.lock(f"consent:{sub}"):
             # Never refused, however often: a repeat within a minute of a recorded
-            # withdrawal (and no accept since) is folded into it instead of written again.
-            written_ms = await self.state.get_flag(withdrawn)
+            # withdrawal (and no other choice since) is folded into it, not written again.
+            written_ms = await self.folded(sub, withdrawn)
             if written_ms is None:
                 try:
                     await self._record_withdrawal(session)

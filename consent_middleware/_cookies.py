@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from http.cookies import SimpleCookie
@@ -103,40 +104,76 @@ def joined_cookie_header(scope: Scope) -> bytes:
     return joined
 
 
-def session_cookies(cookie_header: bytes) -> tuple[bytes, int]:
-    """The session's cookies alone (b"" when there are none), and their size.
+# Marks a key made from Starlette's own parse of an unusual header (never a cookie's start).
+_PARSED = b"\x00"
+_SPACE, _SEMICOLON, _QUOTE = 0x20, 0x3B, b'"'
 
-    Every ``__session*`` pair is found with ``bytes.find`` (no split of the whole header):
-    a match inside another cookie's value only adds to the key, so two requests share a key
-    only when they carry the same session cookies. The bytes themselves are the cache key:
-    a dict hashes them in well under a microsecond and compares them in full, where a
-    cryptographic digest of a chunked session costs several.
+
+def session_cookies(cookie_header: bytes) -> tuple[bytes, int]:
+    """The session's cookies alone (b"" when there are none), as a cache key, and its size.
+
+    The usual header ("a=1; __session=...; b=2") is read with ``bytes.find``, no split of
+    the whole header: the session's pairs themselves are the key (a dict hashes them in
+    well under a microsecond and compares them in full, where a cryptographic digest of a
+    chunked session costs several). Anything unusual (a "__session" that does not start a
+    cookie, such as "y=x __session=..." inside another value or one after a non-ASCII
+    space, or a quoted value) is left to Starlette's parser, the one the routes and the
+    app read ``request.cookies`` with: the gate must never admit one session while the
+    app acts on another.
     """
     position = cookie_header.find(SESSION_PREFIX)
     if position < 0:
         return b"", 0
     parts = []
     while position >= 0:
+        if not _starts_a_cookie(cookie_header, position):
+            return _parsed_key(cookie_header)
         end = cookie_header.find(b";", position)
         if end < 0:
             end = len(cookie_header)
-        # Only at a cookie's start: "x=a__session=b" is x's value, not a session cookie.
-        if position == 0 or cookie_header[position - 1] in b"; \t":
-            parts.append(cookie_header[position:end].rstrip())
+        pair = cookie_header[position:end].rstrip()
+        if pair.partition(b"=")[2].lstrip().startswith(_QUOTE):
+            return _parsed_key(cookie_header)
+        parts.append(pair)
         position = cookie_header.find(SESSION_PREFIX, end)
     own = b";".join(parts)
     return own, len(own)
 
 
-def session_cookie_map(own: bytes) -> dict[str, str]:
-    """``session_cookies``'s bytes as a name -> value mapping, for a session store: the
-    session's cookies alone, without parsing every other cookie of the request."""
+def _starts_a_cookie(header: bytes, position: int) -> bool:
+    """Whether only ASCII spaces stand between ``position`` and the previous ";" (or the
+    header's start), which is how Starlette's split-and-strip sees a cookie name begin."""
+    index = position - 1
+    while index >= 0 and header[index] == _SPACE:
+        index -= 1
+    return index < 0 or header[index] == _SEMICOLON
+
+
+def _own_cookies(parsed: Mapping[str, str]) -> dict[str, str]:
+    prefix = SESSION_COOKIE
+    return {name: value for name, value in parsed.items() if name.startswith(prefix)}
+
+
+def _parsed_key(cookie_header: bytes) -> tuple[bytes, int]:
+    own = _own_cookies(cookie_parser(cookie_header.decode("latin-1")))
+    if not own:
+        return b"", 0
+    # JSON, so no two different sets of cookies can share a key.
+    key = _PARSED + json.dumps(sorted(own.items())).encode("utf-8")
+    return key, len(key)
+
+
+def session_cookie_map(own: bytes, cookie_header: bytes) -> dict[str, str]:
+    """The session's cookies as a name -> value mapping for a session store, from
+    ``session_cookies``'s key (the usual header: no parse of the other cookies), or from
+    Starlette's parser for a header it left to it."""
+    if own.startswith(_PARSED):
+        return _own_cookies(cookie_parser(cookie_header.decode("latin-1")))
     found: dict[str, str] = {}
     for pair in own.decode("latin-1").split(";"):
         name, sep, value = pair.partition("=")
         if sep:
-            # The last of a repeated name, as Starlette's cookie parser (request.cookies)
-            # reads it: the gate and the routes must see the same session.
+            # The last of a repeated name, as Starlette's parser reads it.
             found[name.strip()] = value.strip()
     return found
 

@@ -28,6 +28,17 @@ class CollectionMethod(enum.StrEnum):
     API = "api"
 
 
+# Dates are UTC milliseconds between the epoch and the end of year 9999: a stored record
+# is not trusted to hold one (a hand-edited 10**20 must not break a page).
+MAX_DATE_MS = 253_402_300_799_999
+
+
+def _date_ms(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_DATE_MS:
+        return value
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class PurposeChoice:
     """One optional purpose's state: given or not, for which version, since when (UTC ms)."""
@@ -43,8 +54,8 @@ class PurposeChoice:
     def from_record(cls, value: object) -> PurposeChoice | None:
         if not isinstance(value, Mapping):
             return None
-        version, date = value.get("version"), value.get("date")
-        if not isinstance(version, str) or not isinstance(date, int) or isinstance(date, bool):
+        version, date = value.get("version"), _date_ms(value.get("date"))
+        if not isinstance(version, str) or date is None:
             return None
         return cls(given=value.get("given") is True, version=version, date=date)
 
@@ -87,8 +98,8 @@ class ConsentEvent:
             method = CollectionMethod(str(value.get("method")))
         except ValueError:
             return None
-        version, date = value.get("version"), value.get("date")
-        if not isinstance(version, str) or not isinstance(date, int) or isinstance(date, bool):
+        version, date = value.get("version"), _date_ms(value.get("date"))
+        if not isinstance(version, str) or date is None:
             return None
         raw_purposes = value.get("purposes")
         purposes: dict[str, PurposeChoice] = {}

@@ -46,19 +46,24 @@ def given_purposes(session: Session, settings: Settings) -> frozenset[str]:
 
 
 def missing_purposes(path: str, given: frozenset[str], settings: Settings) -> tuple[str, ...]:
-    """The purposes ``path`` needs (CONSENT_REQUIRE) that are not in ``given``; matched on
-    the path as sent and as a server would clean it up, so no spelling of a path escapes
-    its requirement."""
+    """The purposes ``path`` needs (CONSENT_REQUIRE) that are not in ``given``. A
+    requirement fails closed: it is matched on the path as sent and as a server would clean
+    it up, without regard to case or a trailing slash (Express routes "/Newsletter/" to
+    "/newsletter" by default), so no spelling of a path escapes it."""
     missing: list[str] = []
-    cleaned: str | None = None
+    spellings = {path.lower(), normalized_path(path).lower()}
     for pattern, ids in settings.require:
-        hit = matches(path, (pattern,))
-        if not hit:
-            cleaned = normalized_path(path) if cleaned is None else cleaned
-            hit = matches(cleaned, (pattern,))
-        if hit:
+        if any(_requires(spelling, pattern.lower()) for spelling in spellings):
             missing += [i for i in ids if i not in given and i not in missing]
     return tuple(missing)
+
+
+def _requires(path: str, pattern: str) -> bool:
+    if pattern.endswith("*"):
+        return path.startswith(pattern[:-1])
+    # Path parameters (";jsessionid=...") and trailing slashes, dots, spaces or
+    # backslashes are dropped by one server or another before it routes.
+    return path.split(";", 1)[0].rstrip("/. \\") == pattern.rstrip("/")
 
 
 def app_path(scope: Scope) -> str:

@@ -229,7 +229,7 @@ class ConsentMiddleware:
         sessions = self.engine.sessions
         # The session's own cookies when it has the usual name (no parse of the rest of
         # the header); a store of one's own may name its cookie anything: all of them.
-        cookies = session_cookie_map(key) if key else scope_cookies(scope) if raw else {}
+        cookies = session_cookie_map(key, raw) if key else scope_cookies(scope) if raw else {}
         session = await sessions.load(cookies) if cookies else None
         if session is None:
             return Verdict.LOGIN

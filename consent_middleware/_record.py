@@ -85,7 +85,9 @@ def applied(consent: Mapping[str, Any], event: ConsentEvent, limit: int) -> dict
     """The record after ``event``: the new current state and the history, bounded to the
     ``limit`` most recent events."""
     state = state_of(consent)
-    purposes = dict(state.get("purposes") or {})
+    stored = state.get("purposes")
+    # A record edited by hand may hold anything: only a mapping of purposes is kept.
+    purposes = dict(stored) if isinstance(stored, Mapping) else {}
     if event.terms:
         given = event.action is ConsentAction.GIVEN
         state.update(
@@ -200,10 +202,24 @@ class ConsentWriter:
             consent = applied(stored_consent(user), event, self.settings.history_limit)
             body = patch_body(consent)
             body["app_metadata"].update(extra_app_metadata or {})
+        except Exception as exc:
+            # Nothing was sent to be written: the event never took effect.
+            if entry is not None:
+                await self._settle(entry, f"not written: {exc}", confirmed=False)
+            raise
+        try:
             await self.management.update_user(sub, body)
         except ManagementAPIError as exc:
-            if entry is not None:
-                await self._settle(entry, f"Auth0 refused or failed: {exc}", confirmed=False)
+            # Auth0 answered no (4xx): abandoned. No answer, or a server error after
+            # retries: the write may have been applied, so the row stays pending (neither a
+            # consent the ledger claims, nor one it denies) and the log says so.
+            refused = exc.status_code is not None and 400 <= exc.status_code < 500
+            if entry is not None and refused:
+                await self._settle(entry, f"Auth0 refused: {exc}", confirmed=False)
+            elif entry is not None:
+                logger.warning(
+                    "ledger entry %s left pending: Auth0 did not answer (%s)", entry, exc
+                )
             raise
         if entry is not None:
             await self._settle(entry, "", confirmed=True)

@@ -293,3 +293,76 @@ def test_in_chromium_give_withdraw_give_and_the_newsletter(
     ok, entries = ledger_entries(tmp_path, record_sub(live))
     assert ok and len(entries) == 3
     context.close()
+
+
+def test_a_choice_after_another_is_never_folded_into_an_older_one(live: Live) -> None:
+    # Withdraw marketing, give it back with analytics, withdraw it again within the minute:
+    # the last withdrawal is a new choice (it was folded into the first one once).
+    browser, page = signed_in(live)
+    accept(browser, page, marketing="yes")
+    history_form(browser, "withdraw")
+    page = browser.go("/stats")
+    assert urlsplit(str(page.url)).path == "/consent/purposes"
+    page = browser.submit(page, purpose="analytics")  # the page asks for both; give both
+    token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    form = {"csrf_token": token, "action": "give", "return_to": "/stats",
+            "purpose": ["analytics", "marketing"]}  # fmt: skip
+    browser.client.post(f"{live.base}/consent/purposes", data=form)
+    assert stored(live)["purposes"]["marketing"]["given"] is True
+    before = len(stored(live)["history"])
+    history_form(browser, "withdraw")
+    record = stored(live)
+    assert len(record["history"]) == before + 1
+    assert record["purposes"]["marketing"]["given"] is False
+
+
+def edit_record(live: Live, change: Any) -> None:
+    """As an administrator editing app_metadata by hand in the tenant's dashboard."""
+    user = live.tenant.users.by_email("dev@example.com")
+    assert user is not None
+    consent = dict(user["app_metadata"]["consent"])
+    change(consent)
+    live.tenant.users.patch(user["user_id"], {"app_metadata": {"consent": consent}})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda c: c.__setitem__("purposes", ["marketing"]),
+        lambda c: c.__setitem__("history", [{**c["history"][0], "date": 10**20}, "junk"]),
+        lambda c: c.__setitem__("history", {"not": "a list"}),
+    ],
+    ids=["purposes-a-list", "date-out-of-range", "history-a-dict"],
+)
+def test_a_record_edited_by_hand_never_breaks_a_page_or_a_choice(live: Live, change: Any) -> None:
+    browser, page = signed_in(live)
+    accept(browser, page)
+    edit_record(live, change)
+    assert browser.go("/consent/history").status_code == 200
+    assert browser.client.get(f"{live.base}/consent/receipt.json").status_code == 200
+    # And the next choice still goes through, on top of what is there.
+    history_form(browser, "give")
+    assert stored(live)["purposes"]["marketing"]["given"] is True
+
+
+def test_the_purpose_page_sends_to_the_terms_first_keeping_the_whole_address(live: Live) -> None:
+    browser, _ = signed_in(live)  # signed in, terms not accepted
+    target = "/search?q=a&page=2"
+    answer = browser.client.get(
+        f"{live.base}/consent/purposes", params={"need": "marketing", "returnTo": target}
+    )
+    assert answer.status_code == 303
+    assert parse_qs(urlsplit(answer.headers["location"]).query)["returnTo"] == [target]
+
+
+def test_withdrawing_a_purpose_is_never_throttled(live: Live, tmp_path: Path) -> None:
+    deploy(live, tmp_path, accepts_per_minute=1)
+    browser, page = signed_in(live)
+    accept(browser, page, marketing="yes")  # the one give allowed this minute
+    token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    form = {"csrf_token": token, "action": "give", "purpose": "analytics", "return_to": "/"}
+    assert browser.client.post(f"{live.base}/consent/purposes", data=form).status_code == 429
+    before = len(stored(live)["history"])
+    history_form(browser, "withdraw")
+    assert len(stored(live)["history"]) == before + 1
+    assert stored(live)["purposes"]["marketing"]["given"] is False

@@ -2,7 +2,18 @@ from __future__ import annotations
 
 from http.cookies import SimpleCookie
 
-from consent_middleware._cookies import CHUNK_SIZE, CookieWriter, read_chunked
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.requests import cookie_parser
+
+from consent_middleware._cookies import (
+    CHUNK_SIZE,
+    SESSION_COOKIE,
+    CookieWriter,
+    read_chunked,
+    session_cookie_map,
+    session_cookies,
+)
 
 
 def parse(header: bytes) -> tuple[str, str, str]:
@@ -44,3 +55,24 @@ def test_missing_chunk_reads_as_truncated_prefix_only() -> None:
     assert read_chunked("__session", {"__session__0": "a", "__session__2": "c"}) == "a"
     assert read_chunked("__session", {"__session__1": "b"}) is None
     assert read_chunked("__session", {}) is None
+
+
+_PIECES = st.sampled_from(
+    [
+        "__session", "__session__0", "__session__1", "__sessionx", "y", "a__session",
+        "=", "; ", ";", " ", "\t", "\xa0", "\x85", '"', "AAA", "BBB", "x __session=",
+    ]
+)  # fmt: skip
+
+
+@given(st.lists(_PIECES, max_size=14).map("".join))
+@settings(max_examples=400, deadline=None)
+def test_the_gate_reads_the_session_the_routes_read(header: str) -> None:
+    # Whatever the header, the session the gate admits is the one Starlette's parser
+    # (request.cookies, the routes, the app) hands on: never one session for the gate and
+    # another for the app.
+    raw = header.encode("latin-1")
+    key, _ = session_cookies(raw)
+    gate = read_chunked(SESSION_COOKIE, session_cookie_map(key, raw)) if key else None
+    routes = read_chunked(SESSION_COOKIE, cookie_parser(header))
+    assert gate == routes

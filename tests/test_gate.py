@@ -20,6 +20,8 @@ from consent_middleware import (
     TokenSet,
     current_user,
 )
+from consent_middleware._gate import missing_purposes
+from consent_middleware._purposes import Purpose
 from consent_middleware._session import CookieSessionStore
 from tests.conftest import CLAIM, make_settings
 from tests.test_session import jar
@@ -231,3 +233,22 @@ def test_callback_without_transaction_shows_a_page_not_a_loop() -> None:
     assert response.status_code == 400
     assert "Sign in again" in response.text
     assert "location" not in response.headers
+
+
+@pytest.mark.parametrize("pattern", ["/newsletter*", "/newsletter"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/newsletter", "//newsletter", "/./newsletter", "/x/../newsletter", "/news%6Cetter",
+        "/Newsletter", "/NEWSLETTER", "/newsletter/", "/newsletter.", "/newsletter;x",
+        "/newsletter%20", "/newsletter\\", "/x/..%2Fnewsletter", "/%2e/newsletter",
+    ],
+)  # fmt: skip
+def test_no_spelling_of_a_path_escapes_its_purpose(pattern: str, path: str) -> None:
+    marketing = Purpose("marketing", "Newsletter", "Send it.", "1")
+    settings = make_settings(purposes=(marketing,), require=((pattern, ("marketing",)),))
+    assert missing_purposes(path, frozenset(), settings) == ("marketing",)
+    assert missing_purposes(path, frozenset({"marketing"}), settings) == ()
+    assert missing_purposes("/newsletters-archive", frozenset(), settings) == (
+        ("marketing",) if pattern.endswith("*") else ()
+    )

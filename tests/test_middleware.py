@@ -346,3 +346,21 @@ def test_a_roll_that_cannot_be_written_still_serves_the_page() -> None:
     gate = ConsentMiddleware(ok, settings=SETTINGS, session_store=store)
     status, headers = call(gate, f"sid={session.sid}".encode())
     assert status == 200 and b"set-cookie" not in headers
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "__session={b}; y=x __session={a}",  # inside another cookie's value
+        "__session={a}; \xa0__session={b}",  # after a space Starlette strips and the gate must too
+        '__session={b}; y="x __session={a}"',
+    ],
+)
+def test_a_consented_session_hidden_in_the_header_does_not_admit_another(layout: str) -> None:
+    # The gate reads the session the app will read (Starlette's parser): a consented
+    # session tucked where only a naive scan would find it never admits an unconsented one.
+    consented = cookie_value()
+    unconsented = cookie_value({CLAIM: {"given": True, "version": "v1"}})
+    gate = ConsentMiddleware(ok, settings=SETTINGS)
+    header = layout.format(a=consented.split("=", 1)[1], b=unconsented.split("=", 1)[1])
+    assert call(gate, header.encode("latin-1"))[0] == 303
