@@ -10,10 +10,11 @@ keeps every event.
 The Management API has no conditional update, so the caller serialises a user's writes
 (the per-user lock) and each write is read, append, write: two tabs never lose an event.
 
-Order of writes: ledger "pending" → Auth0 PATCH → ledger "confirmed" (or "abandoned" when
-the PATCH failed). A ledger that is down fails the choice before Auth0 is touched (the page
-says nothing changed, the user tries again: no choice is lost), and the ledger never claims
-a consent Auth0 does not have: a pending row with no confirmation is not a consent.
+Order of writes: ledger "pending" → Auth0 PATCH → ledger "confirmed", or "abandoned" when
+Auth0 refused the write (a PATCH that got no answer may have been applied: its row stays
+pending). A ledger that is down fails the choice before Auth0 is touched (the page says
+nothing changed, the user tries again: no choice is lost), and the ledger never claims a
+consent Auth0 does not have: a pending row with no confirmation is not a consent.
 """
 
 from __future__ import annotations
