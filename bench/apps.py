@@ -25,8 +25,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from consent_middleware import ConsentMiddleware, Session, Settings, TokenSet, get_access_token
-from consent_middleware._redis_sessions import RedisSessionStore
-from consent_middleware._redis_state import RedisState
 from consent_middleware._session import CookieSessionStore
 
 CLAIM = "https://consent.example.com/consent"
@@ -147,6 +145,11 @@ def gate_cookie(claims: dict[str, object] | None = None) -> str:
 
 def redis_gate_cookie() -> str:
     """A consented session stored in Redis; the cookie that points at it."""
+
+    # Imported here: the other apps' processes must not load the Redis client (its
+    # memory would count against the gate's RSS, which does not use it).
+    from consent_middleware._redis_sessions import RedisSessionStore
+    from consent_middleware._redis_state import RedisState
 
     async def store() -> bytes:
         state = RedisState(os.environ["BENCH_REDIS_URL"])

@@ -17,7 +17,7 @@ from starlette.types import Scope
 
 from ._audiences import AudienceMismatch, for_connection, refresh_failure
 from ._exceptions import AccessTokenError, AccessTokenErrorCode, RefreshError
-from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, SESSION_SCOPE_KEY, SessionRefresher
+from ._refresh import REFRESHED_SCOPE_KEY, SESSION_SCOPE_KEY, SessionRefresher, gated_session
 from ._session import Session
 
 DEFAULT_MIN_TTL = 60
@@ -109,13 +109,13 @@ async def get_access_token(
     by the middleware: 401 ``login_required`` for API calls, the login for pages, 503 when
     the provider is unreachable, 502 for a token issued for another audience."""
     scope = connection.scope
-    refresher = scope.get(REFRESHER_SCOPE_KEY)
-    session = scope.get(REFRESHED_SCOPE_KEY) or scope.get(SESSION_SCOPE_KEY)
-    if not isinstance(refresher, SessionRefresher) or not isinstance(session, Session):
+    gated = await gated_session(scope)
+    if gated is None:
         raise AccessTokenError(
             AccessTokenErrorCode.MISSING_SESSION.value,
             "get_access_token() needs a request that passed ConsentMiddleware",
         )
+    refresher, session = gated
     try:
         current, token = await token_for(
             connection, refresher, session, refresh=refresh, min_ttl=min_ttl, audience=audience

@@ -107,6 +107,7 @@ def joined_cookie_header(scope: Scope) -> bytes:
 # Marks a key made from Starlette's own parse of an unusual header (never a cookie's start).
 _PARSED = b"\x00"
 _SPACE, _SEMICOLON, _QUOTE = 0x20, 0x3B, b'"'
+_WHOLE = SESSION_PREFIX + b"="
 
 
 def session_cookies(cookie_header: bytes) -> tuple[bytes, int]:
@@ -169,6 +170,9 @@ def session_cookie_map(own: bytes, cookie_header: bytes) -> dict[str, str]:
     Starlette's parser for a header it left to it."""
     if own.startswith(_PARSED):
         return _own_cookies(cookie_parser(cookie_header.decode("latin-1")))
+    if own.startswith(_WHOLE) and b";" not in own:
+        # The usual case, one unchunked cookie: no split, no strip (the key has none).
+        return {SESSION_COOKIE: own[len(_WHOLE) :].decode("latin-1").strip()}
     found: dict[str, str] = {}
     for pair in own.decode("latin-1").split(";"):
         name, sep, value = pair.partition("=")

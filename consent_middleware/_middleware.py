@@ -39,7 +39,7 @@ from ._redirects import origin_of
 from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, SESSION_SCOPE_KEY, with_cookies
 from ._responses import PRIVATE, SessionWrite, with_vary_cookie
 from ._revocation import Revocation
-from ._session import Session, SessionStore
+from ._session import CookieSessionStore, Session, SessionStore, SessionSummary
 from ._state import SharedState
 
 logger = logging.getLogger("consent_middleware")
@@ -78,6 +78,10 @@ class ConsentMiddleware:
         # path after REVALIDATE_AFTER seconds or at session expiry; revocation marks are
         # checked on every request, cached or not.
         self._admitted = AdmissionCache()
+        # The package's cookie store hands the gate a summary of the session (no tokens
+        # parsed, no Session built); any other store is asked for the whole session.
+        sessions = self.engine.sessions
+        self._cookie_store = sessions if isinstance(sessions, CookieSessionStore) else None
         # Read once: the gate's hot path asks these on every request.
         self._state = self.engine.state
         self._own_prefixes = (self.settings.routes_prefix, self.settings.consent_path)
@@ -130,10 +134,9 @@ class ConsentMiddleware:
             if not isinstance(admitted, Verdict) and (
                 self._state.has_marks or settings.revalidate_seconds
             ):
-                session = admitted.session
-                if self.engine.revocations.status(session, now) is not Revocation.NONE:
+                if self.engine.revocations.status(admitted.facts, now) is not Revocation.NONE:
                     self._admitted.pop(admitted.key)
-                    fresh = await self._after_revocation(session, scope, receive, send)
+                    fresh = await self._after_revocation(admitted, scope, receive, send)
                     if fresh is None:
                         return
                     admitted = fresh
@@ -157,7 +160,8 @@ class ConsentMiddleware:
 
     async def _pass(self, admitted: Admitted, scope: Scope, receive: Receive, send: Send) -> None:
         scope[USER_SCOPE_KEY] = admitted.user
-        scope[SESSION_SCOPE_KEY] = admitted.session
+        if admitted.session is not None:
+            scope[SESSION_SCOPE_KEY] = admitted.session
         scope.setdefault("state", {})["user"] = admitted.user
         scope[REFRESHER_SCOPE_KEY] = self.engine.refresher
         write = SessionWrite(self.engine.sessions, scope, admitted.session, admitted.roll)
@@ -230,15 +234,32 @@ class ConsentMiddleware:
         # The session's own cookies when it has the usual name (no parse of the rest of
         # the header); a store of one's own may name its cookie anything: all of them.
         cookies = session_cookie_map(key, raw) if key else scope_cookies(scope) if raw else {}
-        session = await sessions.load(cookies) if cookies else None
-        if session is None:
+        if not cookies:
             return Verdict.LOGIN
-        if self.settings.consent_claim not in session.user:
-            # nextjs-auth0 wrote it with its default claim filter: the claim is read from
-            # the session's own ID token (rare; the usual session carries it).
-            session = await self.engine.refresher.with_consent_claim(session)
-        roll = sessions.needs_roll(session, now)
-        admitted = self._admission(session, key, roll, now, size)
+        session: Session | None = None
+        facts: Session | SessionSummary
+        cookie_store = self._cookie_store
+        if cookie_store is not None:
+            found = cookie_store.summary(cookies)
+            if found is None:
+                return Verdict.LOGIN
+            facts, payload = found
+            if self.settings.consent_claim not in facts.user or cookie_store.needs_roll(facts, now):
+                # Rare: the full session is needed now (to write it, or to read the claim
+                # from its ID token).
+                session = Session.from_payload(payload)
+        else:
+            session = await sessions.load(cookies)
+            if session is None:
+                return Verdict.LOGIN
+        if session is not None:
+            if self.settings.consent_claim not in session.user:
+                # nextjs-auth0 wrote it with its default claim filter: the claim is read
+                # from the session's own ID token (rare; the usual session carries it).
+                session = await self.engine.refresher.with_consent_claim(session)
+            facts = session
+        roll = sessions.needs_roll(session, now) if session is not None else False
+        admitted = self._admission(facts, session, key, roll, now, size)
         # Only consented requests are remembered. A session due to roll gets a new cookie
         # on this response; caching the old value would only keep it alive. And only a
         # self-contained store's cookie is the whole session: a server-side store can end
@@ -248,43 +269,50 @@ class ConsentMiddleware:
         return admitted
 
     def _admission(
-        self, session: Session, key: bytes, roll: bool, now: float, size: int = 0
+        self,
+        facts: Session | SessionSummary,
+        session: Session | None,
+        key: bytes,
+        roll: bool,
+        now: float,
+        size: int = 0,
     ) -> Admitted:
         settings = self.settings
-        user = User.from_claims(session.user, settings.consent_claim)
+        user = User.from_claims(facts.user, settings.consent_claim)
         until = now + REVALIDATE_AFTER
-        if session.expires_at:  # 0: a session not written yet (just refreshed)
-            until = min(until, session.ends_at)
+        if facts.expires_at:  # 0: a session not written yet (just refreshed)
+            until = min(until, facts.ends_at)
         # The claim is parsed once, for the user, the verdict and the purposes alike.
         consent = user.consent
         verdict = verdict_for(consent, settings)
-        weight = entry_weight(size)
+        weight = entry_weight(size, session is not None)
         purposes = (
             consent.given_purposes(settings.purposes)
             if settings.require and consent is not None
             else frozenset()
         )
-        return Admitted(session, user, roll, until, key, weight, verdict, purposes)
+        return Admitted(facts, session, user, roll, until, key, weight, verdict, purposes)
 
     def _marks_apply(self) -> bool:
         return self._state.has_marks or self.settings.revalidate_seconds > 0
 
     async def _after_revocation(
-        self, session: Session, scope: Scope, receive: Receive, send: Send
+        self, admitted: Admitted, scope: Scope, receive: Receive, send: Send
     ) -> Admitted | None:
         """A stale session refreshed and let through, or the answer sent and None."""
         engine = self.engine
         cookies = scope_cookies(scope)
-        fresh = await engine.refresher.settle(session)
+        session = admitted.session or await engine.sessions.load(cookies)
+        fresh = await engine.refresher.settle(session) if session is not None else None
         if fresh is None:
             response = self._refusal(Verdict.LOGIN, scope)
             with_cookies(response, await engine.sessions.clear(cookies))
         else:
-            admitted = self._admission(fresh, b"", False, time.time())
-            if admitted.verdict is Verdict.ALLOW:
+            after = self._admission(fresh, fresh, b"", False, time.time())
+            if after.verdict is Verdict.ALLOW:
                 scope[REFRESHED_SCOPE_KEY] = fresh
-                return admitted
-            response = self._refusal(admitted.verdict, scope)
+                return after
+            response = self._refusal(after.verdict, scope)
             with_cookies(response, await engine.sessions.save(fresh, cookies))
         response.headers["cache-control"] = PRIVATE.decode()
         await response(scope, receive, send)
@@ -323,7 +351,7 @@ class ConsentMiddleware:
             return
         verdict = admitted if isinstance(admitted, Verdict) else admitted.verdict
         if not isinstance(admitted, Verdict) and self._marks_apply():
-            status = self.engine.revocations.status(admitted.session, now)
+            status = self.engine.revocations.status(admitted.facts, now)
             # A handshake cannot carry a refreshed cookie reliably: the next page load
             # refreshes (or ends) the session, then the socket may reconnect.
             if status is not Revocation.NONE:
@@ -337,7 +365,8 @@ class ConsentMiddleware:
             await _deny_websocket(scope, receive, send, status_code, body)
             return
         scope[USER_SCOPE_KEY] = admitted.user
-        scope[SESSION_SCOPE_KEY] = admitted.session
+        if admitted.session is not None:
+            scope[SESSION_SCOPE_KEY] = admitted.session
         scope.setdefault("state", {})["user"] = admitted.user
         await self.app(scope, receive, send)
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field, replace
 
 from starlette.requests import HTTPConnection
 from starlette.responses import RedirectResponse, Response
+from starlette.types import Scope
 
 from ._config import Settings
+from ._cookies import scope_cookies
 from ._exceptions import IdentityProviderError, RefreshError
 from ._grants import Grants
 from ._login import Login
@@ -178,11 +180,28 @@ async def refresh_session(connection: HTTPConnection) -> Session:
     Call it from a route behind the gate; the new cookie is set on the response.
     Raises ``RefreshError`` when the session has no usable refresh token.
     """
-    refresher = connection.scope.get(REFRESHER_SCOPE_KEY)
-    session = connection.scope.get(SESSION_SCOPE_KEY)
-    if not isinstance(refresher, SessionRefresher) or not isinstance(session, Session):
+    gated = await gated_session(connection.scope)
+    if gated is None:
         raise RefreshError("refresh_session() needs a request that passed ConsentMiddleware")
+    refresher, session = gated
     refreshed = await refresher.refresh(session)
     connection.scope[SESSION_SCOPE_KEY] = refreshed
     connection.scope[REFRESHED_SCOPE_KEY] = refreshed
     return refreshed
+
+
+async def gated_session(scope: Scope) -> tuple[SessionRefresher, Session] | None:
+    """The session of a request the gate let through, and its refresher; None for any
+    other request. The gate may have read only a summary of the cookie (it needs no
+    tokens): the full session is then parsed here, once per request, from the same
+    cookies."""
+    refresher = scope.get(REFRESHER_SCOPE_KEY)
+    if not isinstance(refresher, SessionRefresher):
+        return None
+    session = scope.get(REFRESHED_SCOPE_KEY) or scope.get(SESSION_SCOPE_KEY)
+    if session is None:
+        session = await refresher.sessions.load(scope_cookies(scope))
+        if session is None:
+            return None  # ended meanwhile (its expiry passed during the request)
+        scope[SESSION_SCOPE_KEY] = session
+    return (refresher, session) if isinstance(session, Session) else None

@@ -18,7 +18,9 @@ PRIVATE = b"private, no-store"
 class SessionWrite:
     """The ``Set-Cookie`` values for the session this request ends with, computed once."""
 
-    def __init__(self, sessions: SessionStore, scope: Scope, session: Session, roll: bool) -> None:
+    def __init__(
+        self, sessions: SessionStore, scope: Scope, session: Session | None, roll: bool
+    ) -> None:
         self.sessions = sessions
         self.scope = scope
         self.session = session
@@ -31,6 +33,8 @@ class SessionWrite:
         if current is None and not self.roll:
             return []
         target = current or self.session
+        if target is None:
+            return []  # a roll always comes with the session it rolls
         if self._done is None or self._done[0] is not target:
             cookies = scope_cookies(self.scope)
             self._done = (target, await self.sessions.save(target, cookies))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 
 from ._config import Settings
-from ._session import Session, now_ms
+from ._session import Session, SessionSummary, now_ms
 from ._state import MarkKind, SharedState
 
 
@@ -40,7 +40,7 @@ class Revocations:
         # A mark must outlive every session it can concern: none lives longer than this.
         self.mark_lifetime = float(settings.absolute_duration)
 
-    def status(self, session: Session, now: float) -> Revocation:
+    def status(self, session: Session | SessionSummary, now: float) -> Revocation:
         """Where ``session`` stands; no I/O (the gate asks on every request)."""
         issued_at = session.issued_at
         state = self.state

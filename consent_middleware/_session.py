@@ -70,15 +70,8 @@ class Session:
 
     @property
     def ends_at(self) -> float:
-        """When the session ends: the cookie's ``exp`` (15 s skew), or sooner
-        ``internal.sessionExpiresAt`` (30 s leeway), which nextjs-auth0 v4 sets from the ID
-        token's ``session_expiry`` and honours over any ``exp``."""
-        ends: float = self.expires_at + _jose.COOKIE_CLOCK_SKEW
-        internal = self.extra.get("internal")
-        limit = internal.get("sessionExpiresAt") if isinstance(internal, dict) else None
-        if isinstance(limit, int | float):
-            ends = min(ends, limit + SESSION_EXPIRY_LEEWAY)
-        return ends
+        """When the session ends (see ``ends_at``)."""
+        return ends_at(self.expires_at, self.extra.get("internal"))
 
     def expired(self, now: float) -> bool:
         return self.ends_at < now
@@ -126,33 +119,90 @@ class Session:
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Session | None:
         """Parse a decrypted payload; None when its shape is not a session."""
+        summary = SessionSummary.from_payload(payload)
+        if summary is None:
+            return None
+        tokens = payload["tokenSet"]
+        return cls(
+            user=summary.user,
+            token_set=TokenSet(
+                access_token=str(tokens.get("accessToken", "")),
+                id_token=str(tokens.get("idToken", "")),
+                refresh_token=_optional_str(tokens.get("refreshToken")),
+                expires_at=int(tokens.get("expiresAt", 0)),
+                scope=_optional_str(tokens.get("scope")),
+            ),
+            sid=summary.sid,
+            created_at=summary.created_at,
+            expires_at=summary.expires_at,
+            issued_at=summary.issued_at,
+            extra=payload,
+        )
+
+
+class SessionSummary:
+    """What the gate reads of a session: who, which login, since and until when.
+
+    The cookie store decrypts the whole payload, but the gate needs none of its tokens:
+    a summary skips the token set and the ``Session`` (about a third of the gate's work
+    for a cookie it has not seen), and the full session is parsed when a route asks for
+    it (``get_access_token``, ``refresh_session``) or the cookie is rewritten. It has the
+    attributes of ``Session`` that the gate, the rolling expiry and revocation read.
+    """
+
+    # A plain class with slots: built on every request the gate has not seen recently.
+    __slots__ = ("created_at", "ends_at", "expires_at", "issued_at", "sid", "user")
+
+    def __init__(
+        self, user: dict[str, Any], sid: str, created_at: int, expires_at: int, issued_at: int,
+        ends_at: float,
+    ) -> None:  # fmt: skip
+        self.user = user
+        self.sid = sid
+        self.created_at = created_at
+        self.expires_at = expires_at
+        self.issued_at = issued_at
+        self.ends_at = ends_at
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> SessionSummary | None:
+        """None when the payload's shape is not a session: the same checks that decide
+        whether ``Session.from_payload`` parses it, so the two never disagree."""
         user, tokens, internal = (payload.get(k) for k in ("user", "tokenSet", "internal"))
         if not (isinstance(user, dict) and isinstance(tokens, dict) and isinstance(internal, dict)):
             return None
         if not isinstance(user.get("sub"), str):
             return None
         try:
-            token_set = TokenSet(
-                access_token=str(tokens.get("accessToken", "")),
-                id_token=str(tokens.get("idToken", "")),
-                refresh_token=_optional_str(tokens.get("refreshToken")),
-                expires_at=int(tokens.get("expiresAt", 0)),
-                scope=_optional_str(tokens.get("scope")),
-            )
+            int(tokens.get("expiresAt", 0))
             created_at = int(internal["createdAt"])
+            expires_at = int(payload["exp"])
             return cls(
                 user=user,
-                token_set=token_set,
                 sid=str(internal["sid"]),
                 created_at=created_at,
-                expires_at=int(payload["exp"]),
+                expires_at=expires_at,
                 # A session written without it (nextjs-auth0, older versions) counts as
                 # issued when it was created: older is the safe side of a revocation mark.
                 issued_at=int(internal.get("issuedAt", created_at * 1000)),
-                extra=payload,
+                ends_at=ends_at(expires_at, internal),
             )
         except (KeyError, TypeError, ValueError):
             return None
+
+    def expired(self, now: float) -> bool:
+        return self.ends_at < now
+
+
+def ends_at(expires_at: int, internal: object) -> float:
+    """When a session ends: the cookie's ``exp`` (15 s skew), or sooner
+    ``internal.sessionExpiresAt`` (30 s leeway), which nextjs-auth0 v4 sets from the ID
+    token's ``session_expiry`` and honours over any ``exp``."""
+    ends: float = expires_at + _jose.COOKIE_CLOCK_SKEW
+    limit = internal.get("sessionExpiresAt") if isinstance(internal, dict) else None
+    if isinstance(limit, int | float):
+        ends = min(ends, limit + SESSION_EXPIRY_LEEWAY)
+    return ends
 
 
 def now_ms() -> int:
@@ -243,11 +293,11 @@ class RollingExpiry:
 
     settings: Settings
 
-    def expiry(self, session: Session, now: float) -> int:
+    def expiry(self, session: Session | SessionSummary, now: float) -> int:
         absolute = session.created_at + self.settings.absolute_duration
         return int(min(absolute, now + self.settings.inactivity_duration))
 
-    def needs_roll(self, session: Session, now: float | None = None) -> bool:
+    def needs_roll(self, session: Session | SessionSummary, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         gain = self.expiry(session, now) - session.expires_at
         return gain > self.settings.inactivity_duration * ROLL_FRACTION
@@ -268,15 +318,24 @@ class CookieSessionStore(RollingExpiry):
         self.writer = CookieWriter(secure=settings.secure_cookies)
 
     async def load(self, cookies: Mapping[str, str]) -> Session | None:
+        found = self.summary(cookies)
+        return None if found is None else Session.from_payload(found[1])
+
+    def summary(
+        self, cookies: Mapping[str, str]
+    ) -> tuple[SessionSummary, Mapping[str, Any]] | None:
+        """What the gate reads of the request's session, and the decrypted payload a
+        ``Session`` is parsed from if the request needs one; None as for ``load``. Not a
+        coroutine: the cookie is all there is."""
         value = read_chunked(SESSION_COOKIE, cookies)
         if not value:
             return None
         now = time.time()
         payload = _jose.decrypt(value, self.keys, now)
-        session = Session.from_payload(payload) if payload else None
-        if session is None or session.expired(now):
+        summary = SessionSummary.from_payload(payload) if payload else None
+        if summary is None or summary.expired(now):
             return None
-        return session
+        return summary, payload  # type: ignore[return-value]
 
     async def save(
         self, session: Session, cookies: Mapping[str, str], now: float | None = None

@@ -19,6 +19,7 @@ from consent_middleware._refresh import (
     REFRESHED_SCOPE_KEY,
     REFRESHER_SCOPE_KEY,
     SESSION_SCOPE_KEY,
+    gated_session,
 )
 from consent_middleware._transactions import Expectation
 from tests.conftest import CLAIM, DOMAIN, ISSUER, idp
@@ -226,3 +227,27 @@ async def test_refresh_session_for_apps(signing_key: SigningKey, engine: Engine)
     assert req.scope[REFRESHED_SCOPE_KEY] is refreshed
     with pytest.raises(RefreshError):
         await refresh_session(request())  # not behind the gate
+
+
+async def test_the_session_is_parsed_from_the_cookie_when_the_gate_read_a_summary(
+    signing_key: SigningKey, engine: Engine
+) -> None:
+    # A request the gate answered from its cache or its summary carries no Session: the
+    # app's call parses it, once, from the request's own cookie.
+    subject = engine.refresher
+    current = session()
+    cookie = (await engine.sessions.save(current, {}))[0].split(b";")[0]
+    req = request({REFRESHER_SCOPE_KEY: subject, "headers": [(b"cookie", cookie)]})
+    gated = await gated_session(req.scope)
+    assert gated is not None and gated[1].token_set == current.token_set
+    assert req.scope[SESSION_SCOPE_KEY] is gated[1]
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        mock.post(TOKEN_URL).respond(json=tokens(signing_key, ACCEPTED))
+        refreshed = await refresh_session(req)
+    assert refreshed.user[CLAIM] == ACCEPTED
+    # Its cookie gone (ended while the request ran): no session, and refresh says why.
+    gone = request({REFRESHER_SCOPE_KEY: subject})
+    assert await gated_session(gone.scope) is None
+    with pytest.raises(RefreshError):
+        await refresh_session(gone)
