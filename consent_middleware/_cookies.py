@@ -106,39 +106,47 @@ def joined_cookie_header(scope: Scope) -> bytes:
 
 # Marks a key made from Starlette's own parse of an unusual header (never a cookie's start).
 _PARSED = b"\x00"
-_SPACE, _SEMICOLON, _QUOTE = 0x20, 0x3B, b'"'
+_SPACE, _SEMICOLON, _QUOTE = 0x20, 0x3B, 0x22
+# What bytes.strip() removes, as Starlette's str.strip() does for ASCII.
+_WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
 _WHOLE = SESSION_PREFIX + b"="
 
 
-def session_cookies(cookie_header: bytes) -> tuple[bytes, int]:
-    """The session's cookies alone (b"" when there are none), as a cache key, and its size.
+def session_cookies(cookie_header: bytes) -> bytes:
+    """The session's cookies alone (b"" when there are none), as a cache key.
 
     The usual header ("a=1; __session=...; b=2") is read with ``bytes.find``, no split of
-    the whole header: the session's pairs themselves are the key (a dict hashes them in
-    well under a microsecond and compares them in full, where a cryptographic digest of a
-    chunked session costs several). Anything unusual (a "__session" that does not start a
-    cookie, such as "y=x __session=..." inside another value or one after a non-ASCII
-    space, or a quoted value) is left to Starlette's parser, the one the routes and the
-    app read ``request.cookies`` with: the gate must never admit one session while the
-    app acts on another.
+    the whole header and one copy of the session's pairs, which the admission cache then
+    hashes (well under a microsecond, where a cryptographic digest of a chunked session
+    costs several). Anything unusual (a "__session" that does not start a cookie, such as
+    "y=x __session=..." inside another value or one after a non-ASCII space, or a quoted
+    value) is left to Starlette's parser, the one the routes and the app read
+    ``request.cookies`` with: the gate must never admit one session while the app acts on
+    another.
     """
-    position = cookie_header.find(SESSION_PREFIX)
+    header = cookie_header
+    position = header.find(SESSION_PREFIX)
     if position < 0:
-        return b"", 0
+        return b""
     parts = []
     while position >= 0:
-        if not _starts_a_cookie(cookie_header, position):
-            return _parsed_key(cookie_header)
-        end = cookie_header.find(b";", position)
+        if not _starts_a_cookie(header, position):
+            return _parsed_key(header)
+        end = header.find(b";", position)
         if end < 0:
-            end = len(cookie_header)
-        pair = cookie_header[position:end].rstrip()
-        if pair.partition(b"=")[2].lstrip().startswith(_QUOTE):
-            return _parsed_key(cookie_header)
-        parts.append(pair)
-        position = cookie_header.find(SESSION_PREFIX, end)
-    own = b";".join(parts)
-    return own, len(own)
+            end = len(header)
+        # Starlette strips each pair's name and value: so do the ends here, in place.
+        while end > position and header[end - 1] in _WHITESPACE:
+            end -= 1
+        value = header.find(b"=", position, end) + 1
+        while 0 < value < end and header[value] in _WHITESPACE:
+            value += 1
+        if 0 < value < end and header[value] == _QUOTE:
+            return _parsed_key(header)
+        parts.append(header[position:end])
+        position = header.find(SESSION_PREFIX, end)
+    # One pair (the usual, unchunked cookie): join hands back that very object.
+    return b";".join(parts)
 
 
 def _starts_a_cookie(header: bytes, position: int) -> bool:
@@ -155,13 +163,12 @@ def _own_cookies(parsed: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in parsed.items() if name.startswith(prefix)}
 
 
-def _parsed_key(cookie_header: bytes) -> tuple[bytes, int]:
+def _parsed_key(cookie_header: bytes) -> bytes:
     own = _own_cookies(cookie_parser(cookie_header.decode("latin-1")))
     if not own:
-        return b"", 0
+        return b""
     # JSON, so no two different sets of cookies can share a key.
-    key = _PARSED + json.dumps(sorted(own.items())).encode("utf-8")
-    return key, len(key)
+    return _PARSED + json.dumps(sorted(own.items())).encode("utf-8")
 
 
 def session_cookie_map(own: bytes, cookie_header: bytes) -> dict[str, str]:

@@ -12,7 +12,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._admissions import REVALIDATE_AFTER, AdmissionCache, Admitted, entry_weight
+from ._admissions import REVALIDATE_AFTER, AdmissionCache, Admitted
 from ._config import Settings
 from ._cookies import (
     joined_cookie_header,
@@ -37,7 +37,7 @@ from ._gate import (
 from ._models import User
 from ._redirects import origin_of
 from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, SESSION_SCOPE_KEY, with_cookies
-from ._responses import PRIVATE, SessionWrite, with_vary_cookie
+from ._responses import PRIVATE, ROLL_SCOPE_KEY, session_cookie_values, with_vary_cookie
 from ._revocation import Revocation
 from ._session import CookieSessionStore, Session, SessionStore, SessionSummary
 from ._state import SharedState
@@ -45,10 +45,12 @@ from ._state import SharedState
 logger = logging.getLogger("consent_middleware")
 
 USER_SCOPE_KEY = "consent_middleware.user"
-# An async callable in the scope of gated requests: the Set-Cookie values the response gets.
+# An async callable in the scope of gated requests, called with the scope: the Set-Cookie
+# values the response gets.
 SESSION_COOKIES_SCOPE_KEY = "consent_middleware.session_cookies"
-# Memory the admitted-request cache may take, estimated from the session cookies' sizes.
 _DENIAL_EXTENSION = "websocket.http.response"
+# One empty set for every admission without CONSENT_REQUIRE (each frozenset() is new).
+NO_PURPOSES: frozenset[str] = frozenset()
 
 
 class ConsentMiddleware:
@@ -129,13 +131,13 @@ class ConsentMiddleware:
             return
         now = time.time()
         try:
-            found, raw, key, size = self._known(scope, now)
-            admitted = found or await self._admit(scope, raw, key, size, now)
+            found, raw, key = self._known(scope, now)
+            admitted = found or await self._admit(scope, raw, key, now)
             if not isinstance(admitted, Verdict) and (
                 self._state.has_marks or settings.revalidate_seconds
             ):
                 if self.engine.revocations.status(admitted.facts, now) is not Revocation.NONE:
-                    self._admitted.pop(admitted.key)
+                    self._admitted.discard(admitted)
                     fresh = await self._after_revocation(admitted, scope, receive, send)
                     if fresh is None:
                         return
@@ -164,10 +166,12 @@ class ConsentMiddleware:
             scope[SESSION_SCOPE_KEY] = admitted.session
         scope.setdefault("state", {})["user"] = admitted.user
         scope[REFRESHER_SCOPE_KEY] = self.engine.refresher
-        write = SessionWrite(self.engine.sessions, scope, admitted.session, admitted.roll)
+        roll = admitted.roll
+        if roll:
+            scope[ROLL_SCOPE_KEY] = True
         # What this response will set (a roll or a refresh), for an app that must pass the
         # new session on before answering (the sidecar forwards it in the Cookie header).
-        scope[SESSION_COOKIES_SCOPE_KEY] = write.values
+        scope[SESSION_COOKIES_SCOPE_KEY] = self._session_cookie_values
 
         started = False
 
@@ -181,9 +185,9 @@ class ConsentMiddleware:
                 values: list[bytes] = []
                 # Nothing to write unless the session rolls or was refreshed meanwhile:
                 # most responses skip the call.
-                if write.roll or REFRESHED_SCOPE_KEY in scope:
+                if roll or REFRESHED_SCOPE_KEY in scope:
                     try:
-                        values = await write.values()
+                        values = await self._session_cookie_values(scope)
                     except SharedStateError as exc:
                         # The store is away: the page still goes out, only the roll (or
                         # the refreshed cookie) waits for a later request.
@@ -211,23 +215,24 @@ class ConsentMiddleware:
                 response = self._refusal(Verdict.LOGIN, scope)
             elif exc.code == AccessTokenErrorCode.AUDIENCE_MISMATCH.value:
                 with contextlib.suppress(SharedStateError):
-                    with_cookies(response, await write.values())
+                    with_cookies(response, await self._session_cookie_values(scope))
             await response(scope, receive, send)
 
-    def _known(self, scope: Scope, now: float) -> tuple[Admitted | None, bytes, bytes, int]:
+    async def _session_cookie_values(self, scope: Scope) -> list[bytes]:
+        return await session_cookie_values(self.engine.sessions, scope)
+
+    def _known(self, scope: Scope, now: float) -> tuple[Admitted | None, bytes, bytes]:
         """The cached admission of this request's session cookies, if still current, and
         what the full check needs otherwise. Not a coroutine: for an admitted user this is
         the whole of the gate's work."""
         raw = joined_cookie_header(scope)
-        key, size = session_cookies(raw)
+        key = session_cookies(raw)
         found = self._admitted.get(key) if key else None
         if found is not None and found.until < now:
             found = None
-        return found, raw, key, size
+        return found, raw, key
 
-    async def _admit(
-        self, scope: Scope, raw: bytes, key: bytes, size: int, now: float
-    ) -> Admitted | Verdict:
+    async def _admit(self, scope: Scope, raw: bytes, key: bytes, now: float) -> Admitted | Verdict:
         """The full check: decrypt (or the store's cache), decide. A session that may not
         pass is still returned (with its verdict): a revocation mark may change it."""
         sessions = self.engine.sessions
@@ -259,23 +264,21 @@ class ConsentMiddleware:
                 session = await self.engine.refresher.with_consent_claim(session)
             facts = session
         roll = sessions.needs_roll(session, now) if session is not None else False
-        admitted = self._admission(facts, session, key, roll, now, size)
+        admitted = self._admission(facts, session, roll, now)
         # Only consented requests are remembered. A session due to roll gets a new cookie
         # on this response; caching the old value would only keep it alive. And only a
         # self-contained store's cookie is the whole session: a server-side store can end
         # a session behind an unchanged cookie.
         if key and admitted.verdict is Verdict.ALLOW and not roll and sessions.self_contained:
-            self._admitted.put(admitted)
+            self._admitted.put(key, admitted)
         return admitted
 
     def _admission(
         self,
         facts: Session | SessionSummary,
         session: Session | None,
-        key: bytes,
         roll: bool,
         now: float,
-        size: int = 0,
     ) -> Admitted:
         settings = self.settings
         user = User.from_claims(facts.user, settings.consent_claim)
@@ -285,13 +288,12 @@ class ConsentMiddleware:
         # The claim is parsed once, for the user, the verdict and the purposes alike.
         consent = user.consent
         verdict = verdict_for(consent, settings)
-        weight = entry_weight(size, session is not None)
         purposes = (
             consent.given_purposes(settings.purposes)
             if settings.require and consent is not None
-            else frozenset()
+            else NO_PURPOSES
         )
-        return Admitted(facts, session, user, roll, until, key, weight, verdict, purposes)
+        return Admitted(facts, session, user, roll, until, verdict, purposes)
 
     def _marks_apply(self) -> bool:
         return self._state.has_marks or self.settings.revalidate_seconds > 0
@@ -308,7 +310,7 @@ class ConsentMiddleware:
             response = self._refusal(Verdict.LOGIN, scope)
             with_cookies(response, await engine.sessions.clear(cookies))
         else:
-            after = self._admission(fresh, fresh, b"", False, time.time())
+            after = self._admission(fresh, fresh, False, time.time())
             if after.verdict is Verdict.ALLOW:
                 scope[REFRESHED_SCOPE_KEY] = fresh
                 return after
@@ -343,8 +345,8 @@ class ConsentMiddleware:
             return
         now = time.time()
         try:
-            found, raw, key, size = self._known(scope, now)
-            admitted = found or await self._admit(scope, raw, key, size, now)
+            found, raw, key = self._known(scope, now)
+            admitted = found or await self._admit(scope, raw, key, now)
         except SharedStateError:
             body = {"error": "temporarily_unavailable"}
             await _deny_websocket(scope, receive, send, 503, body)

@@ -8,37 +8,39 @@ from collections.abc import Iterable
 from starlette.types import Scope
 
 from ._cookies import scope_cookies
-from ._refresh import REFRESHED_SCOPE_KEY
+from ._refresh import REFRESHED_SCOPE_KEY, SESSION_SCOPE_KEY
 from ._session import Session, SessionStore
 
 # RFC 9111 5.2.2: whenever the gate sets a cookie, no cache may keep the response.
 PRIVATE = b"private, no-store"
 
 
-class SessionWrite:
-    """The ``Set-Cookie`` values for the session this request ends with, computed once."""
+# Whether the admitted session is due to roll, and the Set-Cookie values already computed
+# for the session this request ends with (so a sidecar forwarding them and the response
+# setting them agree, and the cookie is encrypted once).
+ROLL_SCOPE_KEY = "consent_middleware.roll"
+WRITTEN_SCOPE_KEY = "consent_middleware.written"
 
-    def __init__(
-        self, sessions: SessionStore, scope: Scope, session: Session | None, roll: bool
-    ) -> None:
-        self.sessions = sessions
-        self.scope = scope
-        self.session = session
-        self.roll = roll
-        self._done: tuple[Session, list[bytes]] | None = None
 
-    async def values(self) -> list[bytes]:
-        # A refresh_session() call during the request wins over a plain roll.
-        current = self.scope.get(REFRESHED_SCOPE_KEY)
-        if current is None and not self.roll:
-            return []
-        target = current or self.session
-        if target is None:
-            return []  # a roll always comes with the session it rolls
-        if self._done is None or self._done[0] is not target:
-            cookies = scope_cookies(self.scope)
-            self._done = (target, await self.sessions.save(target, cookies))
-        return self._done[1]
+async def session_cookie_values(sessions: SessionStore, scope: Scope) -> list[bytes]:
+    """The ``Set-Cookie`` values for the session this request ends with: none unless it
+    rolls or was refreshed meanwhile (a refresh wins over a plain roll).
+
+    Everything it needs is in the scope, and nothing in the scope points back at a
+    per-request object: a request leaves no reference cycle for the collector.
+    """
+    current = scope.get(REFRESHED_SCOPE_KEY)
+    if current is None and not scope.get(ROLL_SCOPE_KEY):
+        return []
+    target = current or scope.get(SESSION_SCOPE_KEY)
+    if not isinstance(target, Session):
+        return []  # a roll always comes with the session it rolls
+    done = scope.get(WRITTEN_SCOPE_KEY)
+    if done is None or done[0] is not target:
+        done = (target, await sessions.save(target, scope_cookies(scope)))
+        scope[WRITTEN_SCOPE_KEY] = done
+    values: list[bytes] = done[1]
+    return values
 
 
 VARY_SPELLINGS = (b"vary", b"Vary")

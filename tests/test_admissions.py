@@ -1,85 +1,111 @@
-"""The admitted-request cache: in on the second miss, least recently used first out,
-bounded by weight."""
+"""The admitted-request cache: in while there is room (then on a second miss), least
+recently used first out, bounded by weight, never holding the cookie itself."""
 
 from __future__ import annotations
 
 import time
 
 from consent_middleware import Session, TokenSet
-from consent_middleware._admissions import KEY_TAIL, AdmissionCache, Admitted, entry_weight
+from consent_middleware._admissions import (
+    ENTRY_OVERHEAD,
+    KEY_TAIL,
+    AdmissionCache,
+    Admitted,
+    entry_weight,
+)
 from consent_middleware._gate import Verdict
 from consent_middleware._models import User
 
 
-def admitted(key: bytes, weight: int = 100) -> Admitted:
-    session = Session.from_claims({"sub": "u"}, TokenSet("at", "idt"))
+def admitted(padding: int = 0, with_session: bool = False) -> Admitted:
+    session = Session.from_claims({"sub": "u", "pad": "x" * padding}, TokenSet("at", "idt"))
     user = User.from_claims(session.user, "https://c.example.com/c")
     until = time.time() + 60
-    return Admitted(session, session, user, False, until, key, weight, Verdict.ALLOW, frozenset())
+    kept = session if with_session else None
+    return Admitted(session, kept, user, False, until, Verdict.ALLOW, frozenset())
 
 
-def put_twice(cache: AdmissionCache, entry: Admitted) -> None:
-    cache.put(entry)  # first miss: remembered, not cached
-    cache.put(entry)
+ONE = entry_weight(admitted(), 0)
 
 
-def test_a_cookie_enters_on_its_second_miss() -> None:
-    cache = AdmissionCache(max_weight=300)
-    cache.put(admitted(b"a"))
-    assert cache.get(b"a") is None and len(cache) == 0
-    cache.put(admitted(b"a"))
-    assert cache.get(b"a") is not None and cache.weight == 100
+def cookie(name: str) -> bytes:
+    return f"__session={name}.{'t' * KEY_TAIL}{name}".encode()
+
+
+def put_twice(cache: AdmissionCache, key: bytes) -> None:
+    cache.put(key, admitted())  # a full cache: remembered, not cached
+    cache.put(key, admitted())
+
+
+def test_in_while_there_is_room_then_on_a_second_miss() -> None:
+    cache = AdmissionCache(max_weight=2 * ONE)
+    cache.put(cookie("a"), admitted())
+    cache.put(cookie("b"), admitted())
+    assert cache.get(cookie("a")) is not None and cache.get(cookie("b")) is not None
+    cache.put(cookie("c"), admitted())
+    assert cache.get(cookie("c")) is None and len(cache) == 2
+    cache.put(cookie("c"), admitted())
+    assert cache.get(cookie("c")) is not None and cache.get(cookie("a")) is None
 
 
 def test_the_least_recently_used_goes_first() -> None:
-    cache = AdmissionCache(max_weight=300)
-    for key in (b"a", b"b", b"c"):
-        put_twice(cache, admitted(key))
-    assert cache.get(b"a") is not None  # a is now the most recent
-    put_twice(cache, admitted(b"d"))
-    assert cache.get(b"b") is None and cache.get(b"a") is not None
-    assert len(cache) == 3 and cache.weight == 300
+    cache = AdmissionCache(max_weight=3 * ONE)
+    for name in "abc":
+        cache.put(cookie(name), admitted())
+    assert cache.get(cookie("a")) is not None  # a is now the most recent
+    put_twice(cache, cookie("d"))
+    assert cache.get(cookie("b")) is None and cache.get(cookie("a")) is not None
+    assert len(cache) == 3 and cache.weight == 3 * ONE
 
 
 def test_more_users_than_fit_round_robin_are_left_to_the_cold_path() -> None:
     # Ten users in turn where three fit: a plain LRU would insert and evict on every
-    # request and hit none. Here nobody gets in, so nothing is inserted or evicted.
-    cache = AdmissionCache(max_weight=300)
-    keys = [f"user{i}".encode() for i in range(10)]
+    # request and hit none. Here the first three stay, and the others cost no eviction.
+    cache = AdmissionCache(max_weight=3 * ONE)
+    keys = [cookie(f"user{i}") for i in range(10)]
+    hits = 0
     for _ in range(5):
         for key in keys:
-            assert cache.get(key) is None
-            cache.put(admitted(key))
-    assert len(cache) == 0 and cache.weight == 0
-    # The same users, three of them at a time: those fit, and stay.
-    for _ in range(3):
-        for key in keys[:3]:
             if cache.get(key) is None:
-                cache.put(admitted(key))
+                cache.put(key, admitted())
+            else:
+                hits += 1
+    assert len(cache) == 3 and hits == 4 * 3
     assert all(cache.get(key) is not None for key in keys[:3])
 
 
-def test_weight_not_count_bounds_it_and_a_giant_is_never_cached() -> None:
-    cache = AdmissionCache(max_weight=1000)
-    put_twice(cache, admitted(b"small", 100))
-    put_twice(cache, admitted(b"big", 950))
-    assert cache.get(b"small") is None and cache.weight == 950
-    put_twice(cache, admitted(b"giant", 1001))
-    assert cache.get(b"giant") is None and cache.get(b"big") is not None
-    # The same key again replaces its entry and its weight, with no second miss needed.
-    cache.put(admitted(b"big", 500))
-    assert cache.weight == 500 and len(cache) == 1
-    cache.pop(b"big")
-    cache.pop(b"absent")
+def test_weight_follows_the_claims_not_the_tokens() -> None:
+    # The cookie's size only counts when the entry keeps the decoded session.
+    assert entry_weight(admitted(), 50_000) == ONE < 2 * ENTRY_OVERHEAD
+    assert entry_weight(admitted(with_session=True), 50_000) == ONE + 50_000
+    assert entry_weight(admitted(padding=1000), 0) >= ONE + 2000
+    cache = AdmissionCache(max_weight=10 * ONE)
+    cache.put(cookie("small"), admitted())
+    big = int(4.3 * ONE)  # an entry of about 9.6 ONE: with "small", over the budget
+    cache.put(cookie("big"), admitted(padding=big))
+    assert cache.get(cookie("big")) is None  # no room: a first miss is only remembered
+    cache.put(cookie("big"), admitted(padding=big))
+    assert cache.get(cookie("small")) is None and cache.get(cookie("big")) is not None
+    cache.put(cookie("giant"), admitted(padding=10 * ONE))
+    cache.put(cookie("giant"), admitted(padding=10 * ONE))
+    assert cache.get(cookie("giant")) is None and cache.get(cookie("big")) is not None
+    # The same cookie again replaces its entry and its weight.
+    again = admitted()
+    cache.put(cookie("big"), again)
+    assert cache.weight == ONE and len(cache) == 1 and cache.get(cookie("big")) is again
+    cache.discard(admitted())  # not the cached entry: nothing removed
+    assert len(cache) == 1
+    cache.discard(again)
+    cache.discard(None)
     assert cache.weight == 0 and len(cache) == 0
-    assert entry_weight(1000) > 2000 - 1000 and entry_weight(1000, True) > 2000
 
 
-def test_a_cookie_sharing_an_entrys_tail_is_not_that_entry() -> None:
-    cache = AdmissionCache(max_weight=1000)
-    tail = b"t" * KEY_TAIL
-    put_twice(cache, admitted(b"victim" + tail))
-    assert cache.get(b"victim" + tail) is not None
-    assert cache.get(b"forged" + tail) is None
-    cache.pop(b"forged" + tail)  # not the entry: nothing removed
-    assert cache.get(b"victim" + tail) is not None
+def test_an_entry_holds_no_cookie_and_answers_only_its_own() -> None:
+    cache = AdmissionCache(max_weight=10 * ONE)
+    victim = cookie("victim")
+    cache.put(victim, admitted())
+    entry = cache.get(victim)
+    assert entry is not None and len(entry.tail) == KEY_TAIL
+    assert not any(victim in repr(getattr(entry, slot)).encode() for slot in entry.__slots__)
+    # Another cookie ending the same way is not this entry (its hash differs).
+    assert cache.get(b"__session=forged." + victim[-KEY_TAIL:]) is None

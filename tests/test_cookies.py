@@ -72,7 +72,7 @@ def test_the_gate_reads_the_session_the_routes_read(header: str) -> None:
     # (request.cookies, the routes, the app) hands on: never one session for the gate and
     # another for the app.
     raw = header.encode("latin-1")
-    key, _ = session_cookies(raw)
+    key = session_cookies(raw)
     gate = read_chunked(SESSION_COOKIE, session_cookie_map(key, raw)) if key else None
     routes = read_chunked(SESSION_COOKIE, cookie_parser(header))
     assert gate == routes

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from consent_middleware import ConsentMiddleware, Session, TokenSet, _jose
 from consent_middleware import _admissions as admissions_module
-from consent_middleware._admissions import AdmissionCache, entry_weight
+from consent_middleware._admissions import AdmissionCache
 from consent_middleware._cookies import CHUNK_SIZE
 from consent_middleware._exceptions import SharedStateError
 from consent_middleware._session import CookieSessionStore
@@ -155,8 +155,7 @@ def test_admitted_requests_are_answered_from_the_cache(monkeypatch: pytest.Monke
     for _ in range(50):
         status, headers = call(gate, VALID.encode())
         assert status == 200 and b"set-cookie" not in headers  # no roll for a fresh cookie
-    # The first two requests are decrypted: a cookie is remembered on its second miss.
-    assert decrypts == 2
+    assert decrypts == 1
 
 
 def test_cached_verdicts_are_rechecked_and_expire(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,24 +178,26 @@ def test_not_consented_is_never_cached() -> None:
     assert len(gate._admitted) == 0
 
 
-def test_admitted_cache_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    one = entry_weight(len(cookie_value({"n": 0, **CONSENTED})))
-    gate = ConsentMiddleware(ok, settings=SETTINGS)
-    gate._admitted = AdmissionCache(8 * one + one // 2)
-    # Each user's page and its first fetch: a cookie is remembered on its second miss.
-    for i in range(20):
-        value = cookie_value({"n": i, **CONSENTED}).encode()
-        assert call(gate, value)[0] == 200 and call(gate, value)[0] == 200
-    assert len(gate._admitted) == 8
-    # Sessions over twice the size: the same bytes hold under half as many.
-    for i in range(20):
-        big = cookie_value({"n": i, **CONSENTED}, padding=one).encode()
-        assert call(gate, big)[0] == 200 and call(gate, big)[0] == 200
-    assert 1 <= len(gate._admitted) <= 4
-    assert gate._admitted.weight <= gate._admitted.max_weight
+def test_admitted_cache_is_bounded_by_claims_not_tokens() -> None:
+    def filled(claims: dict[str, Any] | None = None, padding: int = 0) -> AdmissionCache:
+        gate = ConsentMiddleware(ok, settings=SETTINGS)
+        gate._admitted = AdmissionCache(8 * one + one // 2)
+        for i in range(20):
+            value = cookie_value({"n": i, **CONSENTED, **(claims or {})}, padding).encode()
+            assert call(gate, value)[0] == 200
+        assert gate._admitted.weight <= gate._admitted.max_weight
+        return gate._admitted
+
+    probe = ConsentMiddleware(ok, settings=SETTINGS)
+    assert call(probe, cookie_value({"n": 0, **CONSENTED}).encode())[0] == 200
+    one = probe._admitted.weight
+    assert len(filled()) == 8
+    # Tokens ten times the entry's size: the same entries fit (no entry keeps them).
+    assert len(filled(padding=10 * one)) == 8
+    # Claims over twice the size: the same bytes hold under half as many.
+    assert 1 <= len(filled({"pad": "x" * one})) <= 4
     # One larger than the whole budget is served, just never cached.
-    huge = cookie_value({"n": -1, **CONSENTED}, padding=10 * one).encode()
-    assert call(gate, huge)[0] == 200
+    assert len(filled({"pad": "x" * 10 * one})) == 0
 
 
 def test_lifespan_shutdown_closes_the_client_it_made() -> None:

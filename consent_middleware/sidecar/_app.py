@@ -170,7 +170,7 @@ class Sidecar:
             # A roll or refresh during the gate: the upstream reads the session it will
             # write back (a Next.js app rolling the stale one would undo the refresh).
             try:
-                headers = with_new_session(headers, await pending())
+                headers = with_new_session(headers, await pending(scope))
             except SharedStateError:
                 pass  # the store is away: the request goes on with the cookie it came with
         if scope["type"] == "websocket":
