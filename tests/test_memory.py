@@ -86,3 +86,49 @@ def test_random_extra_cookies_do_not_grow_memory() -> None:
     assert statuses == [200] * (16 + REQUESTS)
     assert growth < MAX_GROWTH, f"resident memory grew by {growth / 2**20:.1f} MB"
     assert len(gate._admitted) == 1
+
+
+def test_a_gated_request_leaves_nothing_for_the_collector() -> None:
+    # A reference cycle per request (the scope pointing at an object that points back at
+    # the scope) keeps every request's objects alive until a collection, which then has
+    # to find them: on the gate's path that is the collector's work on every request.
+    settings = make_settings()
+    store = CookieSessionStore(settings)
+    claims = {"sub": "auth0|gc", CLAIM: {"given": True, "version": "v2", "date": "2026-01-01"}}
+    tokens = TokenSet("at", "idt", "rt", expires_at=int(time.time()) + 3600)
+    # Known (answered from the cache), new (the cold path), and one due to roll.
+    known = "; ".join(f"{k}={v}" for k, v in jar(asyncio.run(
+        store.save(Session.from_claims(claims, tokens), {})
+    )).items()).encode()  # fmt: skip
+    due = Session.from_claims(claims, tokens)
+    rolled = jar(
+        asyncio.run(store.save(due, {}, now=time.time() - settings.inactivity_duration / 2))
+    )
+    due_cookie = "; ".join(f"{k}={v}" for k, v in rolled.items()).encode()
+    gate = ConsentMiddleware(ok, settings=settings)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        pass
+
+    async def run() -> int:
+        fresh = [
+            "; ".join(f"{k}={v}" for k, v in jar(await store.save(
+                Session.from_claims({**claims, "sub": f"auth0|gc{i}"}, tokens), {}
+            )).items()).encode()
+            for i in range(50)
+        ]  # fmt: skip
+        await gate(scope_for(known), receive, send)
+        gc.collect()
+        gc.disable()
+        try:
+            for cookie in [known] * 50 + fresh + [due_cookie] * 5:
+                await gate(scope_for(cookie), receive, send)
+            return gc.collect()
+        finally:
+            gc.enable()
+            await gate.aclose()
+
+    assert asyncio.run(run()) == 0
