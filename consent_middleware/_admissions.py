@@ -116,19 +116,18 @@ class AdmissionCache:
         return entry
 
     def put(self, key: bytes, entry: Admitted) -> None:
-        weight = entry_weight(entry, len(key))
-        if weight > self.max_weight:
-            return  # larger than the whole budget: served, never cached
         digest = hash(key)
         entries = self._entries
         # An entry due for its re-check is replaced where it stands; a new one goes in
-        # while there is room, or once it has been missed recently.
-        if (
-            digest not in entries
-            and self.weight + weight > self.max_weight
-            and not self._seen(digest, weight)
-        ):
-            return
+        # while there is room, or once it has been missed recently. A full cache asks the
+        # doorkeeper with the average weight: most misses go no further, and weighing an
+        # entry (serialising its claims) is left to those that go in.
+        if digest not in entries and self.weight + ENTRY_OVERHEAD > self.max_weight:
+            if not self._seen(digest, self.weight // len(entries) if entries else 0):
+                return
+        weight = entry_weight(entry, len(key))
+        if weight > self.max_weight:
+            return  # larger than the whole budget: served, never cached
         self.discard(entries.get(digest))
         entry.digest, entry.tail, entry.weight = digest, key[-KEY_TAIL:], weight
         entries[digest] = entry
