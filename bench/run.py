@@ -114,7 +114,7 @@ async def _outbound_calls_and_memory(sessions: int) -> tuple[int, int, float, fl
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     await client.aclose()
-    cached = len(gate._admitted)
+    cached = len(gate._admissions.cache)
     return calls, cached, half, (after - before) / 1e6
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import HTTPConnection
 
 from ._access import UserAccessToken, get_access_token
+from ._admissions import USER_SCOPE_KEY
 from ._config import Settings
 from ._exceptions import (
     AccessTokenError,
@@ -14,7 +15,7 @@ from ._exceptions import (
     NotGatedError,
     RefreshError,
 )
-from ._middleware import USER_SCOPE_KEY, ConsentMiddleware
+from ._middleware import ConsentMiddleware
 from ._models import Consent, User
 from ._refresh import refresh_session
 from ._session import CookieSessionStore, Session, SessionStore

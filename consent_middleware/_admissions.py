@@ -11,16 +11,25 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import orjson
+from starlette.types import Scope
 
-from ._gate import Verdict
+from ._config import Settings
+from ._cookies import joined_cookie_header, scope_cookies, session_cookie_map, session_cookies
+from ._gate import Verdict, verdict_for
 from ._models import User
-from ._session import Session, SessionSummary
+from ._refresh import SESSION_LOADER_SCOPE_KEY, SESSION_SCOPE_KEY, SessionRefresher
+from ._session import Session, SessionStore, SessionSummary, SummarizingStore
 
 # The memory the cache may take, estimated from the session cookies' sizes. Small on
 # purpose: past it, a request pays the cold path (decrypt, parse), which is cheap, while a
 # cache that grows with the number of users is memory that grows with them.
 ADMITTED_CACHE_BYTES = 12 * 1024 * 1024
 REVALIDATE_AFTER = 60.0
+USER_SCOPE_KEY = "consent_middleware.user"
+# The admission a request was let through on, for the session loader.
+_ADMITTED_SCOPE_KEY = "consent_middleware.admitted"
+# One empty set for every admission without CONSENT_REQUIRE (each frozenset() is new).
+NO_PURPOSES: frozenset[str] = frozenset()
 # What an entry costs beside its user's claims: the User, the summary, the slot, the key
 # (measured with tracemalloc: 1.8 KB per entry for a session with four claims).
 ENTRY_OVERHEAD = 1344
@@ -135,6 +144,19 @@ class AdmissionCache:
         while self.weight > self.max_weight:
             self.weight -= entries.popitem(last=False)[1].weight
 
+    def keep_session(self, entry: Admitted, session: Session, cookie_bytes: int) -> None:
+        """Keep the full session a route asked for with its admission (an API route
+        calling ``get_access_token()`` on every request then parses it once), weighed
+        with its tokens."""
+        if entry.session is not None:
+            return
+        entry.session = session
+        if self._entries.get(entry.digest) is entry:
+            entry.weight += cookie_bytes
+            self.weight += cookie_bytes
+            while self.weight > self.max_weight:
+                self.weight -= self._entries.popitem(last=False)[1].weight
+
     def discard(self, entry: Admitted | None) -> None:
         """Remove ``entry`` if it is the one cached for its cookie."""
         if entry is not None and self._entries.get(entry.digest) is entry:
@@ -153,3 +175,106 @@ class AdmissionCache:
         while self._missed_weight > self.max_weight:
             self._missed_weight -= missed.popitem(last=False)[1]
         return False
+
+
+class Admissions:
+    """The gate's decision for a request's session cookies: the cached one while it is
+    current, else the full check (decrypt, summarise, decide) remembered for next time;
+    and what an admitted request hands the app."""
+
+    def __init__(self, settings: Settings, sessions: SessionStore, refresher: SessionRefresher):
+        self.settings = settings
+        self.sessions = sessions
+        self.refresher = refresher
+        self.cache = AdmissionCache()
+        # The cookie store hands the gate a summary of the session (no tokens parsed, no
+        # Session built); any other store is asked for the whole session.
+        self._summaries = sessions if isinstance(sessions, SummarizingStore) else None
+
+    async def admitted(self, scope: Scope, now: float) -> Admitted | Verdict:
+        """The decision for this request's session cookies. A session that may not pass
+        is still returned (with its verdict): a revocation mark may change it."""
+        raw = joined_cookie_header(scope)
+        key = session_cookies(raw)
+        found = self.cache.get(key) if key else None
+        if found is not None and found.until >= now:
+            return found  # for a known user, this is the whole of the gate's work
+        return await self._admit(scope, raw, key, now)
+
+    async def _admit(self, scope: Scope, raw: bytes, key: bytes, now: float) -> Admitted | Verdict:
+        sessions = self.sessions
+        # The session's own cookies when it has the usual name (no parse of the rest of
+        # the header); a store of one's own may name its cookie anything: all of them.
+        cookies = session_cookie_map(key, raw) if key else scope_cookies(scope) if raw else {}
+        if not cookies:
+            return Verdict.LOGIN
+        session: Session | None = None
+        facts: Session | SessionSummary
+        summaries = self._summaries
+        claim = self.settings.consent_claim
+        if summaries is not None:
+            found = summaries.summary(cookies)
+            if found is None:
+                return Verdict.LOGIN
+            facts, payload = found
+            if claim not in facts.user or summaries.needs_roll(facts, now):
+                # Rare: the full session is needed now (to write it, or to read the claim
+                # from its ID token).
+                session = Session.from_payload(payload)
+        else:
+            session = await sessions.load(cookies)
+            if session is None:
+                return Verdict.LOGIN
+        if session is not None:
+            if claim not in session.user:
+                # nextjs-auth0 wrote it with its default claim filter: the claim is read
+                # from the session's own ID token (rare; the usual session carries it).
+                session = await self.refresher.with_consent_claim(session)
+            facts = session
+        roll = sessions.needs_roll(session, now) if session is not None else False
+        admitted = self.admission(facts, session, roll, now)
+        # Only consented requests are remembered. A session due to roll gets a new cookie
+        # on this response; caching the old value would only keep it alive. And only a
+        # self-contained store's cookie is the whole session: a server-side store can end
+        # a session behind an unchanged cookie.
+        if key and admitted.verdict is Verdict.ALLOW and not roll and sessions.self_contained:
+            self.cache.put(key, admitted)
+        return admitted
+
+    def admission(
+        self, facts: Session | SessionSummary, session: Session | None, roll: bool, now: float
+    ) -> Admitted:
+        settings = self.settings
+        user = User.from_claims(facts.user, settings.consent_claim)
+        until = now + REVALIDATE_AFTER
+        if facts.expires_at:  # 0: a session not written yet (just refreshed)
+            until = min(until, facts.ends_at)
+        # The claim is parsed once, for the user, the verdict and the purposes alike.
+        consent = user.consent
+        verdict = verdict_for(consent, settings)
+        purposes = (
+            consent.given_purposes(settings.purposes)
+            if settings.require and consent is not None
+            else NO_PURPOSES
+        )
+        return Admitted(facts, session, user, roll, until, verdict, purposes)
+
+    def hand_over(self, admitted: Admitted, scope: Scope) -> None:
+        """What the app reads of an admitted request: the user, and the session (or how
+        to parse it, when the gate read only a summary)."""
+        scope[USER_SCOPE_KEY] = admitted.user
+        scope.setdefault("state", {})["user"] = admitted.user
+        if admitted.session is not None:
+            scope[SESSION_SCOPE_KEY] = admitted.session
+        else:
+            scope[_ADMITTED_SCOPE_KEY] = admitted
+            scope[SESSION_LOADER_SCOPE_KEY] = self._load_session
+
+    async def _load_session(self, scope: Scope) -> Session | None:
+        raw = joined_cookie_header(scope)
+        key = session_cookies(raw)
+        session = await self.sessions.load(session_cookie_map(key, raw) if key else {})
+        admitted = scope.get(_ADMITTED_SCOPE_KEY)
+        if session is not None and isinstance(admitted, Admitted):
+            self.cache.keep_session(admitted, session, len(key))
+        return session

@@ -12,15 +12,9 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._admissions import REVALIDATE_AFTER, AdmissionCache, Admitted
+from ._admissions import Admissions, Admitted
 from ._config import Settings
-from ._cookies import (
-    joined_cookie_header,
-    scope_cookies,
-    session_cookie_map,
-    session_cookies,
-    sets_session_cookie,
-)
+from ._cookies import joined_cookie_header, scope_cookies, sets_session_cookie
 from ._engine import Engine
 from ._exceptions import AccessTokenError, AccessTokenErrorCode, SharedStateError
 from ._gate import (
@@ -31,26 +25,25 @@ from ._gate import (
     missing_purposes,
     refusal,
     refusal_body,
-    verdict_for,
     wants_json,
 )
-from ._models import User
 from ._redirects import origin_of
-from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, SESSION_SCOPE_KEY, with_cookies
+from ._refresh import (
+    REFRESHED_SCOPE_KEY,
+    REFRESHER_SCOPE_KEY,
+    with_cookies,
+)
 from ._responses import PRIVATE, ROLL_SCOPE_KEY, session_cookie_values, with_vary_cookie
 from ._revocation import Revocation
-from ._session import CookieSessionStore, Session, SessionStore, SessionSummary
+from ._session import SessionStore
 from ._state import SharedState
 
 logger = logging.getLogger("consent_middleware")
 
-USER_SCOPE_KEY = "consent_middleware.user"
 # An async callable in the scope of gated requests, called with the scope: the Set-Cookie
 # values the response gets.
 SESSION_COOKIES_SCOPE_KEY = "consent_middleware.session_cookies"
 _DENIAL_EXTENSION = "websocket.http.response"
-# One empty set for every admission without CONSENT_REQUIRE (each frozenset() is new).
-NO_PURPOSES: frozenset[str] = frozenset()
 
 
 class ConsentMiddleware:
@@ -74,16 +67,11 @@ class ConsentMiddleware:
             http_client=http_client,
             shared_state=shared_state,
         )
-        # Requests already admitted, keyed by a digest of their session cookies only (so
-        # other cookies cannot churn it): a consented user's request costs one dict lookup,
-        # no decryption and no parsing. Bounded, and each entry is re-checked by the full
-        # path after REVALIDATE_AFTER seconds or at session expiry; revocation marks are
-        # checked on every request, cached or not.
-        self._admitted = AdmissionCache()
-        # The package's cookie store hands the gate a summary of the session (no tokens
-        # parsed, no Session built); any other store is asked for the whole session.
-        sessions = self.engine.sessions
-        self._cookie_store = sessions if isinstance(sessions, CookieSessionStore) else None
+        # The gate's decision for a request's session cookies: remembered for those it
+        # admitted (a consented user's next request costs a dict lookup), decided from a
+        # summary of the session otherwise. Revocation marks are checked on every request,
+        # cached or not.
+        self._admissions = Admissions(self.settings, self.engine.sessions, self.engine.refresher)
         # Read once: the gate's hot path asks these on every request.
         self._state = self.engine.state
         self._own_prefixes = (self.settings.routes_prefix, self.settings.consent_path)
@@ -131,13 +119,12 @@ class ConsentMiddleware:
             return
         now = time.time()
         try:
-            found, raw, key = self._known(scope, now)
-            admitted = found or await self._admit(scope, raw, key, now)
+            admitted = await self._admissions.admitted(scope, now)
             if not isinstance(admitted, Verdict) and (
                 self._state.has_marks or settings.revalidate_seconds
             ):
                 if self.engine.revocations.status(admitted.facts, now) is not Revocation.NONE:
-                    self._admitted.discard(admitted)
+                    self._admissions.cache.discard(admitted)
                     fresh = await self._after_revocation(admitted, scope, receive, send)
                     if fresh is None:
                         return
@@ -161,10 +148,7 @@ class ConsentMiddleware:
         await self._pass(admitted, scope, receive, send)
 
     async def _pass(self, admitted: Admitted, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[USER_SCOPE_KEY] = admitted.user
-        if admitted.session is not None:
-            scope[SESSION_SCOPE_KEY] = admitted.session
-        scope.setdefault("state", {})["user"] = admitted.user
+        self._admissions.hand_over(admitted, scope)
         scope[REFRESHER_SCOPE_KEY] = self.engine.refresher
         roll = admitted.roll
         if roll:
@@ -221,80 +205,6 @@ class ConsentMiddleware:
     async def _session_cookie_values(self, scope: Scope) -> list[bytes]:
         return await session_cookie_values(self.engine.sessions, scope)
 
-    def _known(self, scope: Scope, now: float) -> tuple[Admitted | None, bytes, bytes]:
-        """The cached admission of this request's session cookies, if still current, and
-        what the full check needs otherwise. Not a coroutine: for an admitted user this is
-        the whole of the gate's work."""
-        raw = joined_cookie_header(scope)
-        key = session_cookies(raw)
-        found = self._admitted.get(key) if key else None
-        if found is not None and found.until < now:
-            found = None
-        return found, raw, key
-
-    async def _admit(self, scope: Scope, raw: bytes, key: bytes, now: float) -> Admitted | Verdict:
-        """The full check: decrypt (or the store's cache), decide. A session that may not
-        pass is still returned (with its verdict): a revocation mark may change it."""
-        sessions = self.engine.sessions
-        # The session's own cookies when it has the usual name (no parse of the rest of
-        # the header); a store of one's own may name its cookie anything: all of them.
-        cookies = session_cookie_map(key, raw) if key else scope_cookies(scope) if raw else {}
-        if not cookies:
-            return Verdict.LOGIN
-        session: Session | None = None
-        facts: Session | SessionSummary
-        cookie_store = self._cookie_store
-        if cookie_store is not None:
-            found = cookie_store.summary(cookies)
-            if found is None:
-                return Verdict.LOGIN
-            facts, payload = found
-            if self.settings.consent_claim not in facts.user or cookie_store.needs_roll(facts, now):
-                # Rare: the full session is needed now (to write it, or to read the claim
-                # from its ID token).
-                session = Session.from_payload(payload)
-        else:
-            session = await sessions.load(cookies)
-            if session is None:
-                return Verdict.LOGIN
-        if session is not None:
-            if self.settings.consent_claim not in session.user:
-                # nextjs-auth0 wrote it with its default claim filter: the claim is read
-                # from the session's own ID token (rare; the usual session carries it).
-                session = await self.engine.refresher.with_consent_claim(session)
-            facts = session
-        roll = sessions.needs_roll(session, now) if session is not None else False
-        admitted = self._admission(facts, session, roll, now)
-        # Only consented requests are remembered. A session due to roll gets a new cookie
-        # on this response; caching the old value would only keep it alive. And only a
-        # self-contained store's cookie is the whole session: a server-side store can end
-        # a session behind an unchanged cookie.
-        if key and admitted.verdict is Verdict.ALLOW and not roll and sessions.self_contained:
-            self._admitted.put(key, admitted)
-        return admitted
-
-    def _admission(
-        self,
-        facts: Session | SessionSummary,
-        session: Session | None,
-        roll: bool,
-        now: float,
-    ) -> Admitted:
-        settings = self.settings
-        user = User.from_claims(facts.user, settings.consent_claim)
-        until = now + REVALIDATE_AFTER
-        if facts.expires_at:  # 0: a session not written yet (just refreshed)
-            until = min(until, facts.ends_at)
-        # The claim is parsed once, for the user, the verdict and the purposes alike.
-        consent = user.consent
-        verdict = verdict_for(consent, settings)
-        purposes = (
-            consent.given_purposes(settings.purposes)
-            if settings.require and consent is not None
-            else NO_PURPOSES
-        )
-        return Admitted(facts, session, user, roll, until, verdict, purposes)
-
     def _marks_apply(self) -> bool:
         return self._state.has_marks or self.settings.revalidate_seconds > 0
 
@@ -310,7 +220,7 @@ class ConsentMiddleware:
             response = self._refusal(Verdict.LOGIN, scope)
             with_cookies(response, await engine.sessions.clear(cookies))
         else:
-            after = self._admission(fresh, fresh, False, time.time())
+            after = self._admissions.admission(fresh, fresh, False, time.time())
             if after.verdict is Verdict.ALLOW:
                 scope[REFRESHED_SCOPE_KEY] = fresh
                 return after
@@ -345,8 +255,7 @@ class ConsentMiddleware:
             return
         now = time.time()
         try:
-            found, raw, key = self._known(scope, now)
-            admitted = found or await self._admit(scope, raw, key, now)
+            admitted = await self._admissions.admitted(scope, now)
         except SharedStateError:
             body = {"error": "temporarily_unavailable"}
             await _deny_websocket(scope, receive, send, 503, body)
@@ -366,10 +275,7 @@ class ConsentMiddleware:
             status_code, body = refusal_body(verdict, scope["path"], settings, missing)
             await _deny_websocket(scope, receive, send, status_code, body)
             return
-        scope[USER_SCOPE_KEY] = admitted.user
-        if admitted.session is not None:
-            scope[SESSION_SCOPE_KEY] = admitted.session
-        scope.setdefault("state", {})["user"] = admitted.user
+        self._admissions.hand_over(admitted, scope)
         await self.app(scope, receive, send)
 
     def _closing_on_shutdown(self, send: Send) -> Send:

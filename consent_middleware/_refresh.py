@@ -36,6 +36,9 @@ REFRESHER_SCOPE_KEY = "consent_middleware.refresher"
 SESSION_SCOPE_KEY = "consent_middleware.session"
 # A session refreshed during the request; the middleware writes its cookie on the way out.
 REFRESHED_SCOPE_KEY = "consent_middleware.refreshed"
+# An async callable (scope -> Session | None) the gate leaves when it admitted a request
+# on a summary: it parses the full session from the request's cookies, once.
+SESSION_LOADER_SCOPE_KEY = "consent_middleware.session_loader"
 
 
 def expectation_met(session: Session, expect: Expectation | None, settings: Settings) -> bool:
@@ -200,7 +203,9 @@ async def gated_session(scope: Scope) -> tuple[SessionRefresher, Session] | None
         return None
     session = scope.get(REFRESHED_SCOPE_KEY) or scope.get(SESSION_SCOPE_KEY)
     if session is None:
-        session = await refresher.sessions.load(scope_cookies(scope))
+        loader = scope.get(SESSION_LOADER_SCOPE_KEY)
+        cookies = scope_cookies(scope)
+        session = await (loader(scope) if loader else refresher.sessions.load(cookies))
         if session is None:
             return None  # ended meanwhile (its expiry passed during the request)
         scope[SESSION_SCOPE_KEY] = session

@@ -6,7 +6,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from cachetools import Cache
 
@@ -286,6 +286,19 @@ class SessionStore(Protocol):
         logout, account deletion); how many were ended. A store that keeps sessions only
         in browsers ends none and answers 0: revocation marks end those."""
         ...
+
+
+@runtime_checkable
+class SummarizingStore(Protocol):
+    """A store whose cookie is the whole session can hand the gate a summary of it (no
+    token set parsed, no ``Session`` built); ``CookieSessionStore`` does. The gate asks any
+    other store for the whole session."""
+
+    def summary(
+        self, cookies: Mapping[str, str]
+    ) -> tuple[SessionSummary, Mapping[str, Any]] | None: ...
+
+    def needs_roll(self, session: Session | SessionSummary, now: float | None = None) -> bool: ...
 
 
 class RollingExpiry:

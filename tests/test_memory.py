@@ -85,7 +85,7 @@ def test_random_extra_cookies_do_not_grow_memory() -> None:
     growth = asyncio.run(run())
     assert statuses == [200] * (16 + REQUESTS)
     assert growth < MAX_GROWTH, f"resident memory grew by {growth / 2**20:.1f} MB"
-    assert len(gate._admitted) == 1
+    assert len(gate._admissions.cache) == 1
 
 
 def test_a_gated_request_leaves_nothing_for_the_collector() -> None:

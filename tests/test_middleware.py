@@ -175,22 +175,22 @@ def test_not_consented_is_never_cached() -> None:
     for _ in range(3):
         status, headers = call(gate, old)
         assert status == 303 and headers[b"location"].startswith(b"/consent?returnTo=")
-    assert len(gate._admitted) == 0
+    assert len(gate._admissions.cache) == 0
 
 
 def test_admitted_cache_is_bounded_by_claims_not_tokens() -> None:
     def filled(claims: dict[str, Any] | None = None, padding: int = 0) -> AdmissionCache:
         gate = ConsentMiddleware(ok, settings=SETTINGS)
-        gate._admitted = AdmissionCache(8 * one + one // 2)
+        gate._admissions.cache = AdmissionCache(8 * one + one // 2)
         for i in range(20):
             value = cookie_value({"n": i, **CONSENTED, **(claims or {})}, padding).encode()
             assert call(gate, value)[0] == 200
-        assert gate._admitted.weight <= gate._admitted.max_weight
-        return gate._admitted
+        assert gate._admissions.cache.weight <= gate._admissions.cache.max_weight
+        return gate._admissions.cache
 
     probe = ConsentMiddleware(ok, settings=SETTINGS)
     assert call(probe, cookie_value({"n": 0, **CONSENTED}).encode())[0] == 200
-    one = probe._admitted.weight
+    one = probe._admissions.cache.weight
     assert len(filled()) == 8
     # Tokens ten times the entry's size: the same entries fit (no entry keeps them).
     assert len(filled(padding=10 * one)) == 8

@@ -165,3 +165,31 @@ async def test_internal_session_expires_at_ends_the_session_whatever_exp_says() 
         value = encrypt(payload, key, now + 3600)
         loaded = await CookieSessionStore(settings).load({"__session": value})
         assert (loaded is not None) is alive, ends_at - now
+
+
+async def test_the_summary_and_the_session_agree() -> None:
+    from consent_middleware._redis_sessions import RedisSessionStore
+    from consent_middleware._session import SessionSummary, SummarizingStore
+
+    store = CookieSessionStore(make_settings())
+    assert isinstance(store, SummarizingStore)
+    # A server-side store can end a session behind an unchanged cookie: no summaries.
+    assert not issubclass(RedisSessionStore, SummarizingStore)
+    session = Session.from_claims({"sub": "auth0|s", "sid": "op-1"}, TokenSet("at", "idt"))
+    cookies = {"__session": (await store.save(session, {}))[0].decode().split(";")[0][10:]}
+    found = store.summary(cookies)
+    loaded = await store.load(cookies)
+    assert found is not None and loaded is not None
+    summary, payload = found
+    for name in ("user", "sid", "created_at", "expires_at", "issued_at", "ends_at"):
+        assert getattr(summary, name) == getattr(loaded, name)
+    assert Session.from_payload(payload) == loaded
+    # A payload Session.from_payload refuses, the summary refuses too.
+    for broken in (
+        {**payload, "tokenSet": {"expiresAt": "soon"}},
+        {**payload, "internal": {"sid": "x"}},
+        {**payload, "user": {"sub": 1}},
+        {k: v for k, v in payload.items() if k != "exp"},
+    ):
+        assert SessionSummary.from_payload(broken) is None and Session.from_payload(broken) is None
+    assert store.summary({}) is None and store.summary({"__session": "x.y"}) is None

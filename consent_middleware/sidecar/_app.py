@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from .._access import get_access_token
+from .._admissions import USER_SCOPE_KEY
 from .._config import Settings
 from .._cookies import SESSION_COOKIE
 from .._exceptions import IdentityProviderError, SharedStateError
@@ -38,7 +39,7 @@ from .._gate import (
     refusal_body,
     refusal_url,
 )
-from .._middleware import SESSION_COOKIES_SCOPE_KEY, USER_SCOPE_KEY, ConsentMiddleware
+from .._middleware import SESSION_COOKIES_SCOPE_KEY, ConsentMiddleware
 from .._models import User
 from .._pages import NO_STORE
 from .._redirects import origin_of
