@@ -109,6 +109,7 @@ _PARSED = b"\x00"
 _SPACE, _SEMICOLON, _QUOTE = 0x20, 0x3B, 0x22
 # What bytes.strip() removes, as Starlette's str.strip() does for ASCII.
 _WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
+_UNUSUAL_START = _WHITESPACE | {_QUOTE}
 _WHOLE = SESSION_PREFIX + b"="
 
 
@@ -128,6 +129,24 @@ def session_cookies(cookie_header: bytes) -> bytes:
     position = header.find(SESSION_PREFIX)
     if position < 0:
         return b""
+    end = header.find(b";", position)
+    if end < 0:
+        end = len(header)
+    value = header.find(b"=", position, end) + 1
+    # The usual header: one session cookie, first or after "; ", its value neither quoted
+    # nor padded. Anything else takes the general reading below.
+    if (
+        0 < value < end
+        and (position == 0 or header[position - 2 : position] == b"; ")
+        and header[value] not in _UNUSUAL_START
+        and header[end - 1] not in _WHITESPACE
+        and header.find(SESSION_PREFIX, end) < 0
+    ):
+        return header[position:end]
+    return _session_pairs(header, position)
+
+
+def _session_pairs(header: bytes, position: int) -> bytes:
     parts = []
     while position >= 0:
         if not _starts_a_cookie(header, position):

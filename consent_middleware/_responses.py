@@ -44,6 +44,7 @@ async def session_cookie_values(sessions: SessionStore, scope: Scope) -> list[by
 
 
 VARY_SPELLINGS = (b"vary", b"Vary")
+_VARY_COOKIE = (b"vary", b"Cookie")
 
 
 def with_vary_cookie(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -51,10 +52,14 @@ def with_vary_cookie(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     12.5.5: a list, possibly over several fields) merged into one, Cookie added by token
     unless present or "*"."""
     headers = list(raw)
-    fields = [value for name, value in headers if name in VARY_SPELLINGS or name.lower() == b"vary"]
-    if not fields:
-        headers.append((b"vary", b"Cookie"))
+    # Most responses have no Vary: one pass over the names, nothing built.
+    for name, _ in headers:
+        if len(name) == 4 and (name in VARY_SPELLINGS or name.lower() == b"vary"):
+            break
+    else:
+        headers.append(_VARY_COOKIE)
         return headers
+    fields = [value for name, value in headers if name in VARY_SPELLINGS or name.lower() == b"vary"]
     tokens = {token.strip().lower() for field in fields for token in field.split(b",")}
     if tokens & {b"cookie", b"*"}:
         return headers
