@@ -50,7 +50,8 @@ end
 """
 
 
-async def _cookie_lines(users: int) -> list[str]:
+async def cookie_lines(users: int) -> list[str]:
+    """One Cookie header per user: the gate's session and the hand-written peer's."""
     store = CookieSessionStore(settings())
     signer = TimestampSigner(SECRET)
     lines = []
@@ -71,7 +72,7 @@ async def _cookie_lines(users: int) -> list[str]:
 def cookie_file(users: int, directory: Path) -> Path:
     path = directory / f"cookies-{users}.txt"
     if not path.exists():
-        path.write_text("\n".join(asyncio.run(_cookie_lines(users))) + "\n")
+        path.write_text("\n".join(asyncio.run(cookie_lines(users))) + "\n")
     return path
 
 

@@ -1,9 +1,11 @@
 """Requests the gate already admitted, remembered by their session cookies.
 
 A consented user's next request with the same cookies costs one dict lookup: no
-decryption, no parsing. Entries are bounded by an estimate of their memory, not by count
-(a session's size follows its tokens, which the provider or a client chooses), and each is
-re-checked by the full path after ``REVALIDATE_AFTER`` seconds or at session expiry.
+decryption, no parsing. An entry holds the user and what the gate read of the session,
+and the whole session (tokens included) only once a route has asked for it. Entries are
+bounded by an estimate of their memory, not by count (claims and tokens are as big as the
+provider or a client makes them), and each is re-checked by the full path after
+``REVALIDATE_AFTER`` seconds or at session expiry.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from ._cookies import joined_cookie_header, scope_cookies, session_cookie_map, s
 from ._gate import Verdict, verdict_for
 from ._models import User
 from ._refresh import SESSION_LOADER_SCOPE_KEY, SESSION_SCOPE_KEY, SessionRefresher
-from ._session import Session, SessionStore, SessionSummary, SummarizingStore
+from ._session import CookieSessionStore, Session, SessionStore, SessionSummary
 
-# The memory the cache may take, estimated from the session cookies' sizes. Small on
-# purpose: past it, a request pays the cold path (decrypt, parse), which is cheap, while a
-# cache that grows with the number of users is memory that grows with them.
+# The memory the cache may take, estimated from what its entries hold. Small on purpose:
+# past it, a request pays the cold path (decrypt, summarise), which is cheap, while a cache
+# that grows with the number of users is memory that grows with them.
 ADMITTED_CACHE_BYTES = 12 * 1024 * 1024
 REVALIDATE_AFTER = 60.0
 USER_SCOPE_KEY = "consent_middleware.user"
@@ -30,8 +32,8 @@ USER_SCOPE_KEY = "consent_middleware.user"
 _ADMITTED_SCOPE_KEY = "consent_middleware.admitted"
 # One empty set for every admission without CONSENT_REQUIRE (each frozenset() is new).
 NO_PURPOSES: frozenset[str] = frozenset()
-# What an entry costs beside its user's claims: the User, the summary, the slot, the key
-# (measured with tracemalloc: 1.8 KB per entry for a session with four claims).
+# What an entry costs beside its user's claims: the User, the summary, the slot, its hash
+# and tail (measured with tracemalloc: 1.8 KB per entry for a session with four claims).
 ENTRY_OVERHEAD = 1344
 # An entry is found by a hash of the session's cookies and confirmed by their end, the
 # JWE's authentication tag (128 random-looking bits for every cookie written): an entry
@@ -125,16 +127,21 @@ class AdmissionCache:
         return entry
 
     def put(self, key: bytes, entry: Admitted) -> None:
+        """Remember ``entry`` for ``key`` (or not: see the class); never raises."""
         digest = hash(key)
         entries = self._entries
-        # An entry due for its re-check is replaced where it stands; a new one goes in
+        # An entry due for its re-check is replaced (as the most recent); a new one goes in
         # while there is room, or once it has been missed recently. A full cache asks the
         # doorkeeper with the average weight: most misses go no further, and weighing an
         # entry (serialising its claims) is left to those that go in.
         if digest not in entries and self.weight + ENTRY_OVERHEAD > self.max_weight:
-            if not self._seen(digest, self.weight // len(entries) if entries else 0):
+            average = self.weight // len(entries) if entries else 0
+            if not self._seen(digest, max(ENTRY_OVERHEAD, average)):
                 return
-        weight = entry_weight(entry, len(key))
+        try:
+            weight = entry_weight(entry, len(key))
+        except TypeError:
+            return  # claims orjson cannot serialise (an integer past 64 bits): not cached
         if weight > self.max_weight:
             return  # larger than the whole budget: served, never cached
         self.discard(entries.get(digest))
@@ -143,6 +150,10 @@ class AdmissionCache:
         self.weight += weight
         while self.weight > self.max_weight:
             self.weight -= entries.popitem(last=False)[1].weight
+
+    def holds(self, key: bytes, entry: Admitted) -> bool:
+        """Whether ``entry`` is the one cached for ``key``."""
+        return self._entries.get(hash(key)) is entry and key[-KEY_TAIL:] == entry.tail
 
     def keep_session(self, entry: Admitted, session: Session, cookie_bytes: int) -> None:
         """Keep the full session a route asked for with its admission (an API route
@@ -188,8 +199,11 @@ class Admissions:
         self.refresher = refresher
         self.cache = AdmissionCache()
         # The cookie store hands the gate a summary of the session (no tokens parsed, no
-        # Session built); any other store is asked for the whole session.
-        self._summaries = sessions if isinstance(sessions, SummarizingStore) else None
+        # Session built); any other store, or one that loads its sessions its own way, is
+        # asked for the whole session.
+        self._summaries: CookieSessionStore | None = None
+        if isinstance(sessions, CookieSessionStore) and sessions.summarizes():
+            self._summaries = sessions
 
     async def admitted(self, scope: Scope, now: float) -> Admitted | Verdict:
         """The decision for this request's session cookies. A session that may not pass
@@ -203,9 +217,7 @@ class Admissions:
 
     async def _admit(self, scope: Scope, raw: bytes, key: bytes, now: float) -> Admitted | Verdict:
         sessions = self.sessions
-        # The session's own cookies when it has the usual name (no parse of the rest of
-        # the header); a store of one's own may name its cookie anything: all of them.
-        cookies = session_cookie_map(key, raw) if key else scope_cookies(scope) if raw else {}
+        cookies = _session_cookie_map(scope, raw, key)
         if not cookies:
             return Verdict.LOGIN
         session: Session | None = None
@@ -216,11 +228,12 @@ class Admissions:
             found = summaries.summary(cookies)
             if found is None:
                 return Verdict.LOGIN
-            facts, payload = found
-            if claim not in facts.user or summaries.needs_roll(facts, now):
+            summary, payload = found
+            facts = summary
+            if claim not in summary.user or summaries.needs_roll(summary, now):
                 # Rare: the full session is needed now (to write it, or to read the claim
                 # from its ID token).
-                session = Session.from_payload(payload)
+                session = Session.from_summary(summary, payload)
         else:
             session = await sessions.load(cookies)
             if session is None:
@@ -273,8 +286,23 @@ class Admissions:
     async def _load_session(self, scope: Scope) -> Session | None:
         raw = joined_cookie_header(scope)
         key = session_cookies(raw)
-        session = await self.sessions.load(session_cookie_map(key, raw) if key else {})
+        session = await self.sessions.load(_session_cookie_map(scope, raw, key))
         admitted = scope.get(_ADMITTED_SCOPE_KEY)
-        if session is not None and isinstance(admitted, Admitted):
+        if session is None or not isinstance(admitted, Admitted):
+            return None
+        # Only the session the request was admitted on (an app that rewrote the scope's
+        # headers meanwhile gets none, not someone else's), kept for the very cookie.
+        facts = admitted.facts
+        if (session.sid, session.issued_at, session.user.get("sub")) != (
+            facts.sid, facts.issued_at, facts.user.get("sub"),
+        ):  # fmt: skip
+            return None
+        if self.cache.holds(key, admitted):
             self.cache.keep_session(admitted, session, len(key))
         return session
+
+
+def _session_cookie_map(scope: Scope, raw: bytes, key: bytes) -> dict[str, str]:
+    """The session's own cookies when it has the usual name (no parse of the rest of the
+    header); a store of one's own may name its cookie anything: all of them."""
+    return session_cookie_map(key, raw) if key else scope_cookies(scope) if raw else {}

@@ -197,7 +197,8 @@ def session_cookie_map(own: bytes, cookie_header: bytes) -> dict[str, str]:
     if own.startswith(_PARSED):
         return _own_cookies(cookie_parser(cookie_header.decode("latin-1")))
     if own.startswith(_WHOLE) and b";" not in own:
-        # The usual case, one unchunked cookie: no split, no strip (the key has none).
+        # The usual case, one unchunked cookie: no split (strip as Starlette does: the key
+        # may end in a non-ASCII space that only str.strip removes).
         return {SESSION_COOKIE: own[len(_WHOLE) :].decode("latin-1").strip()}
     found: dict[str, str] = {}
     for pair in own.decode("latin-1").split(";"):

@@ -204,8 +204,10 @@ async def gated_session(scope: Scope) -> tuple[SessionRefresher, Session] | None
     session = scope.get(REFRESHED_SCOPE_KEY) or scope.get(SESSION_SCOPE_KEY)
     if session is None:
         loader = scope.get(SESSION_LOADER_SCOPE_KEY)
-        cookies = scope_cookies(scope)
-        session = await (loader(scope) if loader else refresher.sessions.load(cookies))
+        if loader is not None:
+            session = await loader(scope)
+        else:
+            session = await refresher.sessions.load(scope_cookies(scope))
         if session is None:
             return None  # ended meanwhile (its expiry passed during the request)
         scope[SESSION_SCOPE_KEY] = session

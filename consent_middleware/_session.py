@@ -6,7 +6,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar
 
 from cachetools import Cache
 
@@ -120,8 +120,11 @@ class Session:
     def from_payload(cls, payload: Mapping[str, Any]) -> Session | None:
         """Parse a decrypted payload; None when its shape is not a session."""
         summary = SessionSummary.from_payload(payload)
-        if summary is None:
-            return None
+        return None if summary is None else cls.from_summary(summary, payload)
+
+    @classmethod
+    def from_summary(cls, summary: SessionSummary, payload: Mapping[str, Any]) -> Session:
+        """The whole session of a payload already summarised (so already checked)."""
         tokens = payload["tokenSet"]
         return cls(
             user=summary.user,
@@ -288,19 +291,6 @@ class SessionStore(Protocol):
         ...
 
 
-@runtime_checkable
-class SummarizingStore(Protocol):
-    """A store whose cookie is the whole session can hand the gate a summary of it (no
-    token set parsed, no ``Session`` built); ``CookieSessionStore`` does. The gate asks any
-    other store for the whole session."""
-
-    def summary(
-        self, cookies: Mapping[str, str]
-    ) -> tuple[SessionSummary, Mapping[str, Any]] | None: ...
-
-    def needs_roll(self, session: Session | SessionSummary, now: float | None = None) -> bool: ...
-
-
 class RollingExpiry:
     """nextjs-auth0 v4's rolling expiry: ``min(now + inactivity, createdAt + absolute)``."""
 
@@ -332,7 +322,13 @@ class CookieSessionStore(RollingExpiry):
 
     async def load(self, cookies: Mapping[str, str]) -> Session | None:
         found = self.summary(cookies)
-        return None if found is None else Session.from_payload(found[1])
+        return None if found is None else Session.from_summary(*found)
+
+    def summarizes(self) -> bool:
+        """Whether the gate may read this store's sessions through ``summary``: only when
+        ``load`` is this class's own, which reads through it (a subclass that loads its
+        sessions otherwise, say with a deny-list, is asked for the whole session)."""
+        return type(self).load is CookieSessionStore.load
 
     def summary(
         self, cookies: Mapping[str, str]

@@ -166,3 +166,48 @@ def test_outside_the_gate_there_is_no_token() -> None:
     with pytest.raises(AccessTokenError) as info:
         asyncio.run(get_access_token(request))
     assert info.value.code == AccessTokenErrorCode.MISSING_SESSION.value
+
+
+def test_the_session_a_route_parsed_is_kept_for_the_next_request(
+    signing_key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The gate admits on a summary; the route's get_access_token() parses the whole session
+    # once, and the admission keeps it: the next calls decrypt nothing.
+    from consent_middleware import _jose
+
+    decrypts = 0
+    real = _jose.decrypt
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal decrypts
+        decrypts += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_jose, "decrypt", counting)
+    test = client(cookies(3600))
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        tokens = [test.get("/api/call").json()["token"] for _ in range(5)]
+    assert tokens == ["at-1"] * 5
+    assert decrypts == 2  # the gate's summary, then the route's session: once each
+
+
+def test_a_route_never_gets_a_session_other_than_the_one_admitted() -> None:
+    # An app (or a middleware inside it) that swaps the Cookie header after the gate gets
+    # no session at all, not the other user's.
+    other = cookies(3600, claims={"sub": "auth0|someone-else", **CONSENTED})
+    swapped = "; ".join(f"{k}={v}" for k, v in other.items()).encode()
+
+    async def swap(request: Request) -> Response:
+        request.scope["headers"] = [(b"cookie", swapped)]
+        try:
+            await get_access_token(request)
+        except AccessTokenError as exc:
+            return JSONResponse({"error": exc.code})
+        return JSONResponse({"error": None})
+
+    app = Starlette(routes=[Route("/api/swap", swap)])
+    app.add_middleware(ConsentMiddleware, settings=SETTINGS)
+    test = TestClient(app, base_url="https://app.example.com", follow_redirects=False)
+    test.cookies.update(cookies(3600))
+    assert test.get("/api/swap").json() == {"error": "missing_session"}

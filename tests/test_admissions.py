@@ -107,3 +107,18 @@ def test_an_entry_holds_no_cookie_and_answers_only_its_own() -> None:
     assert not any(victim in repr(getattr(entry, slot)).encode() for slot in entry.__slots__)
     # Another cookie ending the same way is not this entry (its hash differs).
     assert cache.get(b"__session=forged." + victim[-KEY_TAIL:]) is None
+
+
+def test_claims_it_cannot_weigh_are_served_not_cached() -> None:
+    cache = AdmissionCache(max_weight=10 * ONE)
+    entry = admitted()
+    entry.facts.user["big"] = 2**70  # past orjson's 64 bits: cannot be serialised
+    cache.put(cookie("big"), entry)
+    assert cache.get(cookie("big")) is None and cache.weight == 0
+
+
+def test_the_doorkeeper_stays_bounded_under_a_tiny_budget() -> None:
+    cache = AdmissionCache(max_weight=ENTRY_OVERHEAD // 2)
+    for i in range(1000):
+        cache.put(cookie(f"u{i}"), admitted())
+    assert len(cache) == 0 and len(cache._missed) <= 1
