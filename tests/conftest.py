@@ -4,13 +4,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import respx
 from playwright.sync_api import Browser, sync_playwright
 
-from consent_middleware import Settings
+from consent_middleware import Settings, _jose
 from consent_middleware._engine import Engine
 from consent_middleware._oidc import OIDCClient
 from tests.keys import SigningKey
@@ -54,6 +55,20 @@ def signing_key() -> SigningKey:
 @pytest.fixture(scope="session")
 def other_key() -> SigningKey:
     return SigningKey.generate("key-2")
+
+
+@pytest.fixture
+def decrypts(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """One entry per JWE the package decrypts (session and transaction cookies)."""
+    calls: list[object] = []
+    real = _jose.decrypt
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_jose, "decrypt", counting)
+    return calls
 
 
 def make_settings(**overrides: object) -> Settings:
