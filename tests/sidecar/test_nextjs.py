@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,9 +48,12 @@ def next_app(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     assert npx and (APP / "node_modules").is_dir(), "run: npm ci --prefix example_app/nextjs"
     subprocess.run([npx, "next", "build"], cwd=APP, env=env, check=True,  # noqa: S603
                    stdout=subprocess.DEVNULL, timeout=300)  # fmt: skip
+    # A session of its own: npx starts next-server as a child, which outlives npx unless
+    # the whole group is stopped (stop_group).
     process = subprocess.Popen(  # noqa: S603 - the example's own Next.js
         [npx, "next", "start", "-p", str(port), "-H", "127.0.0.1"],
         cwd=APP, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while True:
@@ -60,6 +64,13 @@ def next_app(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
         except httpx.HTTPError:
             assert time.monotonic() < deadline, "Next.js did not start"
             time.sleep(0.2)
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop npx and the next-server it started (they share the session made for them)."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +96,7 @@ def running() -> Iterator[Running]:
             "CONSENT_CLAIM": CLAIM,
         }
         process = next_app(next_port, env)
-        stack.callback(process.wait, timeout=10)
-        stack.callback(process.terminate)
+        stack.callback(stop_group, process)
         settings = Settings(
             domain=tenant_base, client_id="nextjs", client_secret="nextjs-client-secret",
             secret=SECRET, app_base_url=base, consent_claim=CLAIM, terms_version="v1",
