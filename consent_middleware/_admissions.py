@@ -35,12 +35,12 @@ NO_PURPOSES: frozenset[str] = frozenset()
 # What an entry costs beside its user's claims: the User, the summary, the slot, its hash
 # and tail (measured with tracemalloc: 1.8 KB per entry for a session with four claims).
 ENTRY_OVERHEAD = 1344
-# An entry is found by a hash of the session's cookies and confirmed by their end, the
-# JWE's authentication tag (128 random-looking bits for every cookie written): an entry
-# never holds the cookie itself, whose size follows the tokens. To pass as a cached
-# cookie, a different one would need the same tag and the same hash, which is keyed by
-# a secret chosen at start-up (Python's SipHash): without the cached cookie in hand,
-# neither can be known.
+# An entry is found by a hash of the session's cookies and confirmed by their end (in the
+# usual layout the JWE's authentication tag, 128 random-looking bits for every cookie
+# written): an entry never holds the cookie itself, whose size follows the tokens. To pass
+# as a cached cookie, a different one would need the same hash, which is keyed by a secret
+# chosen at start-up (Python's SipHash) and cannot be known without the cached cookie in
+# hand; anything else takes the full check, where an altered cookie fails AES-GCM.
 KEY_TAIL = 24
 
 

@@ -28,11 +28,7 @@ from ._gate import (
     wants_json,
 )
 from ._redirects import origin_of
-from ._refresh import (
-    REFRESHED_SCOPE_KEY,
-    REFRESHER_SCOPE_KEY,
-    with_cookies,
-)
+from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, with_cookies
 from ._responses import PRIVATE, ROLL_SCOPE_KEY, session_cookie_values, with_vary_cookie
 from ._revocation import Revocation
 from ._session import SessionStore
