@@ -148,8 +148,7 @@ class AdmissionCache:
         entry.digest, entry.tail, entry.weight = digest, key[-KEY_TAIL:], weight
         entries[digest] = entry
         self.weight += weight
-        while self.weight > self.max_weight:
-            self.weight -= entries.popitem(last=False)[1].weight
+        self._trim()
 
     def holds(self, key: bytes, entry: Admitted) -> bool:
         """Whether ``entry`` is the one cached for ``key``."""
@@ -165,14 +164,19 @@ class AdmissionCache:
         if self._entries.get(entry.digest) is entry:
             entry.weight += cookie_bytes
             self.weight += cookie_bytes
-            while self.weight > self.max_weight:
-                self.weight -= self._entries.popitem(last=False)[1].weight
+            self._trim()
 
     def discard(self, entry: Admitted | None) -> None:
         """Remove ``entry`` if it is the one cached for its cookie."""
         if entry is not None and self._entries.get(entry.digest) is entry:
             del self._entries[entry.digest]
             self.weight -= entry.weight
+
+    def _trim(self) -> None:
+        """Evict the least recently used until the weight is within the budget."""
+        entries = self._entries
+        while self.weight > self.max_weight:
+            self.weight -= entries.popitem(last=False)[1].weight
 
     def _seen(self, digest: int, weight: int) -> bool:
         """Whether ``digest`` was missed recently (and forget it); else remember it."""
@@ -204,6 +208,8 @@ class Admissions:
         self._summaries: CookieSessionStore | None = None
         if isinstance(sessions, CookieSessionStore) and sessions.summarizes():
             self._summaries = sessions
+        # Bound once: a bound method made per request would be an allocation per request.
+        self._loader = self._load_session
 
     async def admitted(self, scope: Scope, now: float) -> Admitted | Verdict:
         """The decision for this request's session cookies. A session that may not pass
@@ -230,7 +236,8 @@ class Admissions:
                 return Verdict.LOGIN
             summary, payload = found
             facts = summary
-            if claim not in summary.user or summaries.needs_roll(summary, now):
+            roll = summaries.needs_roll(summary, now)
+            if roll or claim not in summary.user:
                 # Rare: the full session is needed now (to write it, or to read the claim
                 # from its ID token).
                 session = Session.from_summary(summary, payload)
@@ -238,13 +245,13 @@ class Admissions:
             session = await sessions.load(cookies)
             if session is None:
                 return Verdict.LOGIN
+            roll = sessions.needs_roll(session, now)
         if session is not None:
             if claim not in session.user:
                 # nextjs-auth0 wrote it with its default claim filter: the claim is read
                 # from the session's own ID token (rare; the usual session carries it).
                 session = await self.refresher.with_consent_claim(session)
             facts = session
-        roll = sessions.needs_roll(session, now) if session is not None else False
         admitted = self.admission(facts, session, roll, now)
         # Only consented requests are remembered. A session due to roll gets a new cookie
         # on this response; caching the old value would only keep it alive. And only a
@@ -281,7 +288,7 @@ class Admissions:
             scope[SESSION_SCOPE_KEY] = admitted.session
         else:
             scope[_ADMITTED_SCOPE_KEY] = admitted
-            scope[SESSION_LOADER_SCOPE_KEY] = self._load_session
+            scope[SESSION_LOADER_SCOPE_KEY] = self._loader
 
     async def _load_session(self, scope: Scope) -> Session | None:
         raw = joined_cookie_header(scope)

@@ -68,6 +68,8 @@ class ConsentMiddleware:
         # summary of the session otherwise. Revocation marks are checked on every request,
         # cached or not.
         self._admissions = Admissions(self.settings, self.engine.sessions, self.engine.refresher)
+        # Bound once, put in the scope of every gated request.
+        self._cookie_values = self._session_cookie_values
         # Read once: the gate's hot path asks these on every request.
         self._state = self.engine.state
         self._own_prefixes = (self.settings.routes_prefix, self.settings.consent_path)
@@ -151,7 +153,7 @@ class ConsentMiddleware:
             scope[ROLL_SCOPE_KEY] = True
         # What this response will set (a roll or a refresh), for an app that must pass the
         # new session on before answering (the sidecar forwards it in the Cookie header).
-        scope[SESSION_COOKIES_SCOPE_KEY] = self._session_cookie_values
+        scope[SESSION_COOKIES_SCOPE_KEY] = self._cookie_values
 
         started = False
 

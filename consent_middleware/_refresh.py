@@ -18,7 +18,6 @@ from starlette.responses import RedirectResponse, Response
 from starlette.types import Scope
 
 from ._config import Settings
-from ._cookies import scope_cookies
 from ._exceptions import IdentityProviderError, RefreshError
 from ._grants import Grants
 from ._login import Login
@@ -196,19 +195,16 @@ async def refresh_session(connection: HTTPConnection) -> Session:
 async def gated_session(scope: Scope) -> tuple[SessionRefresher, Session] | None:
     """The session of a request the gate let through, and its refresher; None for any
     other request. The gate may have read only a summary of the cookie (it needs no
-    tokens): the full session is then parsed here, once per request, from the same
-    cookies."""
+    tokens) and left a loader: the full session is then parsed, once per request, from
+    the same cookies."""
     refresher = scope.get(REFRESHER_SCOPE_KEY)
     if not isinstance(refresher, SessionRefresher):
         return None
     session = scope.get(REFRESHED_SCOPE_KEY) or scope.get(SESSION_SCOPE_KEY)
     if session is None:
         loader = scope.get(SESSION_LOADER_SCOPE_KEY)
-        if loader is not None:
-            session = await loader(scope)
-        else:
-            session = await refresher.sessions.load(scope_cookies(scope))
+        session = await loader(scope) if loader is not None else None
         if session is None:
-            return None  # ended meanwhile (its expiry passed during the request)
+            return None  # ended meanwhile, or not the session the request was admitted on
         scope[SESSION_SCOPE_KEY] = session
     return (refresher, session) if isinstance(session, Session) else None

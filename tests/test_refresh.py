@@ -14,6 +14,7 @@ import respx
 from starlette.requests import Request
 
 from consent_middleware import RefreshError, Session, TokenSet, refresh_session
+from consent_middleware._admissions import Admissions, Admitted
 from consent_middleware._engine import Engine
 from consent_middleware._refresh import (
     REFRESHED_SCOPE_KEY,
@@ -235,9 +236,13 @@ async def test_the_session_is_parsed_from_the_cookie_when_the_gate_read_a_summar
     # A request the gate answered from its cache or its summary carries no Session: the
     # app's call parses it, once, from the request's own cookie.
     subject = engine.refresher
-    current = session()
+    current = session(consent=ACCEPTED)
     cookie = (await engine.sessions.save(current, {}))[0].split(b";")[0]
     req = request({REFRESHER_SCOPE_KEY: subject, "headers": [(b"cookie", cookie)]})
+    admissions = Admissions(engine.settings, engine.sessions, subject)
+    admitted = await admissions.admitted(req.scope, time.time())
+    assert isinstance(admitted, Admitted) and admitted.session is None  # a summary only
+    admissions.hand_over(admitted, req.scope)
     gated = await gated_session(req.scope)
     assert gated is not None and gated[1].token_set == current.token_set
     assert req.scope[SESSION_SCOPE_KEY] is gated[1]
