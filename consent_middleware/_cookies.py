@@ -92,12 +92,19 @@ def joined_cookie_header(scope: Scope) -> bytes:
     with "; ". When it was split, the scope gets the joined header, so the app and every
     cookie reader downstream see all cookies too.
     """
-    found = [value for name, value in scope["headers"] if name == b"cookie"]
-    if len(found) == 1:
-        value = found[0]
-        return value if type(value) is bytes else bytes(value)
-    if not found:
+    cookie = None
+    for name, value in scope["headers"]:
+        if name == b"cookie":
+            if cookie is not None:
+                return _joined_cookie_header(scope)
+            cookie = value
+    if cookie is None:
         return b""
+    return cookie if type(cookie) is bytes else bytes(cookie)
+
+
+def _joined_cookie_header(scope: Scope) -> bytes:
+    found = [value for name, value in scope["headers"] if name == b"cookie"]
     joined = b"; ".join(bytes(value) for value in found)
     headers = [(name, value) for name, value in scope["headers"] if name != b"cookie"]
     scope["headers"] = [*headers, (b"cookie", joined)]
@@ -207,6 +214,18 @@ def session_cookie_map(own: bytes, cookie_header: bytes) -> dict[str, str]:
             # The last of a repeated name, as Starlette's parser reads it.
             found[name.strip()] = value.strip()
     return found
+
+
+def session_value(own: bytes) -> bytes | None:
+    """The session cookie's value from ``session_cookies``'s key, in bytes, when it is the
+    usual one unchunked cookie and its value is what Starlette's parser reads (nothing its
+    strip would remove: ASCII, no space or control character at either end); None
+    otherwise, for ``session_cookie_map`` to read."""
+    if own.startswith(_WHOLE) and b";" not in own:
+        value = own[len(_WHOLE) :]
+        if value and value[0] > _SPACE and value[-1] > _SPACE and value.isascii():
+            return value
+    return None
 
 
 def scope_cookies(scope: Scope) -> dict[str, str]:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ._events import PurposeChoice
 from ._purposes import Purpose
+
+# One read-only empty mapping for every consent without purposes (the usual claim).
+NO_CHOICES: Mapping[str, PurposeChoice] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,23 +26,28 @@ class Consent:
     withdrawn: bool = False
     text_sha256: str | None = None
     #: Optional purposes by id: given or not, for which version, since when.
-    purposes: Mapping[str, PurposeChoice] = field(default_factory=dict)
+    purposes: Mapping[str, PurposeChoice] = field(default_factory=lambda: NO_CHOICES)
 
     @classmethod
     def from_claim(cls, value: object) -> Consent | None:
-        # dict first: a decoded claim always is one, and the ABC check costs more.
-        if not isinstance(value, dict) and not isinstance(value, Mapping):
+        # dict first: a decoded claim always is one, and the ABC check costs more. Built
+        # on every request from a user the gate has not seen recently: positional
+        # arguments, and the str checks inline.
+        if type(value) is not dict and not isinstance(value, Mapping):
             return None
-        version = value.get("version")
+        get = value.get
+        version, date, details, digest = (
+            get("version"), get("date"), get("text_details"), get("text_sha256"),
+        )  # fmt: skip
         return cls(
             # Only a real JSON true counts; "true" or 1 from a hand-edited record does not.
-            given=value.get("given") is True,
-            version=str(version) if version is not None else None,
-            date=_str_or_none(value.get("date")),
-            text_details=_str_or_none(value.get("text_details")),
-            withdrawn=value.get("withdrawn") is True,
-            text_sha256=_str_or_none(value.get("text_sha256")),
-            purposes=_purposes(value["purposes"]) if "purposes" in value else {},
+            get("given") is True,
+            str(version) if version is not None else None,
+            date if isinstance(date, str) else None,
+            details if isinstance(details, str) else None,
+            get("withdrawn") is True,
+            digest if isinstance(digest, str) else None,
+            _purposes(value["purposes"]) if "purposes" in value else NO_CHOICES,
         )
 
     def covers(self, terms_version: str) -> bool:

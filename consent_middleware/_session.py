@@ -171,7 +171,13 @@ class SessionSummary:
     def from_payload(cls, payload: Mapping[str, Any]) -> SessionSummary | None:
         """None when the payload's shape is not a session: the same checks that decide
         whether ``Session.from_payload`` parses it, so the two never disagree."""
-        user, tokens, internal = (payload.get(k) for k in ("user", "tokenSet", "internal"))
+        # Built on every request from a user the gate has not seen recently: each field
+        # read once, exact types first (what a decoded cookie holds).
+        user, tokens, internal = (
+            payload.get("user"),
+            payload.get("tokenSet"),
+            payload.get("internal"),
+        )
         if not (isinstance(user, dict) and isinstance(tokens, dict) and isinstance(internal, dict)):
             return None
         if not isinstance(user.get("sub"), str):
@@ -180,16 +186,14 @@ class SessionSummary:
             int(tokens.get("expiresAt", 0))
             created_at = int(internal["createdAt"])
             expires_at = int(payload["exp"])
+            # A session written without it (nextjs-auth0, older versions) counts as issued
+            # when it was created: older is the safe side of a revocation mark.
+            issued_at = internal.get("issuedAt")
+            issued_at = created_at * 1000 if issued_at is None else int(issued_at)
             return cls(
-                user=user,
-                sid=str(internal["sid"]),
-                created_at=created_at,
-                expires_at=expires_at,
-                # A session written without it (nextjs-auth0, older versions) counts as
-                # issued when it was created: older is the safe side of a revocation mark.
-                issued_at=int(internal.get("issuedAt", created_at * 1000)),
-                ends_at=ends_at(expires_at, internal),
-            )
+                user, str(internal["sid"]), created_at, expires_at, issued_at,
+                ends_at(expires_at, internal),
+            )  # fmt: skip
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -203,7 +207,7 @@ def ends_at(expires_at: int, internal: object) -> float:
     token's ``session_expiry`` and honours over any ``exp``."""
     ends: float = expires_at + _jose.COOKIE_CLOCK_SKEW
     limit = internal.get("sessionExpiresAt") if isinstance(internal, dict) else None
-    if isinstance(limit, int | float):
+    if limit is not None and isinstance(limit, int | float):
         ends = min(ends, limit + SESSION_EXPIRY_LEEWAY)
     return ends
 
@@ -337,12 +341,15 @@ class CookieSessionStore(RollingExpiry):
         ``Session`` is parsed from if the request needs one; None as for ``load``. Not a
         coroutine: the cookie is all there is."""
         value = read_chunked(SESSION_COOKIE, cookies)
-        if not value:
-            return None
+        return self.summary_of(value) if value else None
+
+    def summary_of(self, value: str | bytes) -> tuple[SessionSummary, Mapping[str, Any]] | None:
+        """``summary`` for the session cookie's whole value (its bytes straight off the
+        request, for the gate: no text decoded, no mapping built)."""
         now = time.time()
         payload = _jose.decrypt(value, self.keys, now)
         summary = SessionSummary.from_payload(payload) if payload else None
-        if summary is None or summary.expired(now):
+        if summary is None or summary.ends_at < now:
             return None
         return summary, payload  # type: ignore[return-value]
 

@@ -6,10 +6,12 @@ import asyncio
 import gc
 import os
 import time
+import tracemalloc
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from consent_middleware import ConsentMiddleware, Session, TokenSet
+from consent_middleware._cookies import session_cookies as session_key
 from consent_middleware._session import CookieSessionStore
 from tests.conftest import CLAIM, make_settings
 from tests.test_session import jar
@@ -132,3 +134,62 @@ def test_a_gated_request_leaves_nothing_for_the_collector() -> None:
             await gate.aclose()
 
     assert asyncio.run(run()) == 0
+
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "minimal": {},
+    "profile": {"email": "ada@example.com", "name": "Ada Lovelace", "email_verified": True},
+    "many values": {f"claim_{i}": f"value-{i}" for i in range(20)},
+    "a long value": {"picture": "https://cdn.example.com/" + "p" * 2000},
+    "nested": {"groups": [f"group-{i}" for i in range(30)], "org": {"id": "o1", "n": 2}},
+    "purposes": {"purposes": {p: {"given": True, "version": "1", "date": 1764000000000}
+                              for p in ("marketing", "analytics", "research")}},
+}  # fmt: skip
+
+
+def test_the_cache_weighs_its_entries_as_tracemalloc_counts_them() -> None:
+    # The cache's budget is only a bound on memory if each entry's weight is what it
+    # holds: measured here through the gate, for claims of every shape.
+    settings = make_settings()
+    store = CookieSessionStore(settings)
+    tokens = TokenSet("a" * 800, "i" * 900, "rt", expires_at=int(time.time()) + 3600)
+
+    async def run(extra: dict[str, Any]) -> tuple[float, float]:
+        consent: dict[str, Any] = {"given": True, "version": "v2", "date": "2026-01-01"}
+        if "purposes" in extra:
+            consent["purposes"] = extra["purposes"]
+            extra = {}
+        cookies = []
+        for i in range(300):
+            claims = {"sub": f"auth0|w{i:04d}", **extra, CLAIM: consent}
+            saved = await store.save(Session.from_claims(claims, tokens), {})
+            cookies.append("; ".join(f"{k}={v}" for k, v in jar(saved).items()).encode())
+        gate = ConsentMiddleware(ok, settings=settings)
+        try:
+            await gate(scope_for(cookies[0]), receive_nothing, ignore)
+            cache = gate._admissions.cache
+            cache.discard(cache.get(session_key(cookies[0])))
+            gc.collect()
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            for cookie in cookies:  # each scope dropped after its request, as a server does
+                await gate(scope_for(cookie), receive_nothing, ignore)
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+            assert len(cache) == len(cookies)
+            return cache.weight / len(cache), held / len(cache)
+        finally:
+            await gate.aclose()
+
+    for name, extra in SHAPES.items():
+        weighed, held = asyncio.run(run(extra))
+        assert held <= weighed <= 1.1 * held, f"{name}: weighed {weighed:.0f}, holds {held:.0f}"
+
+
+async def receive_nothing() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def ignore(message: MutableMapping[str, Any]) -> None:
+    pass
