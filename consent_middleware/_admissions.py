@@ -25,7 +25,7 @@ from ._cookies import (
     session_cookies,
     session_value,
 )
-from ._gate import Verdict, verdict_for
+from ._gate import Verdict, judged
 from ._models import User
 from ._refresh import SESSION_LOADER_SCOPE_KEY, SESSION_SCOPE_KEY, SessionRefresher
 from ._session import CookieSessionStore, Session, SessionStore, SessionSummary
@@ -38,8 +38,6 @@ REVALIDATE_AFTER = 60.0
 USER_SCOPE_KEY = "consent_middleware.user"
 # The admission a request was let through on, for the session loader.
 _ADMITTED_SCOPE_KEY = "consent_middleware.admitted"
-# One empty set for every admission without CONSENT_REQUIRE (each frozenset() is new).
-NO_PURPOSES: frozenset[str] = frozenset()
 # What an entry costs beside its user's claims: the User, the Consent, the summary, the
 # slot, its hash, tail and times (measured with tracemalloc through the gate: 783 bytes,
 # whatever the claims), and each optional purpose's parsed choice (117 bytes).
@@ -313,13 +311,7 @@ class Admissions:
         if facts.expires_at:  # 0: a session not written yet (just refreshed)
             until = min(until, facts.ends_at)
         # The claim is parsed once, for the user, the verdict and the purposes alike.
-        consent = user.consent
-        verdict = verdict_for(consent, settings)
-        purposes = (
-            consent.given_purposes(settings.purposes)
-            if settings.require and consent is not None
-            else NO_PURPOSES
-        )
+        verdict, purposes = judged(user.consent, settings)
         return Admitted(facts, session, user, roll, until, verdict, purposes)
 
     def hand_over(self, admitted: Admitted, scope: Scope) -> None:

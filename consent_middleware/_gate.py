@@ -24,6 +24,10 @@ class Verdict(enum.Enum):
     PURPOSE = "purpose"
 
 
+# One empty set for every decision without purposes (each frozenset() is new).
+NO_PURPOSES: frozenset[str] = frozenset()
+
+
 def decide(session: Session | None, settings: Settings) -> Verdict:
     if session is None:
         return Verdict.LOGIN
@@ -37,12 +41,14 @@ def verdict_for(consent: Consent | None, settings: Settings) -> Verdict:
     return Verdict.ALLOW
 
 
-def given_purposes(session: Session, settings: Settings) -> frozenset[str]:
-    """The optional purposes the session's claim gives, for their current versions."""
-    if not settings.require:
-        return frozenset()
-    consent = Consent.from_claim(session.user.get(settings.consent_claim))
-    return frozenset() if consent is None else consent.given_purposes(settings.purposes)
+def judged(consent: Consent | None, settings: Settings) -> tuple[Verdict, frozenset[str]]:
+    """The verdict on a signed-in user's parsed consent claim, and the optional purposes
+    it gives for their current versions (only asked for with CONSENT_REQUIRE): one parse
+    of the claim serves both."""
+    verdict = verdict_for(consent, settings)
+    if not settings.require or consent is None:
+        return verdict, NO_PURPOSES
+    return verdict, consent.given_purposes(settings.purposes)
 
 
 def missing_purposes(path: str, given: frozenset[str], settings: Settings) -> tuple[str, ...]:

@@ -30,10 +30,10 @@ from .._config import Settings
 from .._cookies import SESSION_COOKIE
 from .._exceptions import IdentityProviderError, SharedStateError
 from .._gate import (
+    NO_PURPOSES,
     Verdict,
-    decide,
-    given_purposes,
     is_public,
+    judged,
     matches,
     missing_purposes,
     refusal_body,
@@ -215,13 +215,14 @@ class Sidecar:
                 cookies = await self.engine.sessions.save(session, request.cookies)
         except SharedStateError:
             return self.engine.pages.unavailable(as_json=True)
-        verdict = decide(session, settings)
+        # The claim is parsed once, for the user, the verdict and the purposes alike.
+        user = User.from_claims(session.user, settings.consent_claim) if session else None
+        verdict, given = judged(user.consent, settings) if user else (Verdict.LOGIN, NO_PURPOSES)
         missing: tuple[str, ...] = ()
-        if verdict is Verdict.ALLOW and session is not None and settings.require:
-            missing = missing_purposes(path, given_purposes(session, settings), settings)
+        if verdict is Verdict.ALLOW and settings.require:
+            missing = missing_purposes(path, given, settings)
             verdict = Verdict.PURPOSE if missing else verdict
-        if verdict is Verdict.ALLOW and session is not None:
-            user = User.from_claims(session.user, settings.consent_claim)
+        if verdict is Verdict.ALLOW and user is not None:
             response = Response(status_code=200, headers=NO_STORE)
             for name, value in identity_headers(user, settings, self.signer, origin):
                 response.raw_headers.append((name, value))
