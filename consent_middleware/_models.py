@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from ._events import PurposeChoice
 from ._purposes import Purpose
-
-# One read-only empty mapping for every consent without purposes (the usual claim).
-NO_CHOICES: Mapping[str, PurposeChoice] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +22,7 @@ class Consent:
     withdrawn: bool = False
     text_sha256: str | None = None
     #: Optional purposes by id: given or not, for which version, since when.
-    purposes: Mapping[str, PurposeChoice] = field(default_factory=lambda: NO_CHOICES)
+    purposes: Mapping[str, PurposeChoice] = field(default_factory=dict)
 
     @classmethod
     def from_claim(cls, value: object) -> Consent | None:
@@ -47,7 +43,7 @@ class Consent:
             details if isinstance(details, str) else None,
             get("withdrawn") is True,
             digest if isinstance(digest, str) else None,
-            _purposes(value["purposes"]) if "purposes" in value else NO_CHOICES,
+            _purposes(value["purposes"]) if "purposes" in value else {},
         )
 
     def covers(self, terms_version: str) -> bool:

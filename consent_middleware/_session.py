@@ -188,8 +188,7 @@ class SessionSummary:
             expires_at = int(payload["exp"])
             # A session written without it (nextjs-auth0, older versions) counts as issued
             # when it was created: older is the safe side of a revocation mark.
-            issued_at = internal.get("issuedAt")
-            issued_at = created_at * 1000 if issued_at is None else int(issued_at)
+            issued_at = int(internal.get("issuedAt", created_at * 1000))
             return cls(
                 user, str(internal["sid"]), created_at, expires_at, issued_at,
                 ends_at(expires_at, internal),
@@ -310,6 +309,10 @@ class RollingExpiry:
         return gain > self.settings.inactivity_duration * ROLL_FRACTION
 
 
+# What the gate reads sessions through when a store summarises them (see ``summarizes``).
+_SUMMARY_READERS = ("load", "summary", "summary_of")
+
+
 class CookieSessionStore(RollingExpiry):
     """Encrypted, chunked cookies.
 
@@ -329,10 +332,12 @@ class CookieSessionStore(RollingExpiry):
         return None if found is None else Session.from_summary(*found)
 
     def summarizes(self) -> bool:
-        """Whether the gate may read this store's sessions through ``summary``: only when
-        ``load`` is this class's own, which reads through it (a subclass that loads its
-        sessions otherwise, say with a deny-list, is asked for the whole session)."""
-        return type(self).load is CookieSessionStore.load
+        """Whether the gate may read this store's sessions through ``summary`` and
+        ``summary_of``: only when those and ``load`` are this class's own (a subclass that
+        reads its sessions otherwise, say with a deny-list, is asked for the whole
+        session through ``load``)."""
+        cls, own = type(self), CookieSessionStore
+        return all(getattr(cls, name) is getattr(own, name) for name in _SUMMARY_READERS)
 
     def summary(
         self, cookies: Mapping[str, str]

@@ -12,6 +12,14 @@ from consent_middleware._jose import KeySet, decrypt, derive_key, encrypt, verif
 from tests.keys import SigningKey, hs256_with_public_key, id_token_claims, unsigned_token
 
 ISSUER = "https://tenant.example.com/"
+
+
+class _AnyInt:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int)
+
+
+ANY_INT = _AnyInt()
 CLIENT = "client-1"
 
 
@@ -94,6 +102,26 @@ def test_the_fast_path_checks_what_python_jose_checks() -> None:
         decrypt(".".join([header, "", _b64(nonce), _b64(sealed[:-16]), _b64(sealed[-16:])]), [key])
         is None
     )
+    # RFC 7518 5.3: a 96-bit IV and a 128-bit tag, whatever AES-GCM itself would accept,
+    # and no padding to move the boundary between ciphertext and tag.
+    plaintext = json.dumps({"a": 1, "exp": int(time.time()) + 60}).encode()
+    for size in (10, 11):
+        nonce = bytes(range(size))
+        sealed = AESGCM(key).encrypt(nonce, plaintext, header.encode())
+        body, seal = _b64(sealed[:-16]), _b64(sealed[-16:])
+        padded = base64.urlsafe_b64encode(nonce).decode()
+        for spelled in (_b64(nonce), padded, padded.ljust(16, "=")):
+            assert decrypt(".".join([header, "", spelled, body, seal]), [key]) is None, spelled
+    sealed = AESGCM(key).encrypt(bytes(range(12)), plaintext, header.encode())
+    shifted = [_b64(sealed[:-15]), _b64(sealed[-15:]) + "=="]  # the same bytes, cut later
+    assert len(shifted[1]) == len(tag)
+    assert decrypt(".".join([header, "", _b64(bytes(range(12))), *shifted]), [key]) is None
+    # Outside base64url's alphabet (python-jose's decoder would skip it): not a JWE.
+    assert (
+        decrypt(".".join([header, "", iv[:5] + "\u00a0" + iv[5:], ciphertext, tag]), [key]) is None
+    )
+    # Opened from the request's bytes as from text.
+    assert decrypt(token.encode(), [key]) == decrypt(token, [key]) == {"a": 1, "exp": ANY_INT}
     # Any other header (here "zip") is python-jose's to decide.
     zipped = _b64(b'{"alg":"dir","enc":"A256GCM","zip":"DEF"}')
     assert decrypt(".".join([zipped, "", iv, ciphertext, tag]), [key]) is None

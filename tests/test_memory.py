@@ -142,6 +142,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     "many values": {f"claim_{i}": f"value-{i}" for i in range(20)},
     "a long value": {"picture": "https://cdn.example.com/" + "p" * 2000},
     "nested": {"groups": [f"group-{i}" for i in range(30)], "org": {"id": "o1", "n": 2}},
+    "long keys": {f"https://claims.example.com/{'k' * 80}/{i}": i for i in range(10)},
     "purposes": {"purposes": {p: {"given": True, "version": "1", "date": 1764000000000}
                               for p in ("marketing", "analytics", "research")}},
 }  # fmt: skip

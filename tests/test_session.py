@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from http.cookies import SimpleCookie
+from typing import Any
 
 import pytest
 
@@ -178,11 +179,18 @@ async def test_the_summary_and_the_session_agree() -> None:
         async def load(self, cookies: Mapping[str, str]) -> Session | None:
             return None  # loads its sessions its own way: the gate must ask it
 
+    class Filtered(CookieSessionStore):
+        def summary_of(self, value: str | bytes) -> tuple[SessionSummary, Mapping[str, Any]] | None:
+            return None  # reads the usual cookie its own way: the gate must ask load
+
     assert not DenyList(make_settings()).summarizes()
+    assert not Filtered(make_settings()).summarizes()
     session = Session.from_claims({"sub": "auth0|s", "sid": "op-1"}, TokenSet("at", "idt"))
     cookies = {"__session": (await store.save(session, {}))[0].decode().split(";")[0][10:]}
     found = store.summary(cookies)
     loaded = await store.load(cookies)
+    from_bytes = store.summary_of(cookies["__session"].encode())
+    assert from_bytes is not None and found is not None and from_bytes[1] == found[1]
     assert found is not None and loaded is not None
     summary, payload = found
     for name in ("user", "sid", "created_at", "expires_at", "issued_at", "ends_at"):
