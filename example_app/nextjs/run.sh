@@ -17,8 +17,9 @@ export CONSENT_TERMS_URL="http://localhost:4180/terms" CONSENT_UPSTREAM="http://
 export NEXT_TELEMETRY_DISABLED=1
 
 trap 'kill 0' EXIT
+# "--name=value": a generated secret may start with "-", which argparse would take for an option.
 .venv/bin/python -m dev_tenant --port 4181 --app "$APP_BASE_URL" \
-  --client-id "$AUTH0_CLIENT_ID" --client-secret "$AUTH0_CLIENT_SECRET" --claim "$CONSENT_CLAIM" &
+  --client-id="$AUTH0_CLIENT_ID" --client-secret="$AUTH0_CLIENT_SECRET" --claim="$CONSENT_CLAIM" &
 # nextjs-auth0 refuses a localhost domain; Next.js never calls the provider here (the
 # sidecar does every login and refresh), so it gets a placeholder. In production both get
 # your real AUTH0_DOMAIN.
