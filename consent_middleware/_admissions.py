@@ -43,8 +43,9 @@ _ADMITTED_SCOPE_KEY = "consent_middleware.admitted"
 # whatever the claims), and each optional purpose's parsed choice (117 bytes).
 ENTRY_OVERHEAD = 850
 PURPOSE_OVERHEAD = 120
-# orjson keeps one copy of each key up to this length that it has met lately.
-SHARED_KEY_CHARACTERS = 64
+# orjson keeps one copy of each key of up to 64 characters that it has met lately (a str
+# of 64 ASCII characters takes 113 bytes).
+_SHARED_KEY_BYTES = getsizeof("k" * 64)
 # An entry is found by a hash of the session's cookies and confirmed by their end (in the
 # usual layout the JWE's authentication tag, 128 random-looking bits for every cookie
 # written): an entry never holds the cookie itself, whose size follows the tokens. To pass
@@ -104,8 +105,8 @@ def entry_weight(entry: Admitted, cookie_bytes: int) -> int:
 def held_bytes(claims: Mapping[str, Any]) -> int:
     """The memory decoded claims hold: every value, list and nested object (``getsizeof``,
     walked without recursion, so no nesting depth can stop it), and every key longer than
-    ``SHARED_KEY_CHARACTERS``. Shorter keys are left out: orjson keeps one copy of each it
-    has met lately for every document it reads (claims with many keys of their own per
+    64 characters. Shorter keys are left out: orjson keeps one copy of each it has met
+    lately for every document it reads (claims with many keys of their own per
     user are undercounted by up to a third). Within 2 % of tracemalloc's count for flat,
     nested, long-valued, long-keyed and many-valued claims, where a multiple of the JSON's
     length was off by a third to ten times either way."""
@@ -118,7 +119,7 @@ def held_bytes(claims: Mapping[str, Any]) -> int:
         total += getsizeof(value)
         if isinstance(value, dict):
             pending.extend(value.values())
-            total += sum(getsizeof(k) for k in value if len(k) > SHARED_KEY_CHARACTERS)
+            total += sum(size for key in value if (size := getsizeof(key)) > _SHARED_KEY_BYTES)
         elif isinstance(value, list):
             pending.extend(value)
     return total
@@ -154,6 +155,7 @@ class AdmissionCache:
         return len(self._entries)
 
     def get(self, key: bytes) -> Admitted | None:
+        """The entry for ``key``, due for its re-check or not."""
         return self.current(key, 0.0)
 
     def current(self, key: bytes, now: float) -> Admitted | None:
