@@ -202,6 +202,15 @@ def _wrk(port: int, cookie: str, duration: int, connections: int) -> tuple[float
     return rps, lat["50"], lat["99"]
 
 
+def ratio(results: dict[str, list[tuple[float, float, float]]], name: str, other: str) -> float:
+    """``name``'s requests/s over ``other``'s: taken within each round (the apps of one
+    round run minutes apart at most, so a change in the machine's load meets both), then
+    the median over the rounds."""
+    return statistics.median(
+        a[0] / b[0] for a, b in zip(results[name], results[other], strict=True)
+    )
+
+
 def _http_table(rounds: int, duration: int, connections: int) -> list[str]:
     results: dict[str, list[tuple[float, float, float]]] = {n: [] for n in APPS}
     ports = {"bare": 18101, "gate": 18102, "hand": 18103, "redis": 18104}
@@ -226,11 +235,10 @@ def _http_table(rounds: int, duration: int, connections: int) -> list[str]:
     ]
     for name in APPS:
         rps, p50, p99 = med[name]
-        rows.append(
-            f"| {LABELS[name]} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | "
-            f"{rps / med['bare'][0]:.2f} | {rps / med['gate'][0]:.2f} | "
-            f"{rps / med['hand'][0]:.2f} |"
+        ratios = " | ".join(
+            f"{ratio(results, name, other):.2f}" for other in ("bare", "gate", "hand")
         )
+        rows.append(f"| {LABELS[name]} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {ratios} |")
     each = ", ".join(f"{n}: " + "/".join(f"{r[0]:,.0f}" for r in rs) for n, rs in results.items())
     rows.append(f"\nPer round requests/s: {each}")
     return rows
@@ -300,7 +308,8 @@ def _report(args: argparse.Namespace) -> None:
         sys.exit("wrk is not installed: apt-get install wrk (or run with --no-http)")
     print(
         f"Over loopback HTTP: uvicorn (1 worker) + wrk -c{args.connections}, "
-        f"{args.rounds} alternating rounds of {args.duration}s:\n"
+        f"{args.rounds} alternating rounds of {args.duration}s; requests/s are medians, each "
+        "ratio is taken within a round, then the median over the rounds:\n"
     )
     print("\n".join(_http_table(args.rounds, args.duration, args.connections)))
     from bench import users as many

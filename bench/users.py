@@ -99,7 +99,7 @@ def _wrk(
 
 
 def table(users: tuple[int, ...], rounds: int, duration: int, connections: int) -> list[str]:
-    from bench.run import _serve
+    from bench.run import _serve, ratio
 
     ports = {"bare": 18301, "gate": 18302, "hand": 18303}
     rows = [
@@ -137,7 +137,8 @@ def table(users: tuple[int, ...], rounds: int, duration: int, connections: int) 
                 rps, p50, p99 = med[name]
                 rows.append(
                     f"| {count:,} | {LABELS[name]} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | "
-                    f"{rss[name]:.0f} | {rps / med['bare'][0]:.2f} | {rps / med['hand'][0]:.2f} |"
+                    f"{rss[name]:.0f} | {ratio(results, name, 'bare'):.2f} | "
+                    f"{ratio(results, name, 'hand'):.2f} |"
                 )
     return rows
 
