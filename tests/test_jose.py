@@ -12,14 +12,6 @@ from consent_middleware._jose import KeySet, decrypt, derive_key, encrypt, verif
 from tests.keys import SigningKey, hs256_with_public_key, id_token_claims, unsigned_token
 
 ISSUER = "https://tenant.example.com/"
-
-
-class _AnyInt:
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, int)
-
-
-ANY_INT = _AnyInt()
 CLIENT = "client-1"
 
 
@@ -121,7 +113,8 @@ def test_the_fast_path_checks_what_python_jose_checks() -> None:
         decrypt(".".join([header, "", iv[:5] + "\u00a0" + iv[5:], ciphertext, tag]), [key]) is None
     )
     # Opened from the request's bytes as from text.
-    assert decrypt(token.encode(), [key]) == decrypt(token, [key]) == {"a": 1, "exp": ANY_INT}
+    opened = decrypt(token.encode(), [key])
+    assert opened is not None and opened["a"] == 1 and opened == decrypt(token, [key])
     # Any other header (here "zip") is python-jose's to decide.
     zipped = _b64(b'{"alg":"dir","enc":"A256GCM","zip":"DEF"}')
     assert decrypt(".".join([zipped, "", iv, ciphertext, tag]), [key]) is None
