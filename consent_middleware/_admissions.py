@@ -174,7 +174,7 @@ class AdmissionCache:
         # An entry due for its re-check is replaced (as the most recent); a new one goes in
         # while there is room, or once it has been missed recently. A full cache asks the
         # doorkeeper with the average weight: most misses go no further, and weighing an
-        # entry (serialising its claims) is left to those that go in.
+        # entry (walking its claims) is left to those that go in.
         if digest not in entries and self.weight + ENTRY_OVERHEAD > self.max_weight:
             average = self.weight // len(entries) if entries else 0
             if not self._seen(digest, max(ENTRY_OVERHEAD, average)):
@@ -189,8 +189,9 @@ class AdmissionCache:
         self._trim()
 
     def holds(self, key: bytes, entry: Admitted) -> bool:
-        """Whether ``entry`` is the one cached for ``key``."""
-        return self._entries.get(hash(key)) is entry and key[-KEY_TAIL:] == entry.tail
+        """Whether ``entry`` is the one cached for ``key`` (as a hit, it becomes the most
+        recent)."""
+        return self.get(key) is entry
 
     def keep_session(self, entry: Admitted, session: Session, cookie_bytes: int) -> None:
         """Keep the full session a route asked for with its admission (an API route

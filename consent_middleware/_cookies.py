@@ -203,10 +203,11 @@ def session_cookie_map(own: bytes, cookie_header: bytes) -> dict[str, str]:
     Starlette's parser for a header it left to it."""
     if own.startswith(_PARSED):
         return _own_cookies(cookie_parser(cookie_header.decode("latin-1")))
-    if own.startswith(_WHOLE) and b";" not in own:
+    whole = _unchunked_value(own)
+    if whole is not None:
         # The usual case, one unchunked cookie: no split (strip as Starlette does: the key
         # may end in a non-ASCII space that only str.strip removes).
-        return {SESSION_COOKIE: own[len(_WHOLE) :].decode("latin-1").strip()}
+        return {SESSION_COOKIE: whole.decode("latin-1").strip()}
     found: dict[str, str] = {}
     for pair in own.decode("latin-1").split(";"):
         name, sep, value = pair.partition("=")
@@ -221,11 +222,15 @@ def session_value(own: bytes) -> bytes | None:
     usual one unchunked cookie and its value is what Starlette's parser reads (nothing its
     strip would remove: ASCII, no space or control character at either end); None
     otherwise, for ``session_cookie_map`` to read."""
-    if own.startswith(_WHOLE) and b";" not in own:
-        value = own[len(_WHOLE) :]
-        if value and value[0] > _SPACE and value[-1] > _SPACE and value.isascii():
-            return value
+    value = _unchunked_value(own)
+    if value and value[0] > _SPACE and value[-1] > _SPACE and value.isascii():
+        return value
     return None
+
+
+def _unchunked_value(own: bytes) -> bytes | None:
+    """The raw value when ``session_cookies``'s key is the one unchunked session cookie."""
+    return own[len(_WHOLE) :] if own.startswith(_WHOLE) and b";" not in own else None
 
 
 def scope_cookies(scope: Scope) -> dict[str, str]:

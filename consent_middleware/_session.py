@@ -196,9 +196,6 @@ class SessionSummary:
         except (KeyError, TypeError, ValueError):
             return None
 
-    def expired(self, now: float) -> bool:
-        return self.ends_at < now
-
 
 def ends_at(expires_at: int, internal: object) -> float:
     """When a session ends: the cookie's ``exp`` (15 s skew), or sooner
