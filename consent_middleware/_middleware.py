@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable
 
 import httpx
 from starlette.datastructures import Headers
@@ -138,31 +139,20 @@ class ConsentMiddleware:
             scope[ROLL_SCOPE_KEY] = True
         started = False
 
-        async def send_gated(message: Message) -> None:
+        # Not a coroutine function: it returns the awaitable of the send it wraps (or of
+        # the cookie write, rarely), so each message costs the app one await, not two.
+        def send_gated(message: Message) -> Awaitable[None]:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
                 # The answer depends on who asks: shared caches must key it by the cookie.
                 # Raw header pairs, not a Headers object: this runs on every response.
-                headers = with_vary_cookie(message.get("headers", ()))
-                values: list[bytes] = []
+                message["headers"] = with_vary_cookie(message.get("headers", ()))
                 # Nothing to write unless the session rolls or was refreshed meanwhile:
                 # most responses skip the call.
                 if roll or REFRESHED_SCOPE_KEY in scope:
-                    try:
-                        values = await self._session_cookie_values(scope)
-                    except SharedStateError as exc:
-                        # The store is away: the page still goes out, only the roll (or
-                        # the refreshed cookie) waits for a later request.
-                        logger.warning("session not written: %s", exc)
-                # RFC 6265 4.1.1: one Set-Cookie per name. An app that set the session
-                # itself (nextjs-auth0 rolling the session it was handed) wins.
-                if values and not sets_session_cookie(headers):
-                    headers = [(k, v) for k, v in headers if k != b"cache-control"]
-                    headers += [(b"set-cookie", value) for value in values]
-                    headers.append((b"cache-control", PRIVATE))
-                message["headers"] = headers
-            await send(message)
+                    return self._send_with_session(message, scope, send)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_gated)
@@ -218,6 +208,26 @@ class ConsentMiddleware:
 
     async def _session_cookie_values(self, scope: Scope) -> list[bytes]:
         return await session_cookie_values(self.engine.sessions, scope)
+
+    async def _send_with_session(self, start: Message, scope: Scope, send: Send) -> None:
+        """Send the response's start with the session cookies this request sets (a roll,
+        or a refresh meanwhile)."""
+        headers = start["headers"]
+        values: list[bytes] = []
+        try:
+            values = await self._session_cookie_values(scope)
+        except SharedStateError as exc:
+            # The store is away: the page still goes out, only the roll (or the refreshed
+            # cookie) waits for a later request.
+            logger.warning("session not written: %s", exc)
+        # RFC 6265 4.1.1: one Set-Cookie per name. An app that set the session itself
+        # (nextjs-auth0 rolling the session it was handed) wins.
+        if values and not sets_session_cookie(headers):
+            headers = [(k, v) for k, v in headers if k != b"cache-control"]
+            headers += [(b"set-cookie", value) for value in values]
+            headers.append((b"cache-control", PRIVATE))
+            start["headers"] = headers
+        await send(start)
 
     def _marks_apply(self) -> bool:
         return self._state.has_marks or self._revalidates
