@@ -3,7 +3,9 @@
 (a) bare Starlette; (b) behind ConsentMiddleware with a valid, consented session;
 (c) what people write by hand today: Starlette's SessionMiddleware (signed, not
 encrypted) plus a claim check in a middleware; (d) behind ConsentMiddleware with the
-session in Redis (``BENCH_REDIS_URL``), the cookie holding only its id.
+session in Redis (``BENCH_REDIS_URL``), the cookie holding only its id; (e) behind a
+middleware that only adds ``Vary: Cookie``: what any gate whose answer depends on the
+cookie must do at least, so the gate's own cost is what it adds beyond (e).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import json
 import os
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from itsdangerous import TimestampSigner
@@ -22,7 +25,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consent_middleware import ConsentMiddleware, Session, Settings, TokenSet, get_access_token
 from consent_middleware._session import CookieSessionStore
@@ -121,6 +124,31 @@ def hand_written() -> Starlette:
     )
 
 
+class VaryCookieOnly:
+    """The floor of a cookie gate: wraps ``send`` to add ``Vary: Cookie``, decides nothing.
+    Written the cheapest way (the wrapper returns the wrapped send's awaitable), as the gate
+    does, so (b) against (e) is the gate's own work."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        def send_varied(message: Message) -> Awaitable[None]:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"vary", b"Cookie")]
+            return send(message)
+
+        await self.app(scope, receive, send_varied)
+
+
+def vary_only() -> Starlette:
+    return Starlette(routes=[Route("/", hello)], middleware=[Middleware(VaryCookieOnly)])
+
+
 def bench_session(claims: dict[str, object] | None = None) -> Session:
     return Session.from_claims(
         claims or CLAIMS,
@@ -168,17 +196,23 @@ def hand_written_cookie() -> str:
     return "session=" + signed.decode()
 
 
-APPS = {"bare": bare, "gate": gated, "hand": hand_written, "redis": gated_redis}
+APPS = {
+    "bare": bare,
+    "gate": gated,
+    "hand": hand_written,
+    "redis": gated_redis,
+    "vary": vary_only,
+}
 
 
 def request_cookie(name: str = "gate") -> str:
-    """The Cookie header an app gets: (a), (b) and (c) the same one, so all three parse the
+    """The Cookie header an app gets: (a), (b), (c) and (e) the same one, so each parses the
     same request and the difference measured is the middleware, not the header size. (d)
     gets its own session cookie (the id of a session in Redis) in place of (b)'s."""
     session = redis_gate_cookie() if name == "redis" else gate_cookie()
     return f"{session}; {hand_written_cookie()}"
 
 
-# uvicorn --factory bench.apps:app with BENCH_APP=bare|gate|hand|redis
+# uvicorn --factory bench.apps:app with BENCH_APP=bare|gate|hand|redis|vary
 def app() -> Starlette:
     return APPS[os.environ["BENCH_APP"]]()
