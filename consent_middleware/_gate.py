@@ -12,7 +12,7 @@ from starlette.types import Scope
 
 from ._config import Settings
 from ._models import Consent
-from ._redirects import bounded_return_to
+from ._redirects import returnable
 from ._session import Session
 
 
@@ -146,7 +146,7 @@ def refusal_url(
     the missing purposes, keeping its URL."""
     # A long query (a search, say) is dropped rather than refused at /auth/login: the user
     # still lands on the page they asked for, and the login's cookie stays small.
-    query = {"returnTo": bounded_return_to(return_to)}
+    query = {"returnTo": returnable(return_to, settings.app_base_url)}
     if verdict is Verdict.LOGIN:
         target = f"{settings.routes_prefix}/login"
     elif verdict is Verdict.PURPOSE:

@@ -59,6 +59,15 @@ def bounded_return_to(url: str) -> str:
     return origin + (parts.path if len(parts.path) <= MAX_RETURN_TO else "/")
 
 
+def returnable(url: str, base_url: str) -> str:
+    """``bounded_return_to(url)`` when ``/auth/login`` will follow it back, else the app's
+    home: the address of a refused request may be one the login refuses ("//host", a
+    backslash, a control character), and the user would end at an error page instead of
+    signing in."""
+    bounded = bounded_return_to(url)
+    return bounded if safe_return_to(bounded, base_url) is not None else f"{base_url}/"
+
+
 def return_to_or_home(value: str | None, base_url: str) -> str:
     return safe_return_to(value, base_url) or f"{base_url}/"
 

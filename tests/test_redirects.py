@@ -6,6 +6,7 @@ from consent_middleware._redirects import (
     MAX_RETURN_TO,
     bounded_return_to,
     return_to_or_home,
+    returnable,
     safe_return_to,
 )
 
@@ -83,3 +84,21 @@ def test_bounded_return_to_keeps_the_path_of_a_long_address(prefix: str) -> None
     assert bounded_return_to(prefix + fits) == prefix + fits
     assert bounded_return_to(prefix + fits + "a") == prefix + "/search"
     assert bounded_return_to(prefix + "/" + "p" * MAX_RETURN_TO + "?q=1") == prefix + "/"
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("/dashboard?x=1", "/dashboard?x=1"),
+        ("/search?q=" + "a" * MAX_RETURN_TO, "/search"),
+        # Addresses the login would refuse: the user signs in and lands home instead.
+        ("//evil.example/x", f"{BASE}/"),
+        ("/\\evil.example", f"{BASE}/"),
+        ("/a\r\nSet-Cookie: x=1", f"{BASE}/"),
+        ("/%2F%2Fevil.example", f"{BASE}/"),
+    ],
+)
+def test_a_refused_requests_address_is_one_the_login_follows(address: str, expected: str) -> None:
+    kept = returnable(address, BASE)
+    assert kept == expected
+    assert safe_return_to(kept, BASE) is not None

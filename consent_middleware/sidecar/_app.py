@@ -38,6 +38,7 @@ from .._gate import (
     missing_purposes,
     refusal_body,
     refusal_url,
+    wants_json,
 )
 from .._middleware import SESSION_COOKIES_SCOPE_KEY, ConsentMiddleware
 from .._models import User
@@ -234,7 +235,10 @@ class Sidecar:
             return with_cookie_copies(with_cookies(response, cookies), cookies)
         status_code, body = refusal_body(verdict, target, settings, missing)
         url = settings.app_base_url + refusal_url(verdict, target, settings, "", missing)
-        if request.query_params.get("mode") == "redirect":
+        # The proxy passes the original request's headers on to the check: an API call
+        # or fetch gets the JSON the middleware would answer, never a redirect to a page.
+        as_json = wants_json(path, request.headers, settings)
+        if request.query_params.get("mode") == "redirect" and not as_json:
             # As the gate answers pages: a GET may come back to the login, a form post
             # is sent on with 303 (the browser must not re-post it to the provider).
             login_by_get = verdict is Verdict.LOGIN and method in ("GET", "HEAD")
@@ -242,8 +246,10 @@ class Sidecar:
             redirect = RedirectResponse(url, status_code=status, headers=NO_STORE)
             return with_cookie_copies(with_cookies(redirect, cookies), cookies)
         # nginx keeps only the status of an auth_request answer: the URL goes in a header
-        # too, for auth_request_set to read.
+        # too, for auth_request_set to read, and for an API client the JSON it must get.
         headers = {**NO_STORE, "X-Consent-Redirect": url}
+        if as_json:
+            headers["X-Consent-Json"] = json.dumps(body, separators=(",", ":"))
         answer = JSONResponse(body, status_code=status_code, headers=headers)
         return with_cookie_copies(with_cookies(answer, cookies), cookies)
 

@@ -40,7 +40,9 @@ HOP_BY_HOP = frozenset(
         b"proxy-authenticate",
     }
 )
-# What only the sidecar may tell the upstream: a client's copy is always removed.
+# What only the sidecar may tell the upstream: a client's copy is always removed. With
+# the identity headers oauth2-proxy sets that the sidecar does not: an app moved from it
+# may still read them, and must never read a client's.
 IDENTITY_HEADERS = frozenset(
     {
         b"x-auth-request-user",
@@ -48,6 +50,13 @@ IDENTITY_HEADERS = frozenset(
         b"x-consent-version",
         b"x-consent-assertion",
         b"x-forwarded-access-token",
+        b"x-auth-request-access-token",
+        b"x-auth-request-groups",
+        b"x-auth-request-preferred-username",
+        b"x-forwarded-user",
+        b"x-forwarded-email",
+        b"x-forwarded-groups",
+        b"x-forwarded-preferred-username",
     }
 )
 FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})

@@ -211,12 +211,21 @@ def test_an_assertion_is_reused_while_it_has_half_its_life_left() -> None:
 
 def test_identity_headers_under_any_spelling_are_stripped() -> None:
     scope = {
-        "headers": [(b"x_auth_request_user", b"admin"), (b"X-Consent-Version", b"v9")],
+        "headers": [
+            (b"x_auth_request_user", b"admin"),
+            (b"X-Consent-Version", b"v9"),
+            # oauth2-proxy's names: an app moved from it may still read them.
+            (b"X-Forwarded-User", b"admin"),
+            (b"x_forwarded_email", b"ceo@example.com"),
+            (b"accept", b"text/html"),
+        ],
         "client": ("192.0.2.7", 1),
         "scheme": "http",
     }
     names = {name.lower() for name, _ in forwarded_headers(scope, False, [])}
-    assert not names & {b"x_auth_request_user", b"x-consent-version"}
+    assert not names & {b"x_auth_request_user", b"x-consent-version", b"x-forwarded-user"}
+    assert b"x_forwarded_email" not in names
+    assert b"accept" in names
 
 
 @pytest.mark.anyio

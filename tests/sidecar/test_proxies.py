@@ -3,6 +3,7 @@ of the sidecar (forward-auth) and an app."""
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -144,6 +146,8 @@ def front(request: pytest.FixtureRequest) -> Iterator[Front]:
             # Short enough that a second's wait makes the check roll the session.
             inactivity_duration=8,
             absolute_duration=600,
+            public_paths=("/public/*",),
+            api_prefixes=("/api/",),
         )
         # Forward-auth only: no CONSENT_UPSTREAM, nginx does the proxying.
         sidecar = Sidecar(settings, SidecarOptions())
@@ -199,3 +203,135 @@ def test_without_a_session_the_proxy_sends_the_browser_to_the_login(front: Front
     response = httpx.get(f"{front.base}/dashboard?y=2")
     assert response.status_code == 302
     assert response.headers["location"].startswith(f"{front.base}/auth/login?returnTo=")
+
+
+def consented_browser(front: Front, email: str) -> Browser:
+    """A new user of the tenant, signed in and consented through the proxy."""
+    front.tenant.users.create(email, "a-password")
+    browser = Browser(front.base)
+    page = browser.login(browser.go("/dashboard"), email=email, password="a-password")
+    page = browser.accept(page)
+    assert str(page.url) == f"{front.base}/dashboard"
+    return browser
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/orders?page=2", {"accept": "application/json"}),
+        ("/orders?page=2", {"accept": "*/*", "x-requested-with": "XMLHttpRequest"}),
+        ("/orders?page=2", {"accept": "*/*", "sec-fetch-mode": "cors", "sec-fetch-dest": "empty"}),
+        ("/api/orders?page=2", {"accept": "text/html"}),  # under CONSENT_API_PREFIXES
+    ],
+    ids=["accept", "xhr", "fetch", "api-prefix"],
+)
+def test_an_api_call_gets_json_never_a_redirect(
+    front: Front, path: str, headers: dict[str, str]
+) -> None:
+    signed_out = httpx.get(f"{front.base}{path}", headers=headers)
+    assert signed_out.status_code == 401
+    assert signed_out.headers["content-type"].startswith("application/json")
+    assert "no-store" in signed_out.headers["cache-control"]
+    body = signed_out.json()
+    assert body["error"] == "login_required"
+    assert body["login_url"].startswith(f"{front.base}/auth/login?returnTo=")
+    # Signed in, terms not accepted: 403 naming the terms page, not the page itself.
+    email = f"api-{secrets.token_hex(4)}@example.com"
+    front.tenant.users.create(email, "a-password")
+    browser = Browser(front.base)
+    page = browser.login(browser.go("/dashboard"), email=email, password="a-password")
+    assert "/consent" in str(page.url)
+    refused = browser.client.get(f"{front.base}{path}", headers=headers)
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "consent_required"
+    assert refused.json()["consent_url"].startswith(f"{front.base}/consent?returnTo=")
+    # A page asking the same still goes to the login.
+    page_request = httpx.get(f"{front.base}/orders", headers={"accept": "text/html"})
+    assert page_request.status_code == 302
+    browser.client.close()
+
+
+def test_no_spelling_of_an_identity_header_from_a_client_reaches_the_app(front: Front) -> None:
+    browser = consented_browser(front, "spelling@example.com")
+    forged = {
+        "X_Auth_Request_User": "admin",
+        "X-Auth_Request-Email": "ceo@example.com",
+        "X-Forwarded-User": "admin",
+        "X-Forwarded-Email": "ceo@example.com",
+        "X-Forwarded-Access-Token": "forged-token",
+    }
+    seen = browser.client.get(f"{front.base}/x", headers=forged).json()["headers"]
+    user = front.tenant.users.by_email("spelling@example.com")
+    assert user is not None
+    assert seen["x-auth-request-user"] == user["user_id"]
+    assert seen["x-auth-request-email"] == "spelling@example.com"
+    assert not [name for name in seen if "_" in name]
+    for name in ("x-forwarded-user", "x-forwarded-email", "x-forwarded-access-token"):
+        assert name not in seen
+    # A public path: the check sends no identity, and none arrives, not even empty text.
+    public = httpx.get(f"{front.base}/public/page", headers=forged).json()["headers"]
+    assert not [name for name in public if "auth-request" in name or "consent" in name]
+    assert "x-forwarded-user" not in public
+    browser.client.close()
+
+
+def test_the_apps_own_paths_beside_the_consent_page_reach_the_app(front: Front) -> None:
+    browser = consented_browser(front, "beside@example.com")
+    response = browser.client.get(f"{front.base}/consent-form")
+    assert response.status_code == 200
+    assert response.json()["path"] == "/consent-form"
+    browser.client.close()
+
+
+def test_a_session_refreshed_at_the_check_is_the_one_the_app_reads(front: Front) -> None:
+    front.tenant.users.create("two@example.com", "a-password")
+    a, b = Browser(front.base), Browser(front.base)
+    page_a = a.login(a.go("/dashboard"), email="two@example.com", password="a-password")
+    page_b = b.login(b.go("/dashboard"), email="two@example.com", password="a-password")
+    assert "/consent" in str(page_a.url) and "/consent" in str(page_b.url)
+    a.accept(page_a)
+    # B's session is stale: the check refreshes it, and the app gets the new cookie.
+    response = b.client.get(f"{front.base}/dashboard")
+    assert response.status_code == 200
+    written = [c.split(";", 1)[0] for c in response.headers.get_list("set-cookie")]
+    session = [c.split("=", 1)[1] for c in written if c.startswith("__session=")]
+    assert session, "the check refreshed the session"
+    assert response.json()["cookies"]["__session"] == session[0]
+    assert response.json()["headers"]["x-consent-version"] == "v1"
+    a.client.close()
+    b.client.close()
+
+
+def test_an_ended_session_is_cleared_in_the_browser_on_the_way_to_the_login(
+    front: Front,
+) -> None:
+    browser = consented_browser(front, "ended@example.com")
+    copied = dict(browser.client.cookies.items())
+    browser.go("/auth/logout")
+    response = httpx.get(f"{front.base}/dashboard", cookies=copied)
+    assert response.status_code == 302
+    assert urlsplit(response.headers["location"]).path == "/auth/login"
+    cleared = response.headers.get_list("set-cookie")
+    assert any(c.startswith("__session=") and "Max-Age=0" in c for c in cleared)
+    browser.client.close()
+
+
+def test_a_path_that_reads_as_another_host_still_leads_to_the_login(front: Front) -> None:
+    browser = Browser(front.base)
+    # "//evil.example/x": a login would refuse it as a return address; the gate sends the
+    # user to sign in and back home instead of to an error page.
+    response = browser.client.get(f"{front.base}//evil.example/x")
+    assert response.status_code == 302
+    login = browser.go(response.headers["location"])
+    assert 'name="password"' in login.text
+    assert "evil.example" not in response.headers["location"]
+    browser.client.close()
+
+
+def test_with_the_sidecar_unreachable_nginx_answers_a_503_that_says_so() -> None:
+    listen = free_port()
+    with serve(UPSTREAM) as app, nginx(free_port(), int(app.rsplit(":", 1)[1]), listen):
+        response = httpx.get(f"http://127.0.0.1:{listen}/dashboard")
+    assert response.status_code == 503
+    assert "unavailable" in response.text
+    assert response.headers["retry-after"] == "5"

@@ -237,8 +237,16 @@ def test_forward_auth_contract(stack: Stack) -> None:
     login_url = anonymous.json()["login_url"]
     assert anonymous.headers["x-consent-redirect"] == login_url
     assert parse_qs(urlsplit(login_url).query)["returnTo"] == ["/dashboard?x=1"]
+    assert "x-consent-json" not in anonymous.headers  # a page: nginx sends the redirect
     redirect = httpx.get(check, params={"mode": "redirect"}, headers=original)
     assert redirect.status_code == 302 and redirect.headers["location"] == login_url
+    # An API call gets the JSON in either mode, and in a header for nginx.
+    for mode in ("redirect", "status"):
+        api = httpx.get(
+            check, params={"mode": mode}, headers={**original, "Accept": "application/json"}
+        )
+        assert api.status_code == 401 and api.json()["login_url"] == login_url
+        assert json.loads(api.headers["x-consent-json"]) == api.json()
     browser = consented(stack)
     allowed = browser.client.get(check, headers=original)
     assert allowed.status_code == 200
