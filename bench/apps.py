@@ -149,6 +149,30 @@ def vary_only() -> Starlette:
     return Starlette(routes=[Route("/", hello)], middleware=[Middleware(VaryCookieOnly)])
 
 
+SPIN_NS = 5_000
+
+
+class Spin:
+    """A yardstick, not a gate: computes for ``SPIN_NS`` per request and decides nothing.
+    Over loopback HTTP a request's cost is not the sum of its parts (wrk shares the cores,
+    and a slower server leaves it waiting to be woken), so (f) shows what 5 µs of any
+    middleware's work costs there, to read (b) against."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            end = time.perf_counter_ns() + SPIN_NS
+            while time.perf_counter_ns() < end:
+                pass
+        await self.app(scope, receive, send)
+
+
+def spin() -> Starlette:
+    return Starlette(routes=[Route("/", hello)], middleware=[Middleware(Spin)])
+
+
 def bench_session(claims: dict[str, object] | None = None) -> Session:
     return Session.from_claims(
         claims or CLAIMS,
@@ -202,6 +226,7 @@ APPS = {
     "hand": hand_written,
     "redis": gated_redis,
     "vary": vary_only,
+    "spin": spin,
 }
 
 
@@ -213,6 +238,6 @@ def request_cookie(name: str = "gate") -> str:
     return f"{session}; {hand_written_cookie()}"
 
 
-# uvicorn --factory bench.apps:app with BENCH_APP=bare|gate|hand|redis|vary
+# uvicorn --factory bench.apps:app with BENCH_APP=bare|gate|hand|redis|vary|spin
 def app() -> Starlette:
     return APPS[os.environ["BENCH_APP"]]()

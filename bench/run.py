@@ -4,13 +4,15 @@
 
 Prints markdown tables. Over HTTP, uvicorn serves each app in turn and Debian's `wrk`
 loads it from another process; the apps alternate round by round (A/B/C, A/B/C, ...)
-so drift in machine load hits them all alike, and ratios are reported beside absolutes.
+so drift in machine load hits them all alike, and ratios are reported beside absolutes,
+with each server's CPU time per request (read from /proc around each wrk run).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import platform
 import re
@@ -21,6 +23,7 @@ import sys
 import time
 import tracemalloc
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,6 +39,7 @@ LABELS = {
     "hand": "(c) SessionMiddleware + hand-written claim check",
     "redis": "(d) behind the gate, session in Redis",
     "vary": "(e) a middleware that only adds `Vary: Cookie`",
+    "spin": "(f) a middleware that only computes for 5 µs",
 }
 
 
@@ -148,6 +152,9 @@ _RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 # wrk's "Latency Distribution" lines ("     50%  412.00us"); wrk2 prints "50.000%".
 _LAT = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+_REQUESTS = re.compile(r"(\d+) requests in")
+# requests/s, p50 ms, p99 ms, server CPU µs per request
+Measured = tuple[float, float, float, float]
 
 
 def _serve(name: str, port: int) -> subprocess.Popen[bytes]:
@@ -186,7 +193,9 @@ def _wait(proc: subprocess.Popen[bytes], port: int) -> None:
     raise RuntimeError(f"the server for port {port} did not start")
 
 
-def _wrk(port: int, cookie: str, duration: int, connections: int) -> tuple[float, float, float]:
+def _wrk(
+    port: int, cookie: str, duration: int, connections: int, pid: int | None = None
+) -> Measured:
     cmd = [
         "wrk",
         "-t1",
@@ -197,13 +206,31 @@ def _wrk(port: int, cookie: str, duration: int, connections: int) -> tuple[float
     ]
     if cookie:
         cmd[1:1] = ["-H", f"Cookie: {cookie}"]
+    return measured(cmd, pid)
+
+
+def measured(cmd: list[str], pid: int | None) -> Measured:
+    """Run ``wrk``: requests/s, p50 and p99 in ms, and when the server's ``pid`` is given
+    its CPU time per request in µs. wrk shares the two cores with the server, so
+    requests/s also moves with wrk's own share; the CPU time per request is the server's
+    cost alone (NaN without a pid)."""
+    before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout  # noqa: S603
+    cpu = cpu_seconds(pid) - before if pid else math.nan
     rps = float(_RPS.search(out).group(1))  # type: ignore[union-attr]
+    requests = int(_REQUESTS.search(out).group(1))  # type: ignore[union-attr]
     lat = {p: float(v) * _UNIT[u] for p, v, u in _LAT.findall(out)}
-    return rps, lat["50"], lat["99"]
+    return rps, lat["50"], lat["99"], cpu / requests * 1e6
 
 
-def ratio(results: dict[str, list[tuple[float, float, float]]], name: str, other: str) -> float:
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time process ``pid`` has used (proc(5): utime and stime,
+    fields 14 and 15 of /proc/PID/stat, counted after the parenthesised command name)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ratio(results: dict[str, list[Measured]], name: str, other: str) -> float:
     """``name``'s requests/s over ``other``'s: taken within each round (the apps of one
     round run minutes apart at most, so a change in the machine's load meets both), then
     the median over the rounds."""
@@ -213,8 +240,10 @@ def ratio(results: dict[str, list[tuple[float, float, float]]], name: str, other
 
 
 def _http_table(rounds: int, duration: int, connections: int) -> list[str]:
-    results: dict[str, list[tuple[float, float, float]]] = {n: [] for n in APPS}
-    ports = {"bare": 18101, "gate": 18102, "hand": 18103, "redis": 18104, "vary": 18105}
+    results: dict[str, list[Measured]] = {n: [] for n in APPS}
+    ports = {
+        "bare": 18101, "gate": 18102, "hand": 18103, "redis": 18104, "vary": 18105, "spin": 18106,
+    }  # fmt: skip
     procs = {n: _serve(n, p) for n, p in ports.items()}
     try:
         cookies = {name: request_cookie(name) for name in APPS}
@@ -222,27 +251,43 @@ def _http_table(rounds: int, duration: int, connections: int) -> list[str]:
             _wrk(ports[name], cookies[name], 1, connections)
         for _ in range(rounds):
             for name in APPS:
-                results[name].append(_wrk(ports[name], cookies[name], duration, connections))
+                run = _wrk(ports[name], cookies[name], duration, connections, procs[name].pid)
+                results[name].append(run)
     finally:
         for proc in procs.values():
             proc.terminate()
             proc.wait(timeout=10)
-    med = {
-        n: tuple(statistics.median(r[i] for r in rs) for i in range(3)) for n, rs in results.items()
-    }
+    med = medians(results)
     rows = [
-        "| app | requests/s (median) | p50 ms | p99 ms | vs (a) | vs (b) | vs (c) | vs (e) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| app | requests/s (median) | p50 ms | p99 ms | server CPU µs/request | added vs (a) "
+        "| vs (a) | vs (b) | vs (c) | vs (e) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in APPS:
-        rps, p50, p99 = med[name]
+        rps, p50, p99, cpu = med[name]
         ratios = " | ".join(
             f"{ratio(results, name, other):.2f}" for other in ("bare", "gate", "hand", "vary")
         )
-        rows.append(f"| {LABELS[name]} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {ratios} |")
+        rows.append(
+            f"| {LABELS[name]} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:.1f} "
+            f"| {cpu - med['bare'][3]:+.1f} | {ratios} |"
+        )
     each = ", ".join(f"{n}: " + "/".join(f"{r[0]:,.0f}" for r in rs) for n, rs in results.items())
     rows.append(f"\nPer round requests/s: {each}")
     return rows
+
+
+def medians(results: dict[str, list[Measured]]) -> dict[str, Measured]:
+    """Each app's median of each measure over the rounds."""
+    return {
+        name: (
+            statistics.median(r[0] for r in runs),
+            statistics.median(r[1] for r in runs),
+            statistics.median(r[2] for r in runs),
+            statistics.median(r[3] for r in runs),
+        )
+        for name, runs in results.items()
+    }
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from bench.apps import SECRET, VERSION, gate_cookie, settings
-from bench.run import _serve, _wait, _wrk
+from bench.run import Measured, _serve, _wait, _wrk, medians
 
 LABELS = {
     "direct": "(a) the upstream, directly",
@@ -96,7 +96,7 @@ http {{
 def table(rounds: int, duration: int, connections: int) -> list[str]:
     ports = {"direct": 18201, "sidecar": 18202, "floor": 18204, "nginx": 18203}
     cookie = gate_cookie()
-    results: dict[str, list[tuple[float, float, float]]] = {n: [] for n in ports}
+    results: dict[str, list[Measured]] = {n: [] for n in ports}
     single: dict[str, list[float]] = {n: [] for n in ports}
     with ExitStack() as stack:
         stack.enter_context(_serve_context("bare", ports["direct"]))
@@ -116,7 +116,7 @@ def table(rounds: int, duration: int, connections: int) -> list[str]:
             for name, port in ports.items():
                 results[name].append(_wrk(port, cookie, duration, connections))
                 single[name].append(_wrk(port, cookie, duration, 1)[1])
-    med = {n: [statistics.median(r[i] for r in rs) for i in range(3)] for n, rs in results.items()}
+    med = medians(results)
     p50_one = {n: statistics.median(v) for n, v in single.items()}
     rows = [
         f"| path | requests/s at {connections} conn | p99 ms | p50 ms at 1 conn "
@@ -124,7 +124,7 @@ def table(rounds: int, duration: int, connections: int) -> list[str]:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in ports:
-        rps, _, p99 = med[name]
+        rps, _, p99, _ = med[name]
         rows.append(
             f"| {LABELS[name]} | {rps:,.0f} | {p99:.2f} | {p50_one[name]:.3f} | "
             f"{p50_one[name] - p50_one['direct']:+.3f} | {rps / med['direct'][0]:.2f} | "

@@ -14,14 +14,13 @@ import argparse
 import asyncio
 import base64
 import json
-import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
 from itsdangerous import TimestampSigner
 
 from bench.apps import CLAIMS, SECRET, bench_session, settings
+from bench.run import Measured, measured
 from consent_middleware._session import CookieSessionStore
 
 APPS = ("bare", "gate", "hand")
@@ -84,27 +83,23 @@ def rss_mb(pid: int) -> float:
 
 
 def _wrk(
-    port: int, script: Path, cookies: Path, duration: int, connections: int
-) -> tuple[float, float, float]:
-    from bench.run import _LAT, _RPS, _UNIT
-
+    port: int, script: Path, cookies: Path, duration: int, connections: int, pid: int | None = None
+) -> Measured:
     cmd = [
         "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
         f"http://127.0.0.1:{port}/", "--", str(cookies),
     ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout  # noqa: S603
-    rps = float(_RPS.search(out).group(1))  # type: ignore[union-attr]
-    lat = {p: float(v) * _UNIT[u] for p, v, u in _LAT.findall(out)}
-    return rps, lat["50"], lat["99"]
+    return measured(cmd, pid)
 
 
 def table(users: tuple[int, ...], rounds: int, duration: int, connections: int) -> list[str]:
-    from bench.run import _serve, ratio
+    from bench.run import _serve, medians, ratio
 
     ports = {"bare": 18301, "gate": 18302, "hand": 18303}
     rows = [
-        "| users | app | requests/s | p50 ms | p99 ms | RSS MB | vs bare | vs hand-written |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| users | app | requests/s | p50 ms | p99 ms | server CPU µs/request | RSS MB "
+        "| vs bare | vs hand-written |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     with tempfile.TemporaryDirectory(prefix="bench-users-") as directory:
         folder = Path(directory)
@@ -114,30 +109,27 @@ def table(users: tuple[int, ...], rounds: int, duration: int, connections: int) 
             cookies = cookie_file(count, folder)
             # Fresh processes per N: memory is what N users leave behind, nothing earlier.
             procs = {name: _serve(name, port) for name, port in ports.items()}
-            results: dict[str, list[tuple[float, float, float]]] = {n: [] for n in APPS}
+            results: dict[str, list[Measured]] = {n: [] for n in APPS}
             rss: dict[str, float] = {}
             try:
                 for name in APPS:  # untimed warm-up: one pass over the users where it fits
                     _wrk(ports[name], script, cookies, 2, connections)
                 for _ in range(rounds):
                     for name in APPS:
-                        results[name].append(
-                            _wrk(ports[name], script, cookies, duration, connections)
-                        )
+                        pid = procs[name].pid
+                        run = _wrk(ports[name], script, cookies, duration, connections, pid)
+                        results[name].append(run)
                 rss = {name: rss_mb(proc.pid) for name, proc in procs.items()}
             finally:
                 for proc in procs.values():
                     proc.terminate()
                     proc.wait(timeout=10)
-            med = {
-                n: [statistics.median(r[i] for r in rs) for i in range(3)]
-                for n, rs in results.items()
-            }
+            med = medians(results)
             for name in APPS:
-                rps, p50, p99 = med[name]
+                rps, p50, p99, cpu = med[name]
                 rows.append(
                     f"| {count:,} | {LABELS[name]} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | "
-                    f"{rss[name]:.0f} | {ratio(results, name, 'bare'):.2f} | "
+                    f"{cpu:.1f} | {rss[name]:.0f} | {ratio(results, name, 'bare'):.2f} | "
                     f"{ratio(results, name, 'hand'):.2f} |"
                 )
     return rows

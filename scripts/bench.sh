@@ -8,5 +8,5 @@ if [ "${1:-}" = "--ledger" ]; then
   shift
   exec .venv/bin/python -m bench.ledger "$@"
 fi
-apt_install wrk:wrk redis-server:redis-server
+apt_install wrk:wrk redis-server:redis-server nginx:nginx
 exec .venv/bin/python -m bench.run "$@"
