@@ -162,6 +162,13 @@ def refusal_body(
 ) -> tuple[int, dict[str, Any]]:
     """The JSON an API client gets instead of a redirect: status and body."""
     url = settings.app_base_url + refusal_url(verdict, return_to, settings, "", purposes)
+    return refusal_json(verdict, url, purposes)
+
+
+def refusal_json(
+    verdict: Verdict, url: str, purposes: tuple[str, ...] = ()
+) -> tuple[int, dict[str, Any]]:
+    """``refusal_body`` for the absolute ``url`` the refused request is sent to."""
     if verdict is Verdict.LOGIN:
         return 401, {"error": "login_required", "login_url": url}
     if verdict is Verdict.PURPOSE:

@@ -36,7 +36,7 @@ from .._gate import (
     judged,
     matches,
     missing_purposes,
-    refusal_body,
+    refusal_json,
     refusal_url,
     wants_json,
 )
@@ -233,8 +233,8 @@ class Sidecar:
                 forward = with_new_session([(b"cookie", _cookie_header(request))], cookies)
                 response.raw_headers.append((b"x-consent-forward-cookie", forward[-1][1]))
             return with_cookie_copies(with_cookies(response, cookies), cookies)
-        status_code, body = refusal_body(verdict, target, settings, missing)
         url = settings.app_base_url + refusal_url(verdict, target, settings, "", missing)
+        status_code, body = refusal_json(verdict, url, missing)
         # The proxy passes the original request's headers on to the check: an API call
         # or fetch gets the JSON the middleware would answer, never a redirect to a page.
         as_json = wants_json(path, request.headers, settings)
