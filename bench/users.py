@@ -4,8 +4,8 @@ session, over loopback HTTP.
 For N = 1, 1,000, 20,000 and 100,000 users, every request carries one user's cookies for
 both the gate and the hand-written peer (the same header for each app, so each parses the
 same request); Debian's ``wrk`` cycles through the users with a Lua script, the apps
-alternate round by round, and each app's resident memory is read from ``/proc`` after its
-runs. Run by ``scripts/bench.sh``; ``python -m bench.users --users 1000,20000`` alone.
+alternate round by round, and each app's CPU time per request and resident memory are read
+from ``/proc``. Run by ``scripts/bench.sh``; ``python -m bench.users --users 1000,20000`` alone.
 """
 
 from __future__ import annotations
