@@ -30,10 +30,6 @@ from ._models import User
 from ._refresh import SESSION_LOADER_SCOPE_KEY, SESSION_SCOPE_KEY, SessionRefresher
 from ._session import CookieSessionStore, Session, SessionStore, SessionSummary
 
-# The memory the cache may take, estimated from what its entries hold. Small on purpose:
-# past it, a request pays the cold path (decrypt, summarise), which is cheap, while a cache
-# that grows with the number of users is memory that grows with them.
-ADMITTED_CACHE_BYTES = 12 * 1024 * 1024
 REVALIDATE_AFTER = 60.0
 USER_SCOPE_KEY = "consent_middleware.user"
 # The admission a request was let through on, for the session loader.
@@ -143,7 +139,7 @@ class AdmissionCache:
     work for entries that would have died unused.
     """
 
-    def __init__(self, max_weight: int = ADMITTED_CACHE_BYTES) -> None:
+    def __init__(self, max_weight: int) -> None:
         self.max_weight = max_weight
         self.weight = 0
         self._entries: OrderedDict[int, Admitted] = OrderedDict()
@@ -240,7 +236,8 @@ class Admissions:
         self.settings = settings
         self.sessions = sessions
         self.refresher = refresher
-        self.cache = AdmissionCache()
+        # Bounded by an estimate of the memory its entries take (Settings.admission_cache_mb).
+        self.cache = AdmissionCache(settings.admission_cache_mb * 1024 * 1024)
         # The cookie store hands the gate a summary of the session (no tokens parsed, no
         # Session built); any other store, or one that loads its sessions its own way, is
         # asked for the whole session.

@@ -50,6 +50,7 @@ ENV_NAMES: dict[str, str] = {
     "inactivity_duration": "CONSENT_SESSION_INACTIVITY",
     "absolute_duration": "CONSENT_SESSION_ABSOLUTE",
     "revalidate_seconds": "CONSENT_REVALIDATE_SECONDS",
+    "admission_cache_mb": "CONSENT_ADMISSION_CACHE_MB",
     "ungated_websockets": "CONSENT_UNGATED_WEBSOCKETS",
     "accepts_per_minute": "CONSENT_ACCEPTS_PER_MINUTE",
     "redis_url": "CONSENT_REDIS_URL",
@@ -76,6 +77,7 @@ _INT_FIELDS = {
     "inactivity_duration",
     "absolute_duration",
     "revalidate_seconds",
+    "admission_cache_mb",
     "accepts_per_minute",
     "history_limit",
 }
@@ -160,6 +162,10 @@ class Settings:
     # Re-check every session with the provider this often (a refresh-token grant per active
     # session per interval); 0 = only when a revocation mark asks for it.
     revalidate_seconds: int = 0
+    # The memory the gate's cache of admitted requests may take, in MB (0: none). Past it, a
+    # request takes the full check (decrypt, summarise, decide), which is cheap, while a
+    # cache that grows with the number of users is memory that grows with them.
+    admission_cache_mb: int = 12
     # Websocket paths the gate lets through untouched (same "*" rule as public_paths).
     ungated_websockets: tuple[str, ...] = ()
     # Accepts (each a Management API write and a grant) one user may make per minute.
@@ -240,6 +246,8 @@ class Settings:
             raise ConfigurationError(f"{_name('session_store')}=redis needs {_name('redis_url')}")
         if self.revalidate_seconds < 0:
             raise ConfigurationError(f"{_name('revalidate_seconds')} must be 0 (off) or more")
+        if self.admission_cache_mb < 0:
+            raise ConfigurationError(f"{_name('admission_cache_mb')} must be 0 (none) or more")
         if self.accepts_per_minute < 1:
             raise ConfigurationError(f"{_name('accepts_per_minute')} must be at least 1")
         for list_field in ("public_paths", "api_prefixes", "ungated_websockets"):

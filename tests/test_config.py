@@ -35,12 +35,14 @@ def test_lists_and_numbers_from_env() -> None:
         **ENV,
         "CONSENT_PUBLIC_PATHS": "/, /static/*",
         "CONSENT_SESSION_INACTIVITY": "600",
+        "CONSENT_ADMISSION_CACHE_MB": "48",
         "AUTH0_MGMT_CLIENT_ID": "m2m",
         "AUTH0_MGMT_CLIENT_SECRET": "m2m-secret",
     }
     settings = Settings.from_env(env)
     assert settings.public_paths == ("/", "/static/*")
     assert settings.inactivity_duration == 600
+    assert settings.admission_cache_mb == 48
     assert settings.mgmt_client_id == "m2m"
 
 
@@ -65,6 +67,7 @@ def test_missing_variable_is_named(missing: str) -> None:
         ("AUTH0_SCOPE", "profile email", "openid"),
         ("CONSENT_SESSION_INACTIVITY", "soon", "whole number"),
         ("CONSENT_PUBLIC_PATHS", "static", "must start with"),
+        ("CONSENT_ADMISSION_CACHE_MB", "-1", "0 (none) or more"),
     ],
 )
 def test_invalid_value_fails_with_the_variable_name(name: str, value: str, message: str) -> None:

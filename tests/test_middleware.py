@@ -191,6 +191,19 @@ def test_admitted_cache_is_bounded_by_claims_not_tokens() -> None:
     assert len(filled({"pad": "x" * 10 * one})) == 0
 
 
+def test_the_admission_cache_takes_the_memory_the_settings_allow() -> None:
+    value = cookie_value(CONSENTED).encode()
+    sized = ConsentMiddleware(ok, settings=replace(SETTINGS, admission_cache_mb=3))
+    assert sized._admissions.cache.max_weight == 3 * 1024 * 1024
+    none = ConsentMiddleware(ok, settings=replace(SETTINGS, admission_cache_mb=0))
+    for _ in range(3):
+        # Every request takes the full check, and passes: nothing is remembered.
+        assert call(none, value)[0] == 200
+    assert len(none._admissions.cache) == 0
+    assert call(sized, value)[0] == 200
+    assert len(sized._admissions.cache) == 1
+
+
 def test_lifespan_shutdown_closes_the_client_it_made() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         while (await receive())["type"] != "lifespan.shutdown":
