@@ -109,6 +109,11 @@ def test_two_tabs_accepting_at_once(live: Live) -> None:
         "returnTo": "/dashboard",
     }
     results: list[int] = []
+    # The first tab's Management read is slow, so the second tab's accept arrives while the
+    # first holds the user's lock: the two are in flight at once on any machine (without
+    # it, a fast first tab could finish before the second was sent).
+    sub = browser.profile()["sub"]
+    live.tenant.slow_next("/api/v2/users/" + quote(sub, safe=""), delay=0.3)
     token_calls_before = sum(p.endswith("/oauth/token") for _, p in live.tenant.requests)
 
     def tab() -> None:
