@@ -51,6 +51,22 @@ def judged(consent: Consent | None, settings: Settings) -> tuple[Verdict, frozen
     return verdict, consent.given_purposes(settings.purposes)
 
 
+def judged_claim(claim: object, settings: Settings) -> tuple[Verdict, frozenset[str]]:
+    """``judged`` for the consent claim as decoded. The usual claim (a JSON object, no
+    purposes asked for) is read in place, exactly as ``Consent.covers`` reads it, with no
+    ``Consent`` built: this runs for every user the gate has not seen recently."""
+    if type(claim) is not dict or settings.require:
+        return judged(Consent.from_claim(claim), settings)
+    version = claim.get("version")
+    covered = (
+        claim.get("given") is True
+        and claim.get("withdrawn") is not True
+        and version is not None
+        and str(version) == settings.terms_version
+    )
+    return (Verdict.ALLOW if covered else Verdict.CONSENT), NO_PURPOSES
+
+
 def missing_purposes(path: str, given: frozenset[str], settings: Settings) -> tuple[str, ...]:
     """The purposes ``path`` needs (CONSENT_REQUIRE) that are not in ``given``. A
     requirement fails closed: it is matched on the path as sent and as a server would clean

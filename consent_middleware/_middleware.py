@@ -13,7 +13,8 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._admissions import Admissions, Admitted
+from ._admission_cache import Admitted
+from ._admissions import Admissions
 from ._config import Settings
 from ._cookies import joined_cookie_header, scope_cookies, session_cookies, sets_session_cookie
 from ._engine import Engine
@@ -109,7 +110,7 @@ class ConsentMiddleware:
             key = session_cookies(raw)
             admitted = admissions.known(key, now) or await admissions.admit(scope, raw, key, now)
             if not isinstance(admitted, Verdict) and (self._state.has_marks or self._revalidates):
-                if self.engine.revocations.status(admitted.facts, now) is not Revocation.NONE:
+                if self.engine.revocations.status(admitted, now) is not Revocation.NONE:
                     admissions.cache.discard(admitted)
                     fresh = await self._after_revocation(admitted, scope, receive, send)
                     if fresh is None:
@@ -132,7 +133,7 @@ class ConsentMiddleware:
                 await self._refusal(Verdict.PURPOSE, scope, missing)(scope, receive, send)
                 return
 
-        admissions.hand_over(admitted, scope)
+        admissions.hand_over(admitted, scope, raw, key, now)
         scope.update(self._handed)
         roll = admitted.roll
         if roll:
@@ -278,15 +279,17 @@ class ConsentMiddleware:
             await _deny_websocket(scope, receive, send, 403, {"error": "forbidden_origin"})
             return
         now = time.time()
+        raw = joined_cookie_header(scope)
+        key = session_cookies(raw)
         try:
-            admitted = await self._admissions.admitted(scope, now)
+            admitted = await self._admissions.admitted(scope, raw, key, now)
         except SharedStateError:
             body = {"error": "temporarily_unavailable"}
             await _deny_websocket(scope, receive, send, 503, body)
             return
         verdict = admitted if isinstance(admitted, Verdict) else admitted.verdict
         if not isinstance(admitted, Verdict) and self._marks_apply():
-            status = self.engine.revocations.status(admitted.facts, now)
+            status = self.engine.revocations.status(admitted, now)
             # A handshake cannot carry a refreshed cookie reliably: the next page load
             # refreshes (or ends) the session, then the socket may reconnect.
             if status is not Revocation.NONE:
@@ -299,7 +302,7 @@ class ConsentMiddleware:
             status_code, body = refusal_body(verdict, scope["path"], settings, missing)
             await _deny_websocket(scope, receive, send, status_code, body)
             return
-        self._admissions.hand_over(admitted, scope)
+        self._admissions.hand_over(admitted, scope, raw, key, now)
         await self.app(scope, receive, send)
 
     def _closing_on_shutdown(self, send: Send) -> Send:

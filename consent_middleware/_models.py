@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ._events import PurposeChoice
@@ -62,16 +63,52 @@ class Consent:
         return frozenset(given)
 
 
-@dataclass(frozen=True, slots=True)
 class User:
-    """A logged-in user, as the verified ID token described them."""
+    """A logged-in user, as the verified ID token described them.
 
-    claims: Mapping[str, Any]
-    consent: Consent | None
+    Built by the gate for every request it lets through. A user it has seen recently is
+    answered from its cache without reading the cookie again, so ``claims`` and
+    ``consent`` may be read only when a route first asks for them: ``sub`` never waits.
+    """
+
+    # A plain class with slots, read-only from outside: the gate builds one per request for
+    # a user it admits from its cache until a route reads the claims (see ``deferred``).
+    __slots__ = ("_claims", "_consent", "_read", "_sub")
+
+    def __init__(self, claims: Mapping[str, Any], consent: Consent | None) -> None:
+        self._claims = claims
+        self._consent = consent
+        self._read: Callable[[], User] | None = None
+        self._sub: str | None = None
+
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, Any], consent_claim: str) -> User:
+        return cls(claims, Consent.from_claim(claims.get(consent_claim)))
+
+    @classmethod
+    def deferred(cls, sub: str, read: Callable[[], User]) -> User:
+        """A user known by ``sub`` whose claims ``read`` returns (as a user) when a route
+        first asks for them: the gate keeps no claims for a route that never reads them."""
+        user = cls.__new__(cls)
+        user._claims, user._consent, user._read, user._sub = _NO_CLAIMS, None, read, sub
+        return user
+
+    @property
+    def claims(self) -> Mapping[str, Any]:
+        if self._read is not None:
+            self._load()
+        return self._claims
+
+    @property
+    def consent(self) -> Consent | None:
+        if self._read is not None:
+            self._load()
+        return self._consent
 
     @property
     def sub(self) -> str:
-        return str(self.claims["sub"])
+        sub = self._sub
+        return sub if sub is not None else str(self.claims["sub"])
 
     @property
     def email(self) -> str | None:
@@ -81,9 +118,27 @@ class User:
     def name(self) -> str | None:
         return _str_or_none(self.claims.get("name"))
 
-    @classmethod
-    def from_claims(cls, claims: Mapping[str, Any], consent_claim: str) -> User:
-        return cls(claims=claims, consent=Consent.from_claim(claims.get(consent_claim)))
+    def _load(self) -> None:
+        read = self._read
+        if read is not None:
+            user = read()  # raising leaves it unread: never an empty user by mistake
+            self._claims, self._consent, self._read = user.claims, user.consent, None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, User):
+            return NotImplemented
+        return (self.claims, self.consent) == (other.claims, other.consent)
+
+    # Equal users compare by claims, which are a mapping: no hash (as before).
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        if self._read is not None:
+            return f"User(sub={self._sub!r}, claims not read yet)"
+        return f"User(claims={self._claims!r}, consent={self._consent!r})"
+
+
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 
 def _purposes(value: object) -> dict[str, PurposeChoice]:

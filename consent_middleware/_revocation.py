@@ -18,9 +18,10 @@ whatever the provider's clock says.
 from __future__ import annotations
 
 import enum
+from typing import Protocol
 
 from ._config import Settings
-from ._session import Session, SessionSummary, now_ms
+from ._session import Session, now_ms
 from ._state import MarkKind, SharedState
 
 
@@ -33,6 +34,19 @@ class Revocation(enum.Enum):
     ENDED = "ended"
 
 
+class Revocable(Protocol):
+    """What the marks are compared with: a ``Session``, or the gate's admission of one."""
+
+    @property
+    def sid(self) -> str: ...
+
+    @property
+    def sub(self) -> str: ...
+
+    @property
+    def issued_at(self) -> int: ...
+
+
 class Revocations:
     def __init__(self, settings: Settings, state: SharedState) -> None:
         self.state = state
@@ -40,7 +54,7 @@ class Revocations:
         # A mark must outlive every session it can concern: none lives longer than this.
         self.mark_lifetime = float(settings.absolute_duration)
 
-    def status(self, session: Session | SessionSummary, now: float) -> Revocation:
+    def status(self, session: Revocable, now: float) -> Revocation:
         """Where ``session`` stands; no I/O (the gate asks on every request)."""
         issued_at = session.issued_at
         state = self.state
@@ -48,7 +62,7 @@ class Revocations:
             ended = state.mark(MarkKind.SESSION, session.sid)
             if ended is not None and issued_at < ended:
                 return Revocation.ENDED
-            sub = str(session.user.get("sub"))
+            sub = session.sub
             ended = state.mark(MarkKind.USER_ENDED, sub)
             if ended is not None and issued_at < ended:
                 return Revocation.ENDED
@@ -61,7 +75,7 @@ class Revocations:
 
     def fresh_after(self, session: Session, now: float) -> float:
         """Unix seconds: a grant sent after this brings ``session`` up to date."""
-        marked = self.state.mark(MarkKind.USER, str(session.user.get("sub"))) or 0
+        marked = self.state.mark(MarkKind.USER, session.sub) or 0
         if self.revalidate_seconds:
             return max(marked / 1000, now - self.revalidate_seconds)
         return marked / 1000

@@ -69,6 +69,10 @@ class Session:
         return cls.from_claims(grant.claims, grant.token_set, _ms(grant.requested_at))
 
     @property
+    def sub(self) -> str:
+        return str(self.user.get("sub"))
+
+    @property
     def ends_at(self) -> float:
         """When the session ends (see ``ends_at``)."""
         return ends_at(self.expires_at, self.extra.get("internal"))
@@ -337,18 +341,20 @@ class CookieSessionStore(RollingExpiry):
         return all(getattr(cls, name) is getattr(own, name) for name in _SUMMARY_READERS)
 
     def summary(
-        self, cookies: Mapping[str, str]
+        self, cookies: Mapping[str, str], now: float | None = None
     ) -> tuple[SessionSummary, Mapping[str, Any]] | None:
         """What the gate reads of the request's session, and the decrypted payload a
         ``Session`` is parsed from if the request needs one; None as for ``load``. Not a
         coroutine: the cookie is all there is."""
         value = read_chunked(SESSION_COOKIE, cookies)
-        return self.summary_of(value) if value else None
+        return self.summary_of(value, now) if value else None
 
-    def summary_of(self, value: str | bytes) -> tuple[SessionSummary, Mapping[str, Any]] | None:
+    def summary_of(
+        self, value: str | bytes, now: float | None = None
+    ) -> tuple[SessionSummary, Mapping[str, Any]] | None:
         """``summary`` for the session cookie's whole value (its bytes straight off the
-        request, for the gate: no text decoded, no mapping built)."""
-        now = time.time()
+        request, for the gate: no text decoded, no mapping built), as of ``now``."""
+        now = time.time() if now is None else now
         payload = _jose.decrypt(value, self.keys, now)
         summary = SessionSummary.from_payload(payload) if payload else None
         if summary is None or summary.ends_at < now:

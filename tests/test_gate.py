@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -20,7 +21,8 @@ from consent_middleware import (
     TokenSet,
     current_user,
 )
-from consent_middleware._gate import missing_purposes
+from consent_middleware._gate import judged, judged_claim, missing_purposes
+from consent_middleware._models import Consent
 from consent_middleware._purposes import Purpose
 from consent_middleware._session import CookieSessionStore
 from tests.conftest import CLAIM, make_settings
@@ -252,3 +254,24 @@ def test_no_spelling_of_a_path_escapes_its_purpose(pattern: str, path: str) -> N
     assert missing_purposes("/newsletters-archive", frozenset(), settings) == (
         ("marketing",) if pattern.endswith("*") else ()
     )
+
+
+# What a hand-edited record may hold: true and its look-alikes, and no value at all.
+_ABSENT = object()
+_CLAIM_VALUES = [_ABSENT, None, True, False, 1, 0, "true", "", 2.0]
+
+
+def test_the_claim_read_in_place_decides_as_the_parsed_consent() -> None:
+    # The cold path reads the usual claim without building a Consent: it must never
+    # decide otherwise than the Consent the app is handed. Every combination, each field
+    # absent or any of its look-alikes.
+    versions = [*_CLAIM_VALUES, "v2", "v1", 2, "2"]
+    claims: list[object] = [*_CLAIM_VALUES[1:], [], "v2"]
+    for given_, withdrawn, version in itertools.product(_CLAIM_VALUES, _CLAIM_VALUES, versions):
+        fields = {"given": given_, "withdrawn": withdrawn, "version": version}
+        claims.append({k: v for k, v in fields.items() if v is not _ABSENT})
+    for terms in ("v2", "2"):
+        settings = make_settings(terms_version=terms)
+        for claim in claims:
+            expected = judged(Consent.from_claim(claim), settings)
+            assert judged_claim(claim, settings) == expected, claim

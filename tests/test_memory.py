@@ -10,7 +10,11 @@ import tracemalloc
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+import pytest
+from starlette.types import ASGIApp
+
 from consent_middleware import ConsentMiddleware, Session, TokenSet
+from consent_middleware._admissions import USER_SCOPE_KEY
 from consent_middleware._cookies import session_cookies as session_key
 from consent_middleware._session import CookieSessionStore
 from tests.conftest import CLAIM, make_settings
@@ -148,9 +152,17 @@ SHAPES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def test_the_cache_weighs_its_entries_as_tracemalloc_counts_them() -> None:
+async def reads_user(scope: Any, receive: Any, send: Any) -> None:
+    user = scope[USER_SCOPE_KEY]
+    assert user.consent is not None and user.claims["sub"] == user.sub
+    await ok(scope, receive, send)
+
+
+@pytest.mark.parametrize("app", [ok, reads_user], ids=["user not read", "user read"])
+def test_the_cache_weighs_its_entries_as_tracemalloc_counts_them(app: ASGIApp) -> None:
     # The cache's budget is only a bound on memory if each entry's weight is what it
-    # holds: measured here through the gate, for claims of every shape.
+    # holds: measured here through the gate, for claims of every shape, whether the
+    # route reads the user (the entry keeps their claims) or not.
     settings = make_settings()
     store = CookieSessionStore(settings)
     tokens = TokenSet("a" * 800, "i" * 900, "rt", expires_at=int(time.time()) + 3600)
@@ -165,7 +177,7 @@ def test_the_cache_weighs_its_entries_as_tracemalloc_counts_them() -> None:
             claims = {"sub": f"auth0|w{i:04d}", **extra, CLAIM: consent}
             saved = await store.save(Session.from_claims(claims, tokens), {})
             cookies.append("; ".join(f"{k}={v}" for k, v in jar(saved).items()).encode())
-        gate = ConsentMiddleware(ok, settings=settings)
+        gate = ConsentMiddleware(app, settings=settings)
         try:
             await gate(scope_for(cookies[0]), receive_nothing, ignore)
             cache = gate._admissions.cache

@@ -14,12 +14,15 @@ import pytest
 import respx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.types import ASGIApp
 
 from consent_middleware import ConsentMiddleware, Session, TokenSet, _jose
 from consent_middleware import _admissions as admissions_module
-from consent_middleware._admissions import AdmissionCache
-from consent_middleware._cookies import CHUNK_SIZE
-from consent_middleware._exceptions import SharedStateError
+from consent_middleware._admission_cache import AdmissionCache
+from consent_middleware._admissions import USER_SCOPE_KEY
+from consent_middleware._cookies import CHUNK_SIZE, session_cookies
+from consent_middleware._exceptions import NotGatedError, SharedStateError
+from consent_middleware._models import User
 from consent_middleware._session import CookieSessionStore
 from tests.conftest import CLAIM, ISSUER, idp, make_settings
 from tests.flow import run_lifespan
@@ -33,6 +36,12 @@ CONSENTED = {CLAIM: {"given": True, "version": "v2", "date": "2026-01-01T00:00:0
 async def ok(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def reads_user(scope: Any, receive: Any, send: Any) -> None:
+    user = scope[USER_SCOPE_KEY]
+    assert user.claims["sub"] == user.sub and user.consent is not None
+    await ok(scope, receive, send)
 
 
 def cookie_value(claims: dict[str, Any] | None = None, padding: int = 0) -> str:
@@ -170,8 +179,10 @@ def test_not_consented_is_never_cached() -> None:
 
 
 def test_admitted_cache_is_bounded_by_claims_not_tokens() -> None:
-    def filled(claims: dict[str, Any] | None = None, padding: int = 0) -> AdmissionCache:
-        gate = ConsentMiddleware(ok, settings=SETTINGS)
+    def filled(
+        claims: dict[str, Any] | None = None, padding: int = 0, app: ASGIApp = reads_user
+    ) -> AdmissionCache:
+        gate = ConsentMiddleware(app, settings=SETTINGS)
         gate._admissions.cache = AdmissionCache(8 * one + one // 2)
         for i in range(20):
             value = cookie_value({"n": i, **CONSENTED, **(claims or {})}, padding).encode()
@@ -179,7 +190,7 @@ def test_admitted_cache_is_bounded_by_claims_not_tokens() -> None:
         assert gate._admissions.cache.weight <= gate._admissions.cache.max_weight
         return gate._admissions.cache
 
-    probe = ConsentMiddleware(ok, settings=SETTINGS)
+    probe = ConsentMiddleware(reads_user, settings=SETTINGS)
     assert call(probe, cookie_value({"n": 0, **CONSENTED}).encode())[0] == 200
     one = probe._admissions.cache.weight
     assert len(filled()) == 8
@@ -189,6 +200,53 @@ def test_admitted_cache_is_bounded_by_claims_not_tokens() -> None:
     assert 1 <= len(filled({"pad": "x" * one})) <= 4
     # One larger than the whole budget is served, just never cached.
     assert len(filled({"pad": "x" * 10 * one})) == 0
+    # A route that never reads the user: the entries keep no claims, whatever their size,
+    # and the same budget holds more than twice the users.
+    assert len(filled({"pad": "x" * 10 * one}, app=ok)) == len(filled(app=ok)) > 16
+
+
+@pytest.mark.parametrize("value", [VALID, BIG], ids=["one cookie", "chunked"])
+def test_a_cached_user_is_read_from_the_cookie_once_a_route_asks(value: str) -> None:
+    # An API answering from the cache never reads the user; the first route that does
+    # gets the claims from the request's own cookie, and the entry keeps them.
+    seen: list[User] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope[USER_SCOPE_KEY])
+        await ok(scope, receive, send)
+
+    gate = ConsentMiddleware(app, settings=SETTINGS)
+    cookie = value.encode()
+    for _ in range(3):
+        assert call(gate, cookie)[0] == 200
+    (entry,) = gate._admissions.cache._entries.values()
+    assert entry.user is None and "not read yet" in repr(seen[-1])
+    before = gate._admissions.cache.weight
+    user = seen[-1]
+    assert user.sub == "auth0|1" and user.email is None and user.name is None
+    assert user.consent is not None and user.consent.version == "v2"
+    assert user == User.from_claims(dict(user.claims), CLAIM) and user != "auth0|1"
+    assert entry.user is not None and entry.user.claims == user.claims
+    assert gate._admissions.cache.weight > before
+    assert call(gate, cookie)[0] == 200
+    assert seen[-1] is entry.user  # handed over as it is, not read again
+    assert "claims=" in repr(seen[-1])
+
+
+def test_a_user_that_cannot_be_read_again_says_so_and_stays_unread() -> None:
+    # Only a session other than the admitted one could fail: say so, never an empty user.
+    gate = ConsentMiddleware(ok, settings=SETTINGS)
+    assert call(gate, VALID.encode())[0] == 200
+    (entry,) = gate._admissions.cache._entries.values()
+    entry.sid = "another login"
+    scope: dict[str, Any] = {}
+    key = session_cookies(VALID.encode())
+    gate._admissions.hand_over(entry, scope, VALID.encode(), key, time.time())
+    user = scope[USER_SCOPE_KEY]
+    for _ in range(2):
+        with pytest.raises(NotGatedError):
+            user.claims  # noqa: B018
+    assert entry.user is None and user.sub == "auth0|1"
 
 
 def test_the_admission_cache_takes_the_memory_the_settings_allow() -> None:

@@ -14,7 +14,8 @@ import respx
 from starlette.requests import Request
 
 from consent_middleware import RefreshError, Session, TokenSet, refresh_session
-from consent_middleware._admissions import Admissions, Admitted
+from consent_middleware._admission_cache import Admitted
+from consent_middleware._admissions import Admissions
 from consent_middleware._engine import Engine
 from consent_middleware._refresh import (
     REFRESHED_SCOPE_KEY,
@@ -240,9 +241,10 @@ async def test_the_session_is_parsed_from_the_cookie_when_the_gate_read_a_summar
     cookie = (await engine.sessions.save(current, {}))[0].split(b";")[0]
     req = request({REFRESHER_SCOPE_KEY: subject, "headers": [(b"cookie", cookie)]})
     admissions = Admissions(engine.settings, engine.sessions, subject)
-    admitted = await admissions.admitted(req.scope, time.time())
+    now = time.time()
+    admitted = await admissions.admitted(req.scope, cookie, cookie, now)
     assert isinstance(admitted, Admitted) and admitted.session is None  # a summary only
-    admissions.hand_over(admitted, req.scope)
+    admissions.hand_over(admitted, req.scope, cookie, cookie, now)
     gated = await gated_session(req.scope)
     assert gated is not None and gated[1].token_set == current.token_set
     assert req.scope[SESSION_SCOPE_KEY] is gated[1]

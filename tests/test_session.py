@@ -180,7 +180,9 @@ async def test_the_summary_and_the_session_agree() -> None:
             return None  # loads its sessions its own way: the gate must ask it
 
     class Filtered(CookieSessionStore):
-        def summary_of(self, value: str | bytes) -> tuple[SessionSummary, Mapping[str, Any]] | None:
+        def summary_of(
+            self, value: str | bytes, now: float | None = None
+        ) -> tuple[SessionSummary, Mapping[str, Any]] | None:
             return None  # reads the usual cookie its own way: the gate must ask load
 
     assert not DenyList(make_settings()).summarizes()

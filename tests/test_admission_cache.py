@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from consent_middleware import Session, TokenSet
-from consent_middleware._admissions import (
+from consent_middleware._admission_cache import (
     ENTRY_OVERHEAD,
     KEY_TAIL,
     AdmissionCache,
     Admitted,
+    RecentMisses,
     entry_weight,
 )
 from consent_middleware._gate import Verdict
 from consent_middleware._models import User
 
 
-def admitted(padding: int = 0, with_session: bool = False) -> Admitted:
-    session = Session.from_claims({"sub": "u", "pad": "x" * padding}, TokenSet("at", "idt"))
-    user = User.from_claims(session.user, "https://c.example.com/c")
+def admitted(
+    padding: int = 0, with_session: bool = False, read: bool = True, **claims: object
+) -> Admitted:
+    """An admission whose user a route has read (or not: ``read``)."""
+    session = Session.from_claims(
+        {"sub": "u", "pad": "x" * padding, **claims}, TokenSet("at", "idt")
+    )
+    user = User.from_claims(session.user, "https://c.example.com/c") if read else None
     until = time.time() + 60
     kept = session if with_session else None
     return Admitted(session, kept, user, False, until, Verdict.ALLOW, frozenset())
@@ -58,10 +66,13 @@ def test_the_least_recently_used_goes_first() -> None:
     assert len(cache) == 3 and cache.weight == 3 * ONE
 
 
-def test_more_users_than_fit_round_robin_are_left_to_the_cold_path() -> None:
+@pytest.mark.parametrize("spare", [0, ONE // 2], ids=["exactly full", "room for a small one"])
+def test_more_users_than_fit_round_robin_are_left_to_the_cold_path(spare: int) -> None:
     # Ten users in turn where three fit: a plain LRU would insert and evict on every
-    # request and hit none. Here the first three stay, and the others cost no eviction.
-    cache = AdmissionCache(max_weight=3 * ONE)
+    # request and hit none. Here the first three stay, and the others cost no eviction,
+    # also when the room left would take a smaller entry than these.
+    assert spare > ENTRY_OVERHEAD or spare == 0
+    cache = AdmissionCache(max_weight=3 * ONE + spare)
     keys = [cookie(f"user{i}") for i in range(10)]
     hits = 0
     for _ in range(5):
@@ -76,7 +87,7 @@ def test_more_users_than_fit_round_robin_are_left_to_the_cold_path() -> None:
 
 def test_weight_follows_the_claims_not_the_tokens() -> None:
     # The cookie's size only counts when the entry keeps the decoded session.
-    assert entry_weight(admitted(), 50_000) == ONE < 2 * ENTRY_OVERHEAD
+    assert entry_weight(admitted(), 50_000) == ONE < 3 * ENTRY_OVERHEAD
     assert entry_weight(admitted(with_session=True), 50_000) == ONE + 50_000
     assert entry_weight(admitted(padding=1000), 0) == ONE + 1000
     cache = AdmissionCache(max_weight=10 * ONE)
@@ -112,18 +123,58 @@ def test_an_entry_holds_no_cookie_and_answers_only_its_own() -> None:
 def test_any_claims_are_weighed() -> None:
     # Integers past 64 bits, and nesting deeper than the interpreter's recursion limit.
     cache = AdmissionCache(max_weight=2**21)
-    entry = admitted()
     nested: dict[str, object] = {}
     inner = nested
     for _ in range(5000):
         inner["n"] = inner = {}
-    entry.facts.user.update(big=2**70, nested=nested)
+    entry = admitted(big=2**70, nested=nested)
     cache.put(cookie("odd"), entry)
     assert cache.get(cookie("odd")) is entry and cache.weight > ONE + 5000 * 64
+
+
+def test_an_entry_holds_its_user_only_once_a_route_read_it() -> None:
+    # Until then it weighs a fraction of an entry with the user's claims, whatever their
+    # size: an API that never reads them fits several times the users in the same budget.
+    compact = admitted(padding=5000, read=False)
+    assert entry_weight(compact, 0) == entry_weight(admitted(read=False), 0) < ONE // 2 + 200
+    cache = AdmissionCache(max_weight=10 * ONE)
+    cache.put(cookie("api"), compact)
+    before = cache.weight
+    user = User.from_claims({"sub": "u", "pad": "x" * 5000}, "https://c.example.com/c")
+    cache.keep_user(compact, user)
+    assert compact.user is user and cache.weight == compact.weight > before + 5000
+    cache.keep_user(compact, User.from_claims({"sub": "u"}, "c"))  # kept once
+    assert compact.user is user and cache.weight == compact.weight
+    # An entry no longer cached still keeps the user for its request, weighing nothing.
+    gone = admitted(read=False)
+    cache.keep_user(gone, user)
+    assert gone.user is user and cache.weight == compact.weight
 
 
 def test_the_doorkeeper_stays_bounded_under_a_tiny_budget() -> None:
     cache = AdmissionCache(max_weight=ENTRY_OVERHEAD // 2)
     for i in range(1000):
         cache.put(cookie(f"u{i}"), admitted())
-    assert len(cache) == 0 and len(cache._missed) <= 1
+    assert len(cache) == 0 and cache._missed.size == 64
+
+
+def test_recent_misses_are_remembered_for_one_to_two_spans_in_bits() -> None:
+    misses = RecentMisses(capacity=1000)
+    assert misses.size == 16_000  # 4 KB in all, whatever the misses
+    digests = [hash(f"cookie {i}".encode()) for i in range(3000)]
+    assert not misses.seen(digests[0], span=100)
+    assert misses.seen(digests[0], span=100)
+    for digest in digests[1:100]:
+        misses.seen(digest, span=100)
+    assert misses.seen(digests[0], span=100)  # one span on: still remembered
+    for digest in digests[100:300]:
+        misses.seen(digest, span=100)
+    assert not misses.seen(digests[0], span=100)  # over two spans on: forgotten
+    # False positives: digests never missed that pass as missed, at a full span.
+    full = RecentMisses(capacity=1000)
+    for digest in digests[:1000]:
+        full.seen(digest, span=1000)
+    # (Each stranger is remembered in turn: a few hundred fill the newer filter little.)
+    strangers = [hash(f"stranger {i}".encode()) for i in range(400)]
+    passed = sum(full.seen(digest, span=10**9) for digest in strangers)
+    assert passed < 0.03 * len(strangers)
