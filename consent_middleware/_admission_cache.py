@@ -160,6 +160,8 @@ class AdmissionCache:
 
     def put(self, key: bytes, entry: Admitted) -> None:
         """Remember ``entry`` for ``key`` (or not: see the class); never raises."""
+        if not self.max_weight:
+            return  # turned off (CONSENT_ADMISSION_CACHE_MB=0)
         digest = hash(key)
         entries = self._entries
         # An entry due for its re-check is replaced (as the most recent); a new one goes in
@@ -189,10 +191,12 @@ class AdmissionCache:
 
     def keep_user(self, entry: Admitted, user: User) -> None:
         """Keep the user a route read with its admission (the next request hands it over
-        as it is), weighed with its claims."""
+        as it is), weighed with its claims if the entry is cached (most users past the
+        budget are not: they are not weighed)."""
         if entry.user is None:
             entry.user = user
-            self._grown(entry, user_weight(user))
+            if self.is_cached(entry):
+                self._grown(entry, user_weight(user))
 
     def keep_session(self, entry: Admitted, session: Session, cookie_bytes: int) -> None:
         """Keep the full session a route asked for with its admission (an API route
@@ -200,18 +204,22 @@ class AdmissionCache:
         with its tokens."""
         if entry.session is None:
             entry.session = session
-            self._grown(entry, cookie_bytes)
+            if self.is_cached(entry):
+                self._grown(entry, cookie_bytes)
+
+    def is_cached(self, entry: Admitted) -> bool:
+        """Whether ``entry`` is the one cached for its cookie."""
+        return self._entries.get(entry.digest) is entry
 
     def _grown(self, entry: Admitted, weight: int) -> None:
-        """Count what ``entry`` took on, if it is still cached."""
-        if self._entries.get(entry.digest) is entry:
-            entry.weight += weight
-            self.weight += weight
-            self._trim()
+        """Count what a cached ``entry`` took on."""
+        entry.weight += weight
+        self.weight += weight
+        self._trim()
 
     def discard(self, entry: Admitted | None) -> None:
         """Remove ``entry`` if it is the one cached for its cookie."""
-        if entry is not None and self._entries.get(entry.digest) is entry:
+        if entry is not None and self.is_cached(entry):
             del self._entries[entry.digest]
             self.weight -= entry.weight
 
@@ -245,24 +253,21 @@ class RecentMisses:
         """Whether ``digest`` was missed lately; else remember it. ``span``: how many
         misses the newer filter takes before it ages."""
         # SipHash's 64 bits, cut in three: independent positions up to 2**21 bits (the
-        # budget's default would use 2**18).
-        bits = digest & 0xFFFFFFFFFFFFFFFF
+        # default budget uses 2**19). Asked on every miss of a full cache: unrolled.
         size = self.size
-        a, b, c = bits % size, (bits >> 21) % size, (bits >> 42) % size
-        for table in (self._newer, self._older):
-            if (
-                (table[a >> 3] >> (a & 7))
-                & (table[b >> 3] >> (b & 7))
-                & (table[c >> 3] >> (c & 7))
-                & 1
-            ):
-                return True
-        newer = self._newer
-        newer[a >> 3] |= 1 << (a & 7)
-        newer[b >> 3] |= 1 << (b & 7)
-        newer[c >> 3] |= 1 << (c & 7)
+        a, b, c = digest % size, (digest >> 21) % size, (digest >> 42) % size
+        ia, ib, ic = a >> 3, b >> 3, c >> 3
+        ma, mb, mc = 1 << (a & 7), 1 << (b & 7), 1 << (c & 7)
+        newer, older = self._newer, self._older
+        if (newer[ia] & ma and newer[ib] & mb and newer[ic] & mc) or (
+            older[ia] & ma and older[ib] & mb and older[ic] & mc
+        ):
+            return True
+        newer[ia] |= ma
+        newer[ib] |= mb
+        newer[ic] |= mc
         self._count += 1
-        if self._count >= max(span, 1):
+        if self._count >= span:
             self._older, self._newer = newer, bytearray(len(newer))
             self._count = 0
         return False

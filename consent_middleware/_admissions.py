@@ -146,10 +146,14 @@ class Admissions:
         user = admitted.user
         if user is None:
             # The claims this request's cookie holds: decoded by ``admit`` on a cold
-            # request, read again from the cookie (once, then kept) on a cached one.
+            # request, read again from the cookie (once, then kept) on a cached one. An
+            # admission the cache did not take (past its budget) has nothing to learn.
             claims = scope.pop(_CLAIMS_SCOPE_KEY, None)
-            read = partial(self._user_reader, admitted, raw, key, claims, now)
-            user = User.deferred(admitted.sub, read)
+            if claims is not None and not self.cache.is_cached(admitted):
+                user = User.from_claims(claims, self.settings.consent_claim)
+            else:
+                read = partial(self._user_reader, admitted, raw, key, claims, now)
+                user = User.deferred(admitted.sub, read)
         scope[USER_SCOPE_KEY] = user
         state = scope.get("state")
         if state is None:

@@ -67,30 +67,38 @@ class User:
     """A logged-in user, as the verified ID token described them.
 
     Built by the gate for every request it lets through. A user it has seen recently is
-    answered from its cache without reading the cookie again, so ``claims`` and
-    ``consent`` may be read only when a route first asks for them: ``sub`` never waits.
+    answered from its cache without reading the cookie again, so ``claims`` may be read
+    only when a route first asks for them, and ``consent`` parsed only then: ``sub``
+    never waits.
     """
 
     # A plain class with slots, read-only from outside: the gate builds one per request for
     # a user it admits from its cache until a route reads the claims (see ``deferred``).
-    __slots__ = ("_claims", "_consent", "_read", "_sub")
+    __slots__ = ("_claim", "_claims", "_consent", "_read", "_sub")
 
     def __init__(self, claims: Mapping[str, Any], consent: Consent | None) -> None:
         self._claims = claims
-        self._consent = consent
+        self._consent: Consent | None = consent
+        self._claim = ""
         self._read: Callable[[], User] | None = None
         self._sub: str | None = None
 
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any], consent_claim: str) -> User:
-        return cls(claims, Consent.from_claim(claims.get(consent_claim)))
+        """The user of these claims; the consent claim (``consent_claim``) is parsed when
+        first read (a route showing a name never pays for it)."""
+        user = cls.__new__(cls)
+        user._claims, user._consent, user._claim = claims, _UNPARSED, consent_claim
+        user._read = user._sub = None
+        return user
 
     @classmethod
     def deferred(cls, sub: str, read: Callable[[], User]) -> User:
         """A user known by ``sub`` whose claims ``read`` returns (as a user) when a route
         first asks for them: the gate keeps no claims for a route that never reads them."""
         user = cls.__new__(cls)
-        user._claims, user._consent, user._read, user._sub = _NO_CLAIMS, None, read, sub
+        user._claims, user._consent, user._claim = _NO_CLAIMS, None, ""
+        user._read, user._sub = read, sub
         return user
 
     @property
@@ -103,7 +111,10 @@ class User:
     def consent(self) -> Consent | None:
         if self._read is not None:
             self._load()
-        return self._consent
+        consent = self._consent
+        if consent is _UNPARSED:
+            consent = self._consent = Consent.from_claim(self._claims.get(self._claim))
+        return consent
 
     @property
     def sub(self) -> str:
@@ -122,7 +133,8 @@ class User:
         read = self._read
         if read is not None:
             user = read()  # raising leaves it unread: never an empty user by mistake
-            self._claims, self._consent, self._read = user.claims, user.consent, None
+            self._claims, self._consent, self._claim = user._claims, user._consent, user._claim
+            self._read = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, User):
@@ -135,9 +147,11 @@ class User:
     def __repr__(self) -> str:
         if self._read is not None:
             return f"User(sub={self._sub!r}, claims not read yet)"
-        return f"User(claims={self._claims!r}, consent={self._consent!r})"
+        return f"User(claims={self._claims!r}, consent={self.consent!r})"
 
 
+# A consent claim not parsed yet (None is a parsed claim that says nothing).
+_UNPARSED: Any = object()
 _NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 

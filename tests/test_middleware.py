@@ -231,6 +231,8 @@ def test_a_cached_user_is_read_from_the_cookie_once_a_route_asks(value: str) -> 
     assert call(gate, cookie)[0] == 200
     assert seen[-1] is entry.user  # handed over as it is, not read again
     assert "claims=" in repr(seen[-1])
+    # Another request handed the user before it was kept reads the kept one.
+    assert seen[-3].claims is entry.user.claims
 
 
 def test_a_user_that_cannot_be_read_again_says_so_and_stays_unread() -> None:
@@ -253,9 +255,10 @@ def test_the_admission_cache_takes_the_memory_the_settings_allow() -> None:
     value = cookie_value(CONSENTED).encode()
     sized = ConsentMiddleware(ok, settings=replace(SETTINGS, admission_cache_mb=3))
     assert sized._admissions.cache.max_weight == 3 * 1024 * 1024
-    none = ConsentMiddleware(ok, settings=replace(SETTINGS, admission_cache_mb=0))
+    none = ConsentMiddleware(reads_user, settings=replace(SETTINGS, admission_cache_mb=0))
     for _ in range(3):
-        # Every request takes the full check, and passes: nothing is remembered.
+        # Every request takes the full check, and passes (its user read from the claims
+        # the check decoded): nothing is remembered.
         assert call(none, value)[0] == 200
     assert len(none._admissions.cache) == 0
     assert call(sized, value)[0] == 200
