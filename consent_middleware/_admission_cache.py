@@ -19,10 +19,10 @@ from ._models import User
 from ._session import Session, SessionSummary
 
 # What an entry costs (measured with tracemalloc through the gate): the admission, its
-# slot, hash, tail and times, beside its sid and sub (weighed as they are): 390 bytes.
+# slot, hash, tail and times, beside its sid and sub (weighed as they are): 400 bytes.
 # Once a route reads the user, the User and Consent beside their claims: 160 bytes, and
 # each optional purpose's parsed choice: 120 bytes.
-ENTRY_OVERHEAD = 390
+ENTRY_OVERHEAD = 400
 USER_OVERHEAD = 160
 PURPOSE_OVERHEAD = 120
 # orjson keeps one copy of each key of up to 64 characters that it has met lately (a str
@@ -44,7 +44,7 @@ class Admitted:
     # and a frozen dataclass sets each field through object.__setattr__.
     __slots__ = (
         "digest", "issued_at", "purposes", "roll", "session", "sid", "sub", "tail", "until",
-        "user", "verdict", "weight",
+        "user", "user_weighed", "verdict", "weight",
     )  # fmt: skip
 
     def __init__(
@@ -66,8 +66,11 @@ class Admitted:
         self.session = session
         #: The user, once a route has read its claims (or the gate parsed the session):
         #: until then the entry holds no claims, and a route that never reads them (an
-        #: API checking only who calls) keeps it a fraction of their size.
+        #: API checking only who calls) keeps it a fraction of their size. Set by the
+        #: read, in whatever thread the route runs; weighed on the event loop
+        #: (``AdmissionCache.weigh_user``), where the cache is only ever changed.
         self.user = user
+        self.user_weighed = False
         self.roll = roll
         self.until = until
         self.verdict = verdict
@@ -80,11 +83,14 @@ class Admitted:
 
 
 def entry_weight(entry: Admitted, cookie_bytes: int) -> int:
-    """What an entry takes: a fixed cost, its user once read, and the decoded session with
-    its tokens when the gate parsed one (about the cookie's size again)."""
+    """What an entry takes: a fixed cost, its user once read, the decoded session with its
+    tokens when the gate parsed one (about the cookie's size again), and the optional
+    purposes given."""
     user = 0 if entry.user is None else user_weight(entry.user)
     session = cookie_bytes if entry.session is not None else 0
-    return ENTRY_OVERHEAD + getsizeof(entry.sid) + getsizeof(entry.sub) + user + session
+    # The purposes given, with CONSENT_REQUIRE (one shared empty set otherwise).
+    purposes = getsizeof(entry.purposes) if entry.purposes else 0
+    return ENTRY_OVERHEAD + getsizeof(entry.sid) + getsizeof(entry.sub) + user + session + purposes
 
 
 def user_weight(user: User) -> int:
@@ -171,7 +177,7 @@ class AdmissionCache:
         # entry (walking its claims) is left to those that go in.
         if digest not in entries:
             average = max(ENTRY_OVERHEAD, self.weight // len(entries) if entries else 0)
-            if self.weight + average > self.max_weight and not self._missed.seen(
+            if self.weight + average > self.max_weight and not self._missed.missed_before(
                 digest, len(entries)
             ):
                 return
@@ -180,6 +186,7 @@ class AdmissionCache:
             return  # larger than the whole budget: served, never cached
         self.discard(entries.get(digest))
         entry.digest, entry.tail, entry.weight = digest, key[-KEY_TAIL:], weight
+        entry.user_weighed = entry.user is not None
         entries[digest] = entry
         self.weight += weight
         self._trim()
@@ -189,14 +196,15 @@ class AdmissionCache:
         recent)."""
         return self.get(key) is entry
 
-    def keep_user(self, entry: Admitted, user: User) -> None:
-        """Keep the user a route read with its admission (the next request hands it over
-        as it is), weighed with its claims if the entry is cached (most users past the
-        budget are not: they are not weighed)."""
-        if entry.user is None:
-            entry.user = user
-            if self.is_cached(entry):
-                self._grown(entry, user_weight(user))
+    def weigh_user(self, entry: Admitted) -> None:
+        """Count the user a route read since ``entry`` went in (the next request hands it
+        over as it is), if the entry is still cached. Called on the event loop: the read
+        itself may run in a worker thread, and only sets ``entry.user``."""
+        if entry.user is None or entry.user_weighed:
+            return
+        entry.user_weighed = True
+        if self.is_cached(entry):
+            self._grown(entry, user_weight(entry.user))
 
     def keep_session(self, entry: Admitted, session: Session, cookie_bytes: int) -> None:
         """Keep the full session a route asked for with its admission (an API route
@@ -226,7 +234,7 @@ class AdmissionCache:
     def _trim(self) -> None:
         """Evict the least recently used until the weight is within the budget."""
         entries = self._entries
-        while self.weight > self.max_weight:
+        while self.weight > self.max_weight and entries:
             self.weight -= entries.popitem(last=False)[1].weight
 
 
@@ -249,13 +257,15 @@ class RecentMisses:
         self._older = bytearray(self.size // 8 + 1)
         self._count = 0
 
-    def seen(self, digest: int, span: int) -> bool:
-        """Whether ``digest`` was missed lately; else remember it. ``span``: how many
-        misses the newer filter takes before it ages."""
-        # SipHash's 64 bits, cut in three: independent positions up to 2**21 bits (the
-        # default budget uses 2**19). Asked on every miss of a full cache: unrolled.
+    def missed_before(self, digest: int, span: int) -> bool:
+        """Whether ``digest`` was missed lately (if not, this miss is remembered).
+        ``span``: how many misses the newer filter takes before it ages."""
+        # Three positions by double hashing (Kirsch and Mitzenmacher: h1 + i * h2) from
+        # SipHash's two halves: as good as three hashes, for any size. Asked on every
+        # miss of a full cache: unrolled.
         size = self.size
-        a, b, c = digest % size, (digest >> 21) % size, (digest >> 42) % size
+        h1, h2 = digest & 0xFFFFFFFF, (digest >> 32) | 1
+        a, b, c = h1 % size, (h1 + h2) % size, (h1 + 2 * h2) % size
         ia, ib, ic = a >> 3, b >> 3, c >> 3
         ma, mb, mc = 1 << (a & 7), 1 << (b & 7), 1 << (c & 7)
         newer, older = self._newer, self._older

@@ -22,7 +22,7 @@ from ._cookies import (
     session_cookies,
     session_value,
 )
-from ._exceptions import NotGatedError
+from ._exceptions import ConsentMiddlewareError
 from ._gate import Verdict, judged, judged_claim
 from ._models import User
 from ._refresh import SESSION_LOADER_SCOPE_KEY, SESSION_SCOPE_KEY, SessionRefresher
@@ -144,16 +144,18 @@ class Admissions:
         """What the app reads of an admitted request: the user, and the session (or how
         to parse it, when the gate read only a summary)."""
         user = admitted.user
+        # The claims this request's cookie holds, if ``admit`` decoded them (a cold one).
+        claims = scope.pop(_CLAIMS_SCOPE_KEY, None)
         if user is None:
-            # The claims this request's cookie holds: decoded by ``admit`` on a cold
-            # request, read again from the cookie (once, then kept) on a cached one. An
-            # admission the cache did not take (past its budget) has nothing to learn.
-            claims = scope.pop(_CLAIMS_SCOPE_KEY, None)
             if claims is not None and not self.cache.is_cached(admitted):
+                # Not cached (past the budget): nothing to learn for a next request.
                 user = User.from_claims(claims, self.settings.consent_claim)
             else:
+                # Read (from the claims, or else once from the cookie) if a route asks.
                 read = partial(self._user_reader, admitted, raw, key, claims, now)
                 user = User.deferred(admitted.sub, read)
+        elif not admitted.user_weighed:
+            self.cache.weigh_user(admitted)  # read by a route since the entry went in
         scope[USER_SCOPE_KEY] = user
         state = scope.get("state")
         if state is None:
@@ -169,11 +171,14 @@ class Admissions:
     def _read_user(
         self, admitted: Admitted, raw: bytes, key: bytes, claims: dict[str, Any] | None, now: float
     ) -> User:
-        """The user of a request admitted without one: from the claims ``admit`` decoded,
-        or from the very cookie the entry was found by (decrypted again, as of when it
-        was admitted), and kept with the entry for its next requests."""
+        """The user of a request admitted without one, when a route first reads it: from
+        the claims ``admit`` decoded, the session a route had parsed, or the very cookie
+        the entry was found by (decrypted again as of ``now``, when the entry was current
+        and so the cookie unexpired); kept with the entry for its next requests."""
         if admitted.user is not None:
             return admitted.user
+        if claims is None and admitted.session is not None:
+            claims = admitted.session.user
         if claims is None and self._summaries is not None:
             value = session_value(key)
             if value is not None:
@@ -183,10 +188,13 @@ class Admissions:
             if found is not None and _same_session(admitted, found[0]):
                 claims = found[0].user
         if claims is None:
-            # The same bytes, the same keys, the same time: only a changed key could fail.
-            raise NotGatedError("the session this request was admitted on cannot be read")
+            # The same bytes and keys as when admitted: only another session could differ.
+            raise ConsentMiddlewareError("the session this request was admitted on is gone")
         user = User.from_claims(claims, self.settings.consent_claim)
-        self.cache.keep_user(admitted, user)
+        # One store, no change to the cache: a sync route reads in a worker thread. The
+        # gate weighs it on the event loop once the route is done (or at the next
+        # hand-over, for a read after the response).
+        admitted.user = user
         return user
 
     async def _load_session(self, scope: Scope) -> Session | None:

@@ -141,8 +141,14 @@ class User:
             return NotImplemented
         return (self.claims, self.consent) == (other.claims, other.consent)
 
-    # Equal users compare by claims, which are a mapping: no hash (as before).
+    # Equal users compare by claims, which are a mapping: no hash.
     __hash__ = None  # type: ignore[assignment]
+    __match_args__ = ("claims", "consent")
+
+    def __reduce__(self) -> tuple[type[User], tuple[Mapping[str, Any], Consent | None]]:
+        # A copy or a pickle is a plain user: claims read, consent parsed (never the
+        # reader, which holds the gate).
+        return User, (self.claims, self.consent)
 
     def __repr__(self) -> str:
         if self._read is not None:

@@ -4,6 +4,7 @@ recently used first out, bounded by weight, never holding the cookie itself."""
 from __future__ import annotations
 
 import time
+from sys import getsizeof
 
 import pytest
 
@@ -140,41 +141,41 @@ def test_an_entry_holds_its_user_only_once_a_route_read_it() -> None:
     cache = AdmissionCache(max_weight=10 * ONE)
     cache.put(cookie("api"), compact)
     before = cache.weight
-    user = User.from_claims({"sub": "u", "pad": "x" * 5000}, "https://c.example.com/c")
-    cache.keep_user(compact, user)
-    assert compact.user is user and cache.weight == compact.weight > before + 5000
-    cache.keep_user(compact, User.from_claims({"sub": "u"}, "c"))  # kept once
-    assert compact.user is user and cache.weight == compact.weight
-    # An entry no longer cached still keeps the user for its request, weighing nothing.
+    compact.user = User.from_claims({"sub": "u", "pad": "x" * 5000}, "https://c.example.com/c")
+    assert cache.weight == before  # set by a read in any thread: counted on the loop
+    cache.weigh_user(compact)
+    assert compact.user_weighed and cache.weight == compact.weight > before + 5000
+    # An entry no longer cached keeps the user for its request, weighing nothing.
     gone = admitted(read=False)
-    cache.keep_user(gone, user)
-    assert gone.user is user and cache.weight == compact.weight
+    gone.user = compact.user
+    cache.weigh_user(gone)
+    assert gone.user_weighed and cache.weight == compact.weight
 
 
-def test_the_doorkeeper_stays_bounded_under_a_tiny_budget() -> None:
-    cache = AdmissionCache(max_weight=ENTRY_OVERHEAD // 2)
-    for i in range(1000):
-        cache.put(cookie(f"u{i}"), admitted())
-    assert len(cache) == 0 and cache._missed.size == 64
+def test_with_purposes_required_an_entry_weighs_the_purposes_given() -> None:
+    entry = admitted(read=False)
+    plain = entry_weight(entry, 0)
+    entry.purposes = frozenset({"marketing", "analytics"})
+    assert entry_weight(entry, 0) == plain + getsizeof(entry.purposes)
 
 
 def test_recent_misses_are_remembered_for_one_to_two_spans_in_bits() -> None:
     misses = RecentMisses(capacity=1000)
     assert misses.size == 16_000  # 4 KB in all, whatever the misses
     digests = [hash(f"cookie {i}".encode()) for i in range(3000)]
-    assert not misses.seen(digests[0], span=100)
-    assert misses.seen(digests[0], span=100)
+    assert not misses.missed_before(digests[0], span=100)
+    assert misses.missed_before(digests[0], span=100)
     for digest in digests[1:100]:
-        misses.seen(digest, span=100)
-    assert misses.seen(digests[0], span=100)  # one span on: still remembered
+        misses.missed_before(digest, span=100)
+    assert misses.missed_before(digests[0], span=100)  # one span on: still remembered
     for digest in digests[100:300]:
-        misses.seen(digest, span=100)
-    assert not misses.seen(digests[0], span=100)  # over two spans on: forgotten
+        misses.missed_before(digest, span=100)
+    assert not misses.missed_before(digests[0], span=100)  # over two spans on: forgotten
     # False positives: digests never missed that pass as missed, at a full span.
     full = RecentMisses(capacity=1000)
     for digest in digests[:1000]:
-        full.seen(digest, span=1000)
+        full.missed_before(digest, span=1000)
     # (Each stranger is remembered in turn: a few hundred fill the newer filter little.)
     strangers = [hash(f"stranger {i}".encode()) for i in range(400)]
-    passed = sum(full.seen(digest, span=10**9) for digest in strangers)
+    passed = sum(full.missed_before(digest, span=10**9) for digest in strangers)
     assert passed < 0.03 * len(strangers)

@@ -14,6 +14,10 @@ import pytest
 import respx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from consent_middleware import ConsentMiddleware, Session, TokenSet, _jose
@@ -21,7 +25,7 @@ from consent_middleware import _admissions as admissions_module
 from consent_middleware._admission_cache import AdmissionCache
 from consent_middleware._admissions import USER_SCOPE_KEY
 from consent_middleware._cookies import CHUNK_SIZE, session_cookies
-from consent_middleware._exceptions import NotGatedError, SharedStateError
+from consent_middleware._exceptions import ConsentMiddlewareError, SharedStateError
 from consent_middleware._models import User
 from consent_middleware._session import CookieSessionStore
 from tests.conftest import CLAIM, ISSUER, idp, make_settings
@@ -225,14 +229,48 @@ def test_a_cached_user_is_read_from_the_cookie_once_a_route_asks(value: str) -> 
     user = seen[-1]
     assert user.sub == "auth0|1" and user.email is None and user.name is None
     assert user.consent is not None and user.consent.version == "v2"
-    assert user == User.from_claims(dict(user.claims), CLAIM) and user != "auth0|1"
+    assert dict(user.claims) == {"sub": "auth0|1", **CONSENTED} and user != "auth0|1"
     assert entry.user is not None and entry.user.claims == user.claims
-    assert gate._admissions.cache.weight > before
+    # Read after its response (here, outside any event loop): the cache is changed only
+    # on the loop, when the next request hands the user over.
+    assert gate._admissions.cache.weight == before
     assert call(gate, cookie)[0] == 200
     assert seen[-1] is entry.user  # handed over as it is, not read again
+    assert gate._admissions.cache.weight > before
     assert "claims=" in repr(seen[-1])
     # Another request handed the user before it was kept reads the kept one.
     assert seen[-3].claims is entry.user.claims
+
+
+def test_sync_routes_read_users_in_threads_and_the_cache_stays_consistent() -> None:
+    # Starlette runs a sync endpoint in a worker thread: its reads of cached users'
+    # claims, many at once, never change the cache off the event loop.
+    def page(request: Request) -> Response:
+        return PlainTextResponse(request.state.user.email or "-")
+
+    async def api(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/page", page), Route("/api", api)])
+    gate = ConsentMiddleware(app, settings=SETTINGS)
+    cache = gate._admissions.cache
+    cookies = [cookie_value({"email": f"u{i}@example.com", **CONSENTED}) for i in range(12)]
+
+    async def visit() -> tuple[int, list[str]]:
+        transport = httpx.ASGITransport(app=gate)
+        async with httpx.AsyncClient(transport=transport, base_url="https://app.example.com") as c:
+            for value in cookies:
+                assert (await c.get("/api", headers={"cookie": value})).status_code == 200
+            compact = cache.weight
+            pages = [c.get("/page", headers={"cookie": v}) for v in cookies for _ in range(4)]
+            answers = await asyncio.gather(*pages)
+        return compact, [r.text for r in answers]
+
+    compact, texts = asyncio.run(visit())
+    assert sorted(set(texts)) == sorted(f"u{i}@example.com" for i in range(12))
+    entries = list(cache._entries.values())
+    assert len(entries) == 12 and all(e.user is not None and e.user_weighed for e in entries)
+    assert cache.weight == sum(e.weight for e in entries) > compact
 
 
 def test_a_user_that_cannot_be_read_again_says_so_and_stays_unread() -> None:
@@ -246,7 +284,7 @@ def test_a_user_that_cannot_be_read_again_says_so_and_stays_unread() -> None:
     gate._admissions.hand_over(entry, scope, VALID.encode(), key, time.time())
     user = scope[USER_SCOPE_KEY]
     for _ in range(2):
-        with pytest.raises(NotGatedError):
+        with pytest.raises(ConsentMiddlewareError):
             user.claims  # noqa: B018
     assert entry.user is None and user.sub == "auth0|1"
 

@@ -3,6 +3,9 @@ of a cached user read when first asked for."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 
 from consent_middleware import Consent, User
@@ -52,3 +55,19 @@ def test_a_deferred_user_reads_its_claims_once_and_only_when_asked() -> None:
     assert user.name == "Ada" and user.consent is not None and user.claims["sub"] == user.sub
     assert reads == [1]
     assert user == User.from_claims(CLAIMS, CLAIM)
+
+
+def test_a_copy_or_a_pickle_is_a_plain_user_and_it_matches_by_field() -> None:
+    # Never the reader (which holds the gate), never the unparsed-consent marker.
+    lazy = User.from_claims(CLAIMS, CLAIM)
+    deferred = User.deferred("auth0|ada", lambda: User.from_claims(CLAIMS, CLAIM))
+    for user in (lazy, deferred):
+        # The pickle is our own, made just above.
+        pickled = pickle.loads(pickle.dumps(user))  # noqa: S301
+        for copied in (copy.copy(user), copy.deepcopy(user), pickled):
+            assert copied == lazy and copied.consent is not None and copied.consent.given
+    match deferred:
+        case User(claims, Consent(given=True, version=version)):
+            assert (claims["sub"], version) == ("auth0|ada", "v2")
+        case _:
+            pytest.fail("a user matches by its claims and consent")

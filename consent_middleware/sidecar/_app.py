@@ -127,10 +127,10 @@ class Sidecar:
         if not isinstance(user, User):
             return []
         # The gate hands every request of a cached admission the same User once its
-        # claims were read (here, on its first request): its headers are built (claims
-        # serialised, the assertion looked up) once per half-lifetime of the assertion,
-        # not on each request. This cache holds the User, so its id cannot be reused by
-        # another object while cached.
+        # claims were read (here, on the first request, whose own user object is another:
+        # its headers are built twice): they are built (claims serialised, the assertion
+        # looked up) once per half-lifetime of the assertion, not on each request. This
+        # cache holds the User, so its id cannot be reused by another object while cached.
         now = time.time()
         entry = self._identities.get(id(user))
         if entry is not None and entry[0] is user and entry[1] == audience and entry[2] > now:
