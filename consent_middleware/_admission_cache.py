@@ -88,7 +88,7 @@ def entry_weight(entry: Admitted, cookie_bytes: int) -> int:
     purposes given."""
     user = 0 if entry.user is None else user_weight(entry.user)
     session = cookie_bytes if entry.session is not None else 0
-    # The purposes given, with CONSENT_REQUIRE (one shared empty set otherwise).
+    # The purposes given, with CONSENT_REQUIRE (NO_PURPOSES, shared, when none are).
     purposes = getsizeof(entry.purposes) if entry.purposes else 0
     return ENTRY_OVERHEAD + getsizeof(entry.sid) + getsizeof(entry.sub) + user + session + purposes
 
@@ -236,6 +236,8 @@ class AdmissionCache:
         entries = self._entries
         while self.weight > self.max_weight and entries:
             self.weight -= entries.popitem(last=False)[1].weight
+        if not entries:
+            self.weight = 0  # nothing held weighs nothing, whatever was counted
 
 
 class RecentMisses:
@@ -261,8 +263,9 @@ class RecentMisses:
         """Whether ``digest`` was missed lately (if not, this miss is remembered).
         ``span``: how many misses the newer filter takes before it ages."""
         # Three positions by double hashing (Kirsch and Mitzenmacher: h1 + i * h2) from
-        # SipHash's two halves: as good as three hashes, for any size. Asked on every
-        # miss of a full cache: unrolled.
+        # SipHash's two halves: as good as three hashes, for any size (on a 64-bit
+        # build: a 32-bit one's hash leaves h2 at 1, and more false positives). Asked on
+        # every miss of a full cache: unrolled.
         size = self.size
         h1, h2 = digest & 0xFFFFFFFF, (digest >> 32) | 1
         a, b, c = h1 % size, (h1 + h2) % size, (h1 + 2 * h2) % size

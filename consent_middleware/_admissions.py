@@ -151,7 +151,8 @@ class Admissions:
                 # Not cached (past the budget): nothing to learn for a next request.
                 user = User.from_claims(claims, self.settings.consent_claim)
             else:
-                # Read (from the claims, or else once from the cookie) if a route asks.
+                # Read if a route asks: from these claims, a session a route parsed,
+                # or else once from the cookie.
                 read = partial(self._user_reader, admitted, raw, key, claims, now)
                 user = User.deferred(admitted.sub, read)
         elif not admitted.user_weighed:

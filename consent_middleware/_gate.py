@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import Scope
 
 from ._config import Settings
-from ._models import Consent
+from ._models import NO_PURPOSES, Consent
 from ._redirects import returnable
 from ._session import Session
 
@@ -22,10 +22,6 @@ class Verdict(enum.Enum):
     CONSENT = "consent"
     #: The terms are accepted, but this path needs an optional purpose that is not given.
     PURPOSE = "purpose"
-
-
-# One empty set for every decision without purposes (each frozenset() is new).
-NO_PURPOSES: frozenset[str] = frozenset()
 
 
 def decide(session: Session | None, settings: Settings) -> Verdict:

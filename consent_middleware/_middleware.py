@@ -161,10 +161,11 @@ class ConsentMiddleware:
             if started:
                 raise
             await self._access_token_error(exc, scope, receive, send)
-        if admitted.user is not None and not admitted.user_weighed:
-            # The route read the user (maybe in a worker thread): counted here, on the
-            # event loop, the only place the cache changes.
-            admissions.cache.weigh_user(admitted)
+        finally:
+            if admitted.user is not None and not admitted.user_weighed:
+                # The route read the user (maybe in a worker thread, maybe before failing):
+                # counted here, on the event loop, the only thread that changes the cache.
+                admissions.cache.weigh_user(admitted)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Everything but a gated HTTP request once started: the lifespan, websockets, and
@@ -307,8 +308,10 @@ class ConsentMiddleware:
             await _deny_websocket(scope, receive, send, status_code, body)
             return
         self._admissions.hand_over(admitted, scope, raw, key, now)
-        await self.app(scope, receive, send)
-        self._admissions.cache.weigh_user(admitted)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._admissions.cache.weigh_user(admitted)
 
     def _closing_on_shutdown(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:

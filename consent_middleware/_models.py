@@ -10,6 +10,10 @@ from typing import Any
 from ._events import PurposeChoice
 from ._purposes import Purpose
 
+# One empty set for every consent without purposes (each frozenset() is a new object, which
+# the admission cache would hold per user).
+NO_PURPOSES: frozenset[str] = frozenset()
+
 
 @dataclass(frozen=True, slots=True)
 class Consent:
@@ -54,13 +58,13 @@ class Consent:
         """The ids of ``purposes`` given for their current version (a bumped version asks
         again); nothing while the terms themselves are withdrawn."""
         if self.withdrawn:
-            return frozenset()
+            return NO_PURPOSES
         given = set()
         for purpose in purposes:
             choice = self.purposes.get(purpose.id)
             if choice is not None and choice.given and choice.version == purpose.version:
                 given.add(purpose.id)
-        return frozenset(given)
+        return frozenset(given) if given else NO_PURPOSES
 
 
 class User:
@@ -146,9 +150,9 @@ class User:
     __match_args__ = ("claims", "consent")
 
     def __reduce__(self) -> tuple[type[User], tuple[Mapping[str, Any], Consent | None]]:
-        # A copy or a pickle is a plain user: claims read, consent parsed (never the
-        # reader, which holds the gate).
-        return User, (self.claims, self.consent)
+        # A copy or a pickle is a plain user: claims read (a deferred user's cookie is
+        # opened for it), consent parsed; never the reader, which holds the gate.
+        return type(self), (self.claims, self.consent)
 
     def __repr__(self) -> str:
         if self._read is not None:

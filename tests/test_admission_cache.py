@@ -159,6 +159,23 @@ def test_with_purposes_required_an_entry_weighs_the_purposes_given() -> None:
     assert entry_weight(entry, 0) == plain + getsizeof(entry.purposes)
 
 
+def test_an_empty_cache_weighs_nothing_whatever_was_counted() -> None:
+    cache = AdmissionCache(max_weight=2 * ONE)
+    cache.put(cookie("a"), admitted())
+    cache.weight += 10 * ONE  # an accounting slip, anywhere
+    put_twice(cache, cookie("b"))  # in on its second miss, and the eviction empties it all
+    assert len(cache) == 0 and cache.weight == 0
+    cache.put(cookie("c"), admitted())
+    assert cache.get(cookie("c")) is not None and cache.weight == ONE
+
+
+def test_the_smallest_doorkeeper_still_remembers_the_last_miss() -> None:
+    misses = RecentMisses(capacity=0)  # a budget under one entry: 64 bits
+    digest = hash(b"one cookie")
+    assert misses.size == 64 and not misses.missed_before(digest, span=0)
+    assert misses.missed_before(digest, span=0)
+
+
 def test_recent_misses_are_remembered_for_one_to_two_spans_in_bits() -> None:
     misses = RecentMisses(capacity=1000)
     assert misses.size == 16_000  # 4 KB in all, whatever the misses

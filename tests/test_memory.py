@@ -197,8 +197,7 @@ def test_the_cache_weighs_its_entries_as_tracemalloc_counts_them(app: ASGIApp) -
 
     for name, extra in SHAPES.items():
         weighed, held = asyncio.run(run(extra))
-        print(name, weighed, held)
-    assert held <= weighed <= 1.1 * held, f"{name}: weighed {weighed:.0f}, holds {held:.0f}"
+        assert held <= weighed <= 1.1 * held, f"{name}: weighed {weighed:.0f}, holds {held:.0f}"
 
 
 async def receive_nothing() -> dict[str, Any]:

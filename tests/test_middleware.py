@@ -273,6 +273,22 @@ def test_sync_routes_read_users_in_threads_and_the_cache_stays_consistent() -> N
     assert cache.weight == sum(e.weight for e in entries) > compact
 
 
+def test_a_route_that_reads_the_user_and_fails_still_has_it_weighed() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope[USER_SCOPE_KEY].email is None:
+            raise RuntimeError("the route failed after reading the user")
+
+    gate = ConsentMiddleware(ok, settings=SETTINGS)
+    assert call(gate, VALID.encode())[0] == 200  # cached, its user not read
+    cache = gate._admissions.cache
+    compact = cache.weight
+    gate.app = app
+    with pytest.raises(RuntimeError):
+        call(gate, VALID.encode())
+    (entry,) = cache._entries.values()
+    assert entry.user_weighed and cache.weight == entry.weight > compact
+
+
 def test_a_user_that_cannot_be_read_again_says_so_and_stays_unread() -> None:
     # Only a session other than the admitted one could fail: say so, never an empty user.
     gate = ConsentMiddleware(ok, settings=SETTINGS)

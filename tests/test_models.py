@@ -9,6 +9,8 @@ import pickle
 import pytest
 
 from consent_middleware import Consent, User
+from consent_middleware._models import NO_PURPOSES
+from consent_middleware._purposes import Purpose
 
 CLAIM = "https://consent.example.com/consent"
 CLAIMS = {
@@ -71,3 +73,11 @@ def test_a_copy_or_a_pickle_is_a_plain_user_and_it_matches_by_field() -> None:
             assert (claims["sub"], version) == ("auth0|ada", "v2")
         case _:
             pytest.fail("a user matches by its claims and consent")
+
+
+def test_no_purposes_given_is_one_shared_empty_set() -> None:
+    # The admission cache holds the set per user: an empty one must not cost a new object.
+    purposes = [Purpose(id="marketing", title="Newsletter", text="", version="1")]
+    withdrawn = Consent(given=True, version="v2", withdrawn=True)
+    assert Consent(given=True, version="v2").given_purposes(purposes) is NO_PURPOSES
+    assert withdrawn.given_purposes(purposes) is NO_PURPOSES

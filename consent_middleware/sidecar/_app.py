@@ -30,7 +30,6 @@ from .._config import Settings
 from .._cookies import SESSION_COOKIE
 from .._exceptions import IdentityProviderError, SharedStateError
 from .._gate import (
-    NO_PURPOSES,
     Verdict,
     is_public,
     judged,
@@ -41,7 +40,7 @@ from .._gate import (
     wants_json,
 )
 from .._middleware import SESSION_COOKIES_SCOPE_KEY, ConsentMiddleware
-from .._models import User
+from .._models import NO_PURPOSES, User
 from .._pages import NO_STORE
 from .._redirects import origin_of
 from .._refresh import with_cookies
