@@ -59,7 +59,7 @@ class Admitted:
     ) -> None:
         # What revocation marks are compared with, and a loaded session checked against.
         self.sid = facts.sid
-        self.sub = str(facts.user.get("sub"))
+        self.sub = facts.sub
         self.issued_at = facts.issued_at
         #: The full session, when the gate parsed one (a roll, a claim read from the ID
         #: token, a server-side store); otherwise parsed when the request needs it.

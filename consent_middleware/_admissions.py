@@ -217,7 +217,7 @@ class Admissions:
 def _same_session(admitted: Admitted, session: Session | SessionSummary) -> bool:
     """Whether ``session`` is the one ``admitted`` was decided on (and not a session the
     app put in the scope's headers meanwhile)."""
-    return (session.sid, session.issued_at, str(session.user.get("sub"))) == (
+    return (session.sid, session.issued_at, session.sub) == (
         admitted.sid, admitted.issued_at, admitted.sub,
     )  # fmt: skip
 

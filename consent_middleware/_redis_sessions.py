@@ -113,7 +113,7 @@ class RedisSessionStore(RollingExpiry):
         session_id = session_id or secrets.token_urlsafe(24)
         ttl_ms = max(1, int((expires_at - now) * 1000))
         lifetime_ms = self.settings.absolute_duration * 1000
-        sub = str(session.user.get("sub"))
+        sub = session.sub
         document = json.dumps({**stored.to_payload(), "exp": expires_at})
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self._key("session", session_id), document, px=ttl_ms)

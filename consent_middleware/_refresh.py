@@ -81,9 +81,7 @@ class SessionRefresher:
 
     async def _grant(self, session: Session, refresh_token: str) -> Session:
         try:
-            result = await self.oidc.refresh_token_grant(
-                refresh_token, sub=str(session.user.get("sub"))
-            )
+            result = await self.oidc.refresh_token_grant(refresh_token, sub=session.sub)
         except IdentityProviderError as exc:
             raise RefreshError(f"the refresh-token grant failed: {exc}") from exc
         return session.refreshed_by(result)

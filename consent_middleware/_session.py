@@ -171,6 +171,10 @@ class SessionSummary:
         self.issued_at = issued_at
         self.ends_at = ends_at
 
+    @property
+    def sub(self) -> str:
+        return str(self.user.get("sub"))
+
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> SessionSummary | None:
         """None when the payload's shape is not a session: the same checks that decide
