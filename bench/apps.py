@@ -5,7 +5,9 @@
 encrypted) plus a claim check in a middleware; (d) behind ConsentMiddleware with the
 session in Redis (``BENCH_REDIS_URL``), the cookie holding only its id; (e) behind a
 middleware that only adds ``Vary: Cookie``: what any gate whose answer depends on the
-cookie must do at least, so the gate's own cost is what it adds beyond (e).
+cookie must do at least, so the gate's own cost is what it adds beyond (e); (f) a
+middleware that only computes for 5 µs; (g) a middleware that only looks the session
+cookie up in a dict, the least any cache keyed by the cookie does.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consent_middleware import ConsentMiddleware, Session, Settings, TokenSet, get_access_token
+from consent_middleware._admission_cache import KEY_TAIL
+from consent_middleware._cookies import joined_cookie_header, session_cookies
+from consent_middleware._responses import with_vary_cookie
 from consent_middleware._session import CookieSessionStore
 
 CLAIM = "https://consent.example.com/consent"
@@ -176,6 +181,40 @@ def spin() -> Starlette:
     return Starlette(routes=[Route("/", hello)], middleware=[Middleware(Spin)])
 
 
+class CookieLookupOnly:
+    """(g) The least a gate that remembers cookies can do: find the session cookie (with
+    the gate's own finder), look it up in a dict by its hash and confirm its end, hand
+    the app what it found, add ``Vary: Cookie``. It decides nothing and checks no cookie
+    (any value is remembered on its first request): (b)'s one-user figures, read against
+    this, are the gate's decisions and what it hands over."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.found: dict[int, tuple[bytes, float]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        key = session_cookies(joined_cookie_header(scope))
+        digest = hash(key)
+        entry = self.found.get(digest)
+        if entry is None or entry[0] != key[-KEY_TAIL:]:
+            entry = self.found[digest] = (key[-KEY_TAIL:], time.time())
+        scope["bench.found"] = entry
+
+        def send_varied(message: Message) -> Awaitable[None]:
+            if message["type"] == "http.response.start":
+                message["headers"] = with_vary_cookie(message.get("headers", ()))
+            return send(message)
+
+        await self.app(scope, receive, send_varied)
+
+
+def lookup_only() -> Starlette:
+    return Starlette(routes=[Route("/", hello)], middleware=[Middleware(CookieLookupOnly)])
+
+
 def bench_session(claims: dict[str, object] | None = None) -> Session:
     return Session.from_claims(
         claims or CLAIMS,
@@ -230,6 +269,7 @@ APPS = {
     "redis": gated_redis,
     "vary": vary_only,
     "spin": spin,
+    "lookup": lookup_only,
 }
 
 

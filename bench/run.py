@@ -41,6 +41,7 @@ LABELS = {
     "redis": "(d) behind the gate, session in Redis",
     "vary": "(e) a middleware that only adds `Vary: Cookie`",
     "spin": "(f) a middleware that only computes for 5 µs",
+    "lookup": "(g) a middleware that only looks the session cookie up",
 }
 
 
@@ -245,6 +246,7 @@ def _http_table(rounds: int, duration: int, connections: int) -> list[str]:
     results: dict[str, list[Measured]] = {n: [] for n in APPS}
     ports = {
         "bare": 18101, "gate": 18102, "hand": 18103, "redis": 18104, "vary": 18105, "spin": 18106,
+        "lookup": 18107,
     }  # fmt: skip
     procs = {n: _serve(n, p) for n, p in ports.items()}
     try:
@@ -262,14 +264,13 @@ def _http_table(rounds: int, duration: int, connections: int) -> list[str]:
     med = medians(results)
     rows = [
         "| app | requests/s (median) | p50 ms | p99 ms | server CPU µs/request | added vs (a) "
-        "| vs (a) | vs (b) | vs (c) | vs (e) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| vs (a) | vs (b) | vs (c) | vs (e) | vs (g) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in APPS:
         rps, p50, p99, cpu = med[name]
-        ratios = " | ".join(
-            f"{ratio(results, name, other):.2f}" for other in ("bare", "gate", "hand", "vary")
-        )
+        others = ("bare", "gate", "hand", "vary", "lookup")
+        ratios = " | ".join(f"{ratio(results, name, other):.2f}" for other in others)
         rows.append(
             f"| {LABELS[name]} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:.1f} "
             f"| {cpu - med['bare'][3]:+.1f} | {ratios} |"
@@ -330,6 +331,8 @@ def _report(args: argparse.Namespace) -> None:
         print(f"| {LABELS[name]} | {us[name]:.1f} | {us[name] - us['bare']:+.1f} |")
     own = us["gate"] - us["vary"]
     print(f"| (b) beyond (e): the gate's own work for a known session | | {own:+.1f} |")
+    past = us["gate"] - us["lookup"]
+    print(f"| (b) beyond (g): the gate's decisions and what it hands over | | {past:+.1f} |")
     token = asyncio.run(_per_request_us("token", request_cookie("gate"), args.iterations))
     print(
         f"| (b) and the route calls `get_access_token()` (valid token: no I/O) | {token:.1f} "

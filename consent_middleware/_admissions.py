@@ -84,10 +84,10 @@ class Admissions:
             # a value Starlette's parser would strip) through the name -> value mapping.
             value = session_value(key)
             if value is not None:
-                found = summaries.summary_of(value)
+                found = summaries.summary_of(value, now)
             else:
                 cookies = _session_cookie_map(scope, raw, key)
-                found = summaries.summary(cookies) if cookies else None
+                found = summaries.summary(cookies, now) if cookies else None
             if found is None:
                 return Verdict.LOGIN
             summary, payload = found
