@@ -26,6 +26,7 @@ from consent_middleware._admission_cache import AdmissionCache
 from consent_middleware._admissions import USER_SCOPE_KEY
 from consent_middleware._cookies import CHUNK_SIZE, session_cookies
 from consent_middleware._exceptions import ConsentMiddlewareError, SharedStateError
+from consent_middleware._gate import Verdict
 from consent_middleware._models import User
 from consent_middleware._session import CookieSessionStore
 from tests.conftest import CLAIM, ISSUER, idp, make_settings
@@ -180,6 +181,20 @@ def test_not_consented_is_never_cached() -> None:
         status, headers = call(gate, old)
         assert status == 303 and headers[b"location"].startswith(b"/consent?returnTo=")
     assert len(gate._admissions.cache) == 0
+
+
+@pytest.mark.parametrize("value", [VALID, BIG], ids=["one cookie", "chunked"])
+def test_the_full_check_decides_as_of_the_requests_time(value: str) -> None:
+    # The whole decision is taken as of one time: the cookie's own expiry included.
+    gate = ConsentMiddleware(ok, settings=SETTINGS)
+    raw = value.encode()
+    key = session_cookies(raw)
+
+    def admitted(now: float) -> Any:
+        return asyncio.run(gate._admissions.admit({"headers": [(b"cookie", raw)]}, raw, key, now))
+
+    assert admitted(time.time()).verdict is Verdict.ALLOW
+    assert admitted(time.time() + 400 * 86400) is Verdict.LOGIN  # past any expiry
 
 
 def test_admitted_cache_is_bounded_by_claims_not_tokens() -> None:
