@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -69,7 +69,7 @@ def missing_purposes(path: str, given: frozenset[str], settings: Settings) -> tu
     it up, without regard to case or a trailing slash (Express routes "/Newsletter/" to
     "/newsletter" by default), so no spelling of a path escapes it."""
     missing: list[str] = []
-    spellings = {path.lower(), normalized_path(path).lower()}
+    spellings = {spelling.lower() for spelling in path_spellings(path)}
     for pattern, ids in settings.require:
         if any(_requires(spelling, pattern.lower()) for spelling in spellings):
             missing += [i for i in ids if i not in given and i not in missing]
@@ -93,11 +93,49 @@ def app_path(scope: Scope) -> str:
     return path
 
 
-def normalized_path(path: str) -> str:
-    """``path`` as a server that cleans paths up will serve it: percent-decoded, repeated
-    slashes merged, dot segments resolved (RFC 3986 5.2.4). Public paths are matched on
-    this, so "/static/../admin" or "//admin" cannot pass as public and reach "/admin"."""
+# What a return address keeps as sent: RFC 3986's path and query characters, escapes included.
+_PATH_CHARACTERS = "/:@!$&'()*+,;=-._~"
+_SENT_CHARACTERS = _PATH_CHARACTERS + "%"
+
+
+def requested_target(scope: Scope) -> str:
+    """The path and query the client asked for, as it spelled them: a return address must
+    bring the browser back to that very URL, and the decoded path would not ("%2F" would
+    become a segment, "%3F" a query). The server's ``raw_path`` when it spells the decoded
+    ``path``, else the path escaped again; bytes outside URL syntax are escaped."""
+    path: str = scope["path"]
+    raw = scope.get("raw_path")
+    sent = raw.decode("latin-1") if isinstance(raw, bytes) else None
+    if sent is not None and unquote(sent) == path:
+        target = quote(sent, safe=_SENT_CHARACTERS)
+    else:
+        target = quote(path, safe=_PATH_CHARACTERS)
+    query: bytes = scope.get("query_string", b"")
+    return f"{target}?{quote(query, safe=_SENT_CHARACTERS + '?')}" if query else target
+
+
+def path_spellings(path: str) -> set[str]:
+    """``path`` as sent and as each kind of server may clean it up before it routes:
+    percent-decoded, repeated slashes merged and dot segments resolved (RFC 3986 5.2.4:
+    "/static/../admin" and "//admin" are "/admin"); then also with each segment's path parameters
+    dropped (Tomcat, Jetty and Spring read "/static/..;/admin" as "/static/../admin") and
+    with backslashes as slashes (IIS, and others on Windows)."""
     decoded = unquote(path)
+    slashed = decoded.replace("\\", "/")
+    return {
+        path,
+        _resolved(decoded),
+        _resolved(slashed),
+        _resolved(_without_parameters(decoded)),
+        _resolved(_without_parameters(slashed)),
+    }
+
+
+def _without_parameters(path: str) -> str:
+    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
+
+
+def _resolved(decoded: str) -> str:
     segments: list[str] = []
     for segment in decoded.split("/"):
         if segment == "..":
@@ -116,10 +154,13 @@ def is_own_route(path: str, settings: Settings) -> bool:
 
 
 def is_public(path: str, settings: Settings) -> bool:
-    """Configured public paths: exact ("/about"), or a prefix when they end in "*". Both
-    the path as sent and as a server would clean it up must match (see normalized_path)."""
+    """Configured public paths: exact ("/about"), or a prefix when they end in "*". The
+    path as sent and every way a server may clean it up must match (``path_spellings``):
+    public fails closed."""
     patterns = settings.public_paths
-    return matches(path, patterns) and matches(normalized_path(path), patterns)
+    return matches(path, patterns) and all(
+        matches(spelling, patterns) for spelling in path_spellings(path)
+    )
 
 
 def matches(path: str, patterns: tuple[str, ...]) -> bool:

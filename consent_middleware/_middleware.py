@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable
 
 import httpx
 from starlette.datastructures import Headers
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._admission_cache import Admitted
@@ -27,6 +26,7 @@ from ._gate import (
     missing_purposes,
     refusal,
     refusal_body,
+    requested_target,
     wants_json,
 )
 from ._redirects import origin_of
@@ -261,8 +261,7 @@ class ConsentMiddleware:
         return None
 
     def _refusal(self, verdict: Verdict, scope: Scope, purposes: tuple[str, ...] = ()) -> Response:
-        query = scope.get("query_string", b"").decode("latin-1")
-        return_to = scope["path"] + (f"?{query}" if query else "")
+        return_to = requested_target(scope)
         as_json = wants_json(app_path(scope), Headers(scope=scope), self.settings)
         root = scope.get("root_path", "")
         return refusal(verdict, scope["method"], return_to, as_json, self.settings, root, purposes)
@@ -281,7 +280,7 @@ class ConsentMiddleware:
         # handshake and the cookie goes along, so a foreign page must be refused here.
         origin = Headers(scope=scope).get("origin")
         if origin is not None and origin != self._origin:
-            await _deny_websocket(scope, receive, send, 403, {"error": "forbidden_origin"})
+            await deny_websocket(scope, receive, send, 403, {"error": "forbidden_origin"})
             return
         now = time.time()
         raw = joined_cookie_header(scope)
@@ -290,7 +289,7 @@ class ConsentMiddleware:
             admitted = await self._admissions.admitted(scope, raw, key, now)
         except SharedStateError:
             body = {"error": "temporarily_unavailable"}
-            await _deny_websocket(scope, receive, send, 503, body)
+            await deny_websocket(scope, receive, send, 503, body)
             return
         verdict = admitted if isinstance(admitted, Verdict) else admitted.verdict
         if not isinstance(admitted, Verdict) and self._marks_apply():
@@ -304,8 +303,8 @@ class ConsentMiddleware:
             missing = missing_purposes(path, admitted.purposes, settings)
             verdict = Verdict.PURPOSE if missing else verdict
         if isinstance(admitted, Verdict) or verdict is not Verdict.ALLOW:
-            status_code, body = refusal_body(verdict, scope["path"], settings, missing)
-            await _deny_websocket(scope, receive, send, status_code, body)
+            status_code, body = refusal_body(verdict, requested_target(scope), settings, missing)
+            await deny_websocket(scope, receive, send, status_code, body)
             return
         self._admissions.hand_over(admitted, scope, raw, key, now)
         try:
@@ -326,27 +325,23 @@ class ConsentMiddleware:
         await self.engine.aclose()
 
 
-async def _deny_websocket(
+async def deny_websocket(
     scope: Scope, receive: Receive, send: Send, status: int, body: dict[str, str]
 ) -> None:
+    """Refuse a websocket handshake with ``status`` and ``body`` as JSON."""
+    response = JSONResponse(body, status_code=status, headers={"cache-control": "no-store"})
+    await answer_handshake(scope, receive, send, response)
+
+
+async def answer_handshake(scope: Scope, receive: Receive, send: Send, response: Response) -> None:
+    """Answer a websocket handshake with an HTTP response instead of opening the socket."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return
     if _DENIAL_EXTENSION in scope.get("extensions", {}):
-        # The ASGI websocket denial-response extension: a real HTTP answer to the handshake.
-        content = json.dumps(body).encode()
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(content)).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": content})
+        # The ASGI websocket denial-response extension: a real HTTP answer (Starlette's
+        # responses send it so for a websocket scope).
+        await response(scope, receive, send)
         return
     # Without it, closing before accepting makes the server answer the handshake with 403.
     await send({"type": "websocket.close", "code": 1008})

@@ -4,6 +4,7 @@ import asyncio
 import itertools
 import time
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from starlette.applications import Starlette
@@ -21,7 +22,7 @@ from consent_middleware import (
     TokenSet,
     current_user,
 )
-from consent_middleware._gate import judged, judged_claim, missing_purposes
+from consent_middleware._gate import is_public, judged, judged_claim, missing_purposes
 from consent_middleware._models import Consent
 from consent_middleware._purposes import Purpose
 from consent_middleware._session import CookieSessionStore
@@ -158,6 +159,20 @@ def test_tampered_cookie_is_logged_out() -> None:
     assert c.get("/dashboard", headers={"accept": "text/html"}).status_code == 307
 
 
+@pytest.mark.parametrize(
+    "target",
+    ["/files/a%2Fb%3Fc=1?real=2", "/files/100%25", "/%E9t%C3%A9", "/caf%C3%A9?q=%C3%BC&x=%2F"],
+)
+def test_the_login_returns_to_the_address_as_it_was_sent(target: str) -> None:
+    # Decoded, "%2F" would become a segment, "%3F" a query, "%25" a bare "%".
+    response = client().get(target, headers={"accept": "text/html"})
+    assert response.status_code == 307
+    (return_to,) = parse_qs(urlsplit(response.headers["location"]).query)["returnTo"]
+    assert return_to == target
+    denied = client().get(target, headers={"accept": "application/json"})
+    assert denied.json()["login_url"].endswith("returnTo=" + quote(target, safe=""))
+
+
 def test_public_paths_bypass_the_gate() -> None:
     c = client()
     assert c.get("/").text == "public"
@@ -254,6 +269,23 @@ def test_no_spelling_of_a_path_escapes_its_purpose(pattern: str, path: str) -> N
     assert missing_purposes("/newsletters-archive", frozenset(), settings) == (
         ("marketing",) if pattern.endswith("*") else ()
     )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../admin", "/static/%2e%2e/admin", "/static/..%2Fadmin", "//admin",
+        "/static/..;/admin", "/static/..%3B/admin", "/static/..;x=1/admin",
+        "/static/..\\admin", "/static/..%5Cadmin", "/static/..%5c..%5cadmin",
+    ],
+)  # fmt: skip
+def test_no_spelling_of_another_path_passes_as_public(path: str) -> None:
+    # A public prefix fails closed: a path some server would route elsewhere (dot
+    # segments, Tomcat's path parameters, backslashes) is gated.
+    settings = make_settings(public_paths=("/static/*",))
+    assert not is_public(path, settings)
+    assert is_public("/static/app.css", settings)
+    assert is_public("/static/app.css;v=2", settings)  # its parameters name the same file
 
 
 # What a hand-edited record may hold: true and its look-alikes, and no value at all.
