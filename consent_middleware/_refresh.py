@@ -192,12 +192,18 @@ async def refresh_session(connection: HTTPConnection) -> Session:
 
 async def gated_session(scope: Scope) -> tuple[SessionRefresher, Session] | None:
     """The session of a request the gate let through, and its refresher; None for any
-    other request. The gate may have read only a summary of the cookie (it needs no
-    tokens) and left a loader: the full session is then parsed, once per request, from
-    the same cookies."""
+    other request."""
     refresher = scope.get(REFRESHER_SCOPE_KEY)
     if not isinstance(refresher, SessionRefresher):
         return None
+    session = await admitted_session(scope)
+    return (refresher, session) if session is not None else None
+
+
+async def admitted_session(scope: Scope) -> Session | None:
+    """The session the gate let this request (or handshake) through on; None for any other.
+    The gate may have read only a summary of the cookie (it needs no tokens) and left a
+    loader: the full session is then parsed, once per request, from the same cookies."""
     session = scope.get(REFRESHED_SCOPE_KEY) or scope.get(SESSION_SCOPE_KEY)
     if session is None:
         loader = scope.get(SESSION_LOADER_SCOPE_KEY)
@@ -205,4 +211,4 @@ async def gated_session(scope: Scope) -> tuple[SessionRefresher, Session] | None
         if session is None:
             return None  # ended meanwhile, or not the session the request was admitted on
         scope[SESSION_SCOPE_KEY] = session
-    return (refresher, session) if isinstance(session, Session) else None
+    return session if isinstance(session, Session) else None

@@ -24,27 +24,36 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from .._access import get_access_token
+from .._access import DEFAULT_MIN_TTL, get_access_token, usable
 from .._admissions import USER_SCOPE_KEY
 from .._config import Settings
 from .._cookies import SESSION_COOKIE
 from .._exceptions import IdentityProviderError, SharedStateError
 from .._gate import (
     Verdict,
+    app_path,
     is_public,
     judged,
     matches,
     missing_purposes,
+    refusal_body,
     refusal_json,
     refusal_url,
+    requested_target,
     wants_json,
 )
-from .._middleware import SESSION_COOKIES_SCOPE_KEY, ConsentMiddleware
+from .._middleware import (
+    SESSION_COOKIES_SCOPE_KEY,
+    ConsentMiddleware,
+    answer_handshake,
+    deny_websocket,
+)
 from .._models import NO_PURPOSES, User
 from .._pages import NO_STORE
 from .._redirects import origin_of
-from .._refresh import with_cookies
+from .._refresh import admitted_session, with_cookies
 from ._assertion import RECENT_ASSERTIONS, AssertionSigner
+from ._identity import identity_headers, identity_headers_until
 from ._options import SidecarOptions
 from ._proxy import Upstream, forwarded_headers
 
@@ -102,10 +111,20 @@ class Sidecar:
                 jwks = JSONResponse(self.signer.jwks(), headers={"cache-control": "max-age=300"})
                 await jwks(scope, receive, send)
                 return
-            if path == self.check_path or path.startswith(self.check_path + "/"):
+            if self._is_check(path):
                 await (await self._check(Request(scope, receive)))(scope, receive, send)
                 return
+        elif scope["type"] == "websocket" and self._is_check(scope["path"]):
+            # A proxy that passes the original handshake's Upgrade on to the check (Caddy's
+            # forward_auth does): the server hands it over as a websocket. Answered in HTTP
+            # all the same, as the proxy asked.
+            request = Request({**scope, "type": "http", "method": "GET"}, receive)
+            await answer_handshake(scope, receive, send, await self._check(request))
+            return
         await self.gate(scope, receive, send)
+
+    def _is_check(self, path: str) -> bool:
+        return path == self.check_path or path.startswith(self.check_path + "/")
 
     async def _ready(self) -> Response:
         try:
@@ -114,12 +133,19 @@ class Sidecar:
             return JSONResponse({"ready": False, "reason": str(exc)}, 503, headers=NO_STORE)
         return JSONResponse({"ready": True}, headers=NO_STORE)
 
-    def _error_page(self, status: int) -> Response:
+    def _error_page(self, status: int, scope: Scope) -> Response:
+        """The upstream's failure as the client can read it: a page, or for an API call
+        or fetch the JSON it expects (as the gate's own refusals)."""
         if status == 504:
             title, message = "Upstream timeout", "The application took too long to answer."
+            error = "upstream_timeout"
         else:
             title, message = "Upstream unavailable", "The application could not be reached."
-        return self.engine.pages.error(title, f"{message} Please try again in a moment.", status)
+            error = "upstream_unavailable"
+        message += " Please try again in a moment."
+        if wants_json(app_path(scope), Headers(scope=scope), self.settings):
+            return self.engine.pages.json_error(error, status, error_description=message)
+        return self.engine.pages.error(title, message, status)
 
     def _identity(self, scope: Scope, audience: str) -> list[tuple[bytes, bytes]]:
         user = scope.get(USER_SCOPE_KEY)
@@ -161,11 +187,12 @@ class Sidecar:
             return
         identity = self._identity(scope, self.upstream.origin)
         if self.options.pass_access_token and identity:
-            # Renewed first when about to run out (the renewed session then goes to the
-            # browser and upstream as usual); an AccessTokenError here is answered by the
-            # gate like one from app code: the login, or a 503.
-            token = await get_access_token(HTTPConnection(scope))
-            identity.append((b"x-forwarded-access-token", token.token.encode("latin-1")))
+            token = await self._access_token(scope)
+            if token is None:
+                status, body = refusal_body(Verdict.LOGIN, requested_target(scope), self.settings)
+                await deny_websocket(scope, receive, send, status, body)
+                return
+            identity.append((b"x-forwarded-access-token", token.encode("latin-1")))
         headers = forwarded_headers(scope, self._peer_trusted(scope), identity)
         pending = scope.get(SESSION_COOKIES_SCOPE_KEY)
         if pending is not None:
@@ -179,6 +206,20 @@ class Sidecar:
             await self.upstream.websocket(scope, receive, send, headers)
         else:
             await self.upstream.http(scope, receive, send, headers)
+
+    async def _access_token(self, scope: Scope) -> str | None:
+        """The user's access token for the upstream. For a request, renewed first when
+        about to run out (the renewed session then goes to the browser and the upstream as
+        usual; an AccessTokenError is answered by the gate like one from app code: the
+        login, or a 503). A websocket handshake cannot carry a renewed session (nor the
+        refresh token a renewal rotates) back to the browser: its token goes along while
+        still good, else None, and the next page load renews it."""
+        if scope["type"] == "http":
+            return (await get_access_token(HTTPConnection(scope))).token
+        session = await admitted_session(scope)
+        if session is None or not usable(session, DEFAULT_MIN_TTL, time.time()):
+            return None
+        return session.token_set.access_token
 
     def _peer_trusted(self, scope: Scope) -> bool:
         peer = scope.get(PEER_SCOPE_KEY)
@@ -203,8 +244,10 @@ class Sidecar:
             # the page's Origin with the handshake, and the cookie goes along regardless.
             page = request.headers.get("origin")
             if page is not None and page not in (origin, self._app_origin):
+                # No page to send anyone to: nginx answers the JSON (X-Consent-Json).
                 body = {"error": "forbidden_origin"}
-                return JSONResponse(body, status_code=403, headers=NO_STORE)
+                headers = {**NO_STORE, "X-Consent-Json": json.dumps(body)}
+                return JSONResponse(body, status_code=403, headers=headers)
         refresher = self.engine.refresher
         try:
             session, cookies = await refresher.current_session(request.cookies)
@@ -252,32 +295,6 @@ class Sidecar:
             headers["X-Consent-Json"] = json.dumps(body, separators=(",", ":"))
         answer = JSONResponse(body, status_code=status_code, headers=headers)
         return with_cookie_copies(with_cookies(answer, cookies), cookies)
-
-
-def identity_headers(
-    user: User, settings: Settings, signer: AssertionSigner, audience: str
-) -> list[tuple[bytes, bytes]]:
-    return identity_headers_until(user, settings, signer, audience)[0]
-
-
-def identity_headers_until(
-    user: User, settings: Settings, signer: AssertionSigner, audience: str
-) -> tuple[list[tuple[bytes, bytes]], float]:
-    """The identity headers for ``user``, and until when (Unix seconds) they may be reused."""
-    claims: dict[str, Any] = {"sub": user.sub}
-    if user.email:
-        claims["email"] = user.email
-    consent = user.claims.get(settings.consent_claim)
-    if consent is not None:
-        claims[settings.consent_claim] = consent
-    assertion, reusable_until = signer.assertion(settings.app_base_url, audience, claims)
-    headers = [(b"x-auth-request-user", _header_value(user.sub))]
-    if user.email:
-        headers.append((b"x-auth-request-email", _header_value(user.email)))
-    if user.consent is not None and user.consent.version:
-        headers.append((b"x-consent-version", _header_value(user.consent.version)))
-    headers.append((b"x-consent-assertion", assertion.encode("ascii")))
-    return headers, reusable_until
 
 
 def is_websocket_handshake(headers: Headers) -> bool:
@@ -357,15 +374,6 @@ def original_request(request: Request, check_path: str) -> tuple[str, str, str] 
         target = "/" + target
     proto = headers.get("x-forwarded-proto") or request.url.scheme
     return method or "GET", target, f"{proto}://{host}"
-
-
-def _header_value(value: str) -> bytes:
-    # Header values are latin-1 on the wire; anything else is sent JSON-escaped, never raw.
-    try:
-        encoded = value.encode("latin-1")
-    except UnicodeEncodeError:
-        encoded = json.dumps(value).encode("ascii")
-    return encoded.replace(b"\r", b"").replace(b"\n", b"")
 
 
 def create_app() -> Sidecar:

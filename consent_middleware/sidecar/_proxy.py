@@ -57,12 +57,22 @@ IDENTITY_HEADERS = frozenset(
         b"x-forwarded-email",
         b"x-forwarded-groups",
         b"x-forwarded-preferred-username",
+        # Authelia's and other SSO proxies' names, which apps behind them read.
+        b"remote-user",
+        b"remote-email",
+        b"remote-groups",
+        b"remote-name",
     }
 )
-FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+# What a proxy in front says of the connection (X-Forwarded-* by prefix, and these): only a
+# trusted proxy may say it, and only in the spelling it sends ("-", not "_").
+FORWARDING = frozenset({b"forwarded", b"x-real-ip", b"x-original-uri", b"x-original-url"})
+_FORWARDED_PREFIX = b"x-forwarded-"
+# The scheme of the request as HTTP names it: a websocket handshake is an HTTP request.
+_HTTP_SCHEMES = {"ws": b"http", "wss": b"https"}
 
 Headers = list[tuple[bytes, bytes]]
-ErrorPage = Callable[[int], Any]
+ErrorPage = Callable[[int, Scope], Any]
 
 
 class ClientDisconnected(Exception):
@@ -90,7 +100,8 @@ def end_to_end(headers: Headers) -> Headers:
 
 def forwarded_headers(scope: Scope, trusted_peer: bool, identity: Headers) -> Headers:
     """Request headers for the upstream: end-to-end only, identity from the sidecar alone,
-    ``X-Forwarded-*`` extended (kept from a trusted proxy in front, replaced otherwise).
+    ``X-Forwarded-*`` extended (kept from a trusted proxy in front; from anyone else, every
+    header of the kind is dropped and For, Proto and Host are the sidecar's own).
 
     One pass over the headers: this runs on every proxied request."""
     incoming: Headers = scope["headers"]
@@ -106,10 +117,11 @@ def forwarded_headers(scope: Scope, trusted_peer: bool, identity: Headers) -> He
         if name in HOP_BY_HOP:
             continue
         # "X_Auth_Request_User" too: CGI-style servers read "_" and "-" alike.
-        if name.replace(b"_", b"-") in IDENTITY_HEADERS:
+        folded = name.replace(b"_", b"-")
+        if folded in IDENTITY_HEADERS:
             continue
-        if name in FORWARDED:
-            if not trusted_peer:
+        if folded.startswith(_FORWARDED_PREFIX) or folded in FORWARDING:
+            if not trusted_peer or folded != name:
                 continue
             if name == b"x-forwarded-for":
                 earlier.append(value)
@@ -126,7 +138,8 @@ def forwarded_headers(scope: Scope, trusted_peer: bool, identity: Headers) -> He
     if chain:
         headers.append((b"x-forwarded-for", chain))
     if proto is None:
-        headers.append((b"x-forwarded-proto", str(scope.get("scheme", "http")).encode()))
+        scheme = str(scope.get("scheme", "http"))
+        headers.append((b"x-forwarded-proto", _HTTP_SCHEMES.get(scheme, scheme.encode())))
     if forwarded_host is None and host:
         headers.append((b"x-forwarded-host", host))
     headers.extend(identity)
@@ -198,10 +211,10 @@ class Upstream:
         except ClientDisconnected:
             return
         except TimeoutError:
-            await self.error_page(504)(scope, receive, send)
+            await self.error_page(504, scope)(scope, receive, send)
             return
         except aiohttp.ClientError:
-            await self.error_page(502)(scope, receive, send)
+            await self.error_page(502, scope)(scope, receive, send)
             return
         try:
             await send(
@@ -270,8 +283,14 @@ async def _relay(receive: Receive, send: Send, upstream: Any) -> None:
         await send({"type": "websocket.close", "code": upstream.close_code or 1000})
 
     tasks = [asyncio.ensure_future(from_client()), asyncio.ensure_future(from_upstream())]
-    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+    for task in done:
+        # Either side going away ends the relay (the server's send to a browser that left
+        # raises): read, so it is not reported later as an error nobody retrieved.
+        error = task.exception()
+        if error is not None:
+            logger.debug("websocket relay ended: %s", type(error).__name__)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+from collections.abc import MutableMapping
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -14,7 +18,7 @@ from consent_middleware import ConfigurationError
 from consent_middleware.sidecar import SidecarOptions
 from consent_middleware.sidecar._app import original_request, with_new_session
 from consent_middleware.sidecar._assertion import AssertionSigner
-from consent_middleware.sidecar._proxy import end_to_end, forwarded_headers
+from consent_middleware.sidecar._proxy import _relay, end_to_end, forwarded_headers
 
 SECRET = "s" * 40
 
@@ -117,6 +121,42 @@ def test_hop_by_hop_and_identity_headers_are_removed() -> None:
     assert untrusted[b"x-forwarded-proto"] == b"http"
     assert untrusted[b"x-forwarded-host"] == b"app.example"
     assert b"x-auth-request-user" not in untrusted
+
+
+def test_only_a_trusted_proxy_says_how_the_request_came() -> None:
+    # Every header of the X-Forwarded-* kind, in any spelling, and what else proxies say
+    # of the connection: a client's never reaches the upstream; a trusted proxy's does,
+    # in the spelling it sends.
+    said = [
+        (b"x-forwarded-prefix", b"/evil"), (b"x-forwarded-port", b"1"),
+        (b"x-forwarded-ssl", b"on"), (b"x-forwarded-scheme", b"https"),
+        (b"x-forwarded-server", b"evil"), (b"x-forwarded-uri", b"/admin"),
+        (b"x-forwarded-method", b"DELETE"), (b"x-original-uri", b"/admin"),
+        (b"x-original-url", b"/admin"), (b"x-real-ip", b"6.6.6.6"),
+        (b"forwarded", b"for=6.6.6.6;proto=https"),
+    ]  # fmt: skip
+    underscored = [
+        (b"x_forwarded_proto", b"https"), (b"x_forwarded_host", b"evil.example"),
+        (b"x_forwarded_for", b"6.6.6.6"), (b"x_real_ip", b"6.6.6.6"),
+        (b"remote_user", b"admin"), (b"Remote-User", b"admin"), (b"remote-email", b"a@b"),
+    ]  # fmt: skip
+    scope = {
+        "headers": [(b"host", b"app.example"), *said, *underscored],
+        "client": ("192.0.2.7", 1),
+        "scheme": "wss",
+    }
+    untrusted = forwarded_headers(scope, False, [])
+    assert sorted(untrusted) == sorted(
+        [
+            (b"host", b"app.example"),
+            (b"x-forwarded-for", b"192.0.2.7"),
+            (b"x-forwarded-proto", b"https"),  # a websocket handshake is an HTTP request
+            (b"x-forwarded-host", b"app.example"),
+        ]
+    )
+    trusted = forwarded_headers(scope, True, [])
+    assert all(pair in trusted for pair in said)
+    assert not {name for name, _ in trusted} & {name.lower() for name, _ in underscored}
 
 
 def test_the_forwarded_cookie_carries_the_new_session_only() -> None:
@@ -265,8 +305,87 @@ async def test_the_access_token_goes_upstream_when_asked_and_never_from_the_clie
             await sidecar.upstream.aclose()
 
 
+def test_a_websocket_gets_the_access_token_while_it_is_good() -> None:
+    # A handshake cannot carry a renewed session back to the browser: the token goes
+    # along while still good; once it is not, a clear 401 (the next page load renews it).
+    import time
+
+    import websockets
+
+    from consent_middleware import Session, TokenSet
+    from consent_middleware._session import CookieSessionStore
+    from consent_middleware.sidecar import Sidecar
+    from tests.conftest import CLAIM, make_settings
+    from tests.live_server import serve
+    from tests.sidecar.test_sidecar import UPSTREAM
+    from tests.test_session import jar
+
+    settings = make_settings()
+    consent = {"given": True, "version": settings.terms_version}
+
+    def cookie(expires_in: int) -> str:
+        tokens = TokenSet("at-1", "idt", "rt", int(time.time()) + expires_in)
+        session = Session.from_claims({"sub": "auth0|1", CLAIM: consent}, tokens)
+        saved = jar(asyncio.run(CookieSessionStore(settings).save(session, {})))
+        return "; ".join(f"{k}={v}" for k, v in saved.items())
+
+    async def token(url: str, cookie: str) -> str | int:
+        headers = {"Cookie": cookie, "Origin": settings.app_base_url}
+        try:
+            async with websockets.connect(url, additional_headers=headers) as socket:
+                return str(await asyncio.wait_for(socket.recv(), 5))
+        except websockets.InvalidStatus as refused:
+            return int(refused.response.status_code)
+
+    with serve(UPSTREAM) as upstream:
+        sidecar = Sidecar(settings, SidecarOptions(upstream=upstream, pass_access_token=True))
+        with serve(sidecar) as base:
+            url = base.replace("http", "ws") + "/ws-token"
+            assert asyncio.run(token(url, cookie(600))) == "at-1"
+            assert asyncio.run(token(url, cookie(5))) == 401
+
+
 def test_pass_access_token_reads_true_or_false() -> None:
     assert SidecarOptions.from_env({"CONSENT_PASS_ACCESS_TOKEN": "true"}).pass_access_token
     assert not SidecarOptions.from_env({"CONSENT_PASS_ACCESS_TOKEN": "0"}).pass_access_token
     with pytest.raises(ConfigurationError, match="true or false"):
         SidecarOptions.from_env({"CONSENT_PASS_ACCESS_TOKEN": "maybe"})
+
+
+def test_a_relay_ended_by_a_browser_that_left_leaves_no_error_unread() -> None:
+    # The upstream speaks after the browser went away: the server's send raises. The
+    # relay ends quietly, leaving no task whose exception asyncio reports later.
+    reported: list[dict[str, Any]] = []
+
+    class Upstream:
+        close_code = 1000
+
+        def __aiter__(self) -> Any:
+            return self
+
+        async def __anext__(self) -> str:
+            return "hello"
+
+        async def close(self, code: int = 1000) -> None:
+            pass
+
+        async def send(self, data: Any) -> None:
+            pass
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        return {"type": "websocket.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        raise OSError("the browser went away")
+
+    async def relay() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: reported.append(context)
+        )
+        await _relay(receive, send, Upstream())
+        gc.collect()
+
+    asyncio.run(relay())
+    gc.collect()
+    assert reported == []

@@ -3,6 +3,7 @@ of the sidecar (forward-auth) and an app."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import websockets
 
 from consent_middleware import Settings
 from consent_middleware.sidecar import Sidecar, SidecarOptions
@@ -265,6 +267,32 @@ def test_no_spelling_of_an_identity_header_from_a_client_reaches_the_app(front: 
     public = httpx.get(f"{front.base}/public/page", headers=forged).json()["headers"]
     assert not [name for name in IDENTITY_HEADERS if name.decode() in public]
     assert not [name for name in public if "_" in name]
+    browser.client.close()
+
+
+def test_a_consented_websocket_reaches_the_app_and_a_foreign_page_is_refused(
+    front: Front,
+) -> None:
+    # Caddy passes the handshake's Upgrade on to the check, nginx does not: either way the
+    # check decides, and an allowed handshake reaches the app as one.
+    email = f"socket-{secrets.token_hex(4)}@example.com"
+    browser = consented_browser(front, email)
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.client.cookies.items())
+    url = front.base.replace("http", "ws") + "/ws"
+
+    async def talk(origin: str) -> str | int:
+        headers = {"Cookie": cookie, "Origin": origin}
+        try:
+            async with websockets.connect(url, additional_headers=headers) as socket:
+                await socket.send("hello")
+                return str(await asyncio.wait_for(socket.recv(), 5))
+        except websockets.InvalidStatus as refused:
+            return int(refused.response.status_code)
+
+    user = front.tenant.users.by_email(email)
+    assert user is not None
+    assert asyncio.run(talk(front.base)) == f"hello:{user['user_id']}"
+    assert asyncio.run(talk("https://evil.example")) == 403
     browser.client.close()
 
 

@@ -67,11 +67,18 @@ async def ws_echo(websocket: WebSocket) -> None:
     await websocket.close()
 
 
+async def ws_token(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text(websocket.headers.get("x-forwarded-access-token", "-"))
+    await websocket.close()
+
+
 UPSTREAM = Starlette(
     routes=[
         Route("/slow", slow),
         Route("/events", stream),
         WebSocketRoute("/ws", ws_echo),
+        WebSocketRoute("/ws-token", ws_token),
         Route("/{path:path}", echo, methods=["GET", "POST", "PUT"]),
     ]
 )
@@ -198,6 +205,10 @@ def test_upstream_slow_is_504_and_down_is_502(stack: Stack) -> None:
     browser = consented(stack)
     late = browser.client.get(f"{stack.base}/slow")
     assert late.status_code == 504 and "took too long" in late.text
+    # An API call or fetch reads JSON, as it does from the gate's refusals.
+    api = browser.client.get(f"{stack.base}/slow", headers={"accept": "application/json"})
+    assert api.status_code == 504 and api.json()["error"] == "upstream_timeout"
+    assert "took too long" in api.json()["error_description"]
     browser.client.close()
 
 
@@ -223,6 +234,33 @@ def test_websockets_are_proxied_for_consented_users(stack: Stack) -> None:
         return info.value.response.status_code
 
     assert asyncio.run(refused()) == 401
+    browser.client.close()
+
+
+def test_the_check_answers_a_handshake_passed_on_to_it(stack: Stack) -> None:
+    # Caddy's forward_auth passes the original handshake's Upgrade on: the server hands the
+    # check over as a websocket, and it answers in HTTP all the same.
+    browser = consented(stack)
+    handshake = {
+        "X-Forwarded-Uri": "/ws",
+        "X-Forwarded-Method": "GET",
+        "X-Forwarded-Host": "app.example",
+        "X-Forwarded-Proto": "https",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    check = f"{stack.base}/auth/check"
+    allowed = browser.client.get(check, headers={**handshake, "Origin": "https://app.example"})
+    assert allowed.status_code == 200 and "x-consent-assertion" in allowed.headers
+    foreign = browser.client.get(check, headers={**handshake, "Origin": "https://evil.example"})
+    assert foreign.status_code == 403 and foreign.json() == {"error": "forbidden_origin"}
+    # nginx reads a refusal's JSON from a header: it has no page to send anyone to.
+    assert json.loads(foreign.headers["x-consent-json"]) == {"error": "forbidden_origin"}
+    signed_out = httpx.get(f"{check}?mode=redirect", headers=handshake)
+    assert signed_out.status_code == 302
+    assert "returnTo=%2Fws" in signed_out.headers["location"]
     browser.client.close()
 
 
