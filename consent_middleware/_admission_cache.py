@@ -156,10 +156,11 @@ class AdmissionCache:
         return self.current(key, 0.0)
 
     def current(self, key: bytes, now: float) -> Admitted | None:
-        """The entry for ``key`` unless it is due for its re-check at ``now``."""
+        """The entry for ``key`` unless it is due for its re-check at ``now`` (from ``until``
+        on)."""
         digest = hash(key)
         entry = self._entries.get(digest)
-        if entry is None or entry.until < now or key[-KEY_TAIL:] != entry.tail:
+        if entry is None or entry.until <= now or key[-KEY_TAIL:] != entry.tail:
             return None
         self._entries.move_to_end(digest)
         return entry

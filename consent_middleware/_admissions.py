@@ -26,7 +26,7 @@ from ._exceptions import ConsentMiddlewareError
 from ._gate import Verdict, judged, judged_claim
 from ._models import User
 from ._refresh import SESSION_LOADER_SCOPE_KEY, SESSION_SCOPE_KEY, SessionRefresher
-from ._session import CookieSessionStore, Session, SessionStore, SessionSummary
+from ._session import CookieSessionStore, RollingExpiry, Session, SessionStore, SessionSummary
 
 REVALIDATE_AFTER = 60.0
 USER_SCOPE_KEY = "consent_middleware.user"
@@ -53,6 +53,10 @@ class Admissions:
         self._summaries: CookieSessionStore | None = None
         if isinstance(sessions, CookieSessionStore) and sessions.summarizes():
             self._summaries = sessions
+        # A rolling session is written anew by the first request that finds it due: an
+        # admission must not outlive that moment, or a short inactivity window would end
+        # the session of a user active all along.
+        self._rolling = sessions if isinstance(sessions, RollingExpiry) else None
         # Bound once: a bound method made per request would be an allocation per request.
         self._loader = self._load_session
         self._user_reader = self._read_user
@@ -128,6 +132,8 @@ class Admissions:
         until = now + REVALIDATE_AFTER
         if facts.expires_at:  # 0: a session not written yet (just refreshed)
             until = min(until, facts.ends_at)
+            if self._rolling is not None:
+                until = min(until, self._rolling.rolls_at(facts))
         # With the session parsed, its user is kept (its claims are held anyway); else
         # the claim is read for the verdict and the purposes alone.
         user = None

@@ -113,7 +113,7 @@ class ChoiceRoutes:
             return_to=return_to,
             csrf_token=consent.csrf.token(session),
             error=error,
-            history_url=f"{consent.settings.consent_path}/history",
+            history_url=consent.pages.path(f"{consent.settings.consent_path}/history"),
             home_url=consent.pages.home_url,
         )
 
@@ -209,9 +209,9 @@ class ChoiceRoutes:
             purposes=[(p, p.id in given) for p in settings.purposes],
             state=state_of(record),
             csrf_token=consent.csrf.token(session),
-            return_to=f"{settings.consent_path}/history",
-            withdraw_url=f"{settings.consent_path}/withdraw",
-            receipt_url=f"{settings.consent_path}/receipt.json",
+            return_to=consent.pages.path(f"{settings.consent_path}/history"),
+            withdraw_url=consent.pages.path(f"{settings.consent_path}/withdraw"),
+            receipt_url=consent.pages.path(f"{settings.consent_path}/receipt.json"),
         )
 
     async def receipt(self, request: Request) -> Response:

@@ -201,10 +201,12 @@ class Settings:
         set_(self, "domain", _normalise_url("domain", self.domain, bare_host_ok=True))
         base = _normalise_url("app_base_url", self.app_base_url, bare_host_ok=False)
         set_(self, "app_base_url", base)
-        for secret in (self.secret, *self.previous_secrets):
+        named = [("secret", self.secret)] + [("previous_secrets", s) for s in self.previous_secrets]
+        for name, secret in named:
             if len(secret) < MIN_SECRET_LENGTH:
+                each = " each" if name == "previous_secrets" else ""
                 raise ConfigurationError(
-                    f"{_name('secret')} must be at least {MIN_SECRET_LENGTH} characters "
+                    f"{_name(name)} must be at least {MIN_SECRET_LENGTH} characters{each} "
                     "(generate one with: openssl rand -hex 32)"
                 )
         claim = urlsplit(self.consent_claim)

@@ -113,8 +113,8 @@ class ConsentRoutes:
             csrf_token=self.csrf.token(session),
             error=error,
             accepted=consent is not None and consent.covers(settings.terms_version),
-            logout_url=f"{settings.routes_prefix}/logout",
-            withdraw_url=f"{settings.consent_path}/withdraw",
+            logout_url=self.pages.path(f"{settings.routes_prefix}/logout"),
+            withdraw_url=self.pages.path(f"{settings.consent_path}/withdraw"),
         )
 
     async def posted(self, request: Request) -> tuple[Session, FormData] | Response:

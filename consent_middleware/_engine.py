@@ -24,6 +24,7 @@ from ._oidc import OIDCClient
 from ._pages import Pages
 from ._record import ConsentWriter, EventLedger, LedgerOpener
 from ._refresh import SessionRefresher
+from ._responses import PRIVATE
 from ._revocation import Revocations
 from ._routes import AuthRoutes
 from ._session import CookieSessionStore, SessionStore
@@ -129,6 +130,10 @@ class Engine:
                 response = await endpoint(Request(scope, receive))
             except ConsentMiddlewareError as exc:
                 response = self.pages.for_error(exc)
+        if "set-cookie" in response.headers:
+            # A response that sets a cookie (a session, a login's transaction) is for this
+            # browser alone: no shared cache may keep it, whatever the route said.
+            response.headers["cache-control"] = PRIVATE.decode()
         await response(scope, receive, send)
 
     async def start(self) -> None:

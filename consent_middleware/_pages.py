@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -48,6 +49,7 @@ class Pages:
         self.env = jinja2.Environment(
             loader=jinja2.ChoiceLoader(loaders), autoescape=True, undefined=jinja2.StrictUndefined
         )
+        self._mounted_at = urlsplit(settings.app_base_url).path.rstrip("/")
 
     @property
     def home_url(self) -> str:
@@ -57,11 +59,19 @@ class Pages:
         """An absolute URL of the app for one of its paths."""
         return f"{self.settings.app_base_url}{path}"
 
+    def path(self, path: str) -> str:
+        """A link to one of the app's paths for its pages and forms: below where the app is
+        mounted (``APP_BASE_URL``'s path, as the login's callback is), and relative to the
+        site, so it holds whatever spelling of the host the browser used."""
+        return self._mounted_at + path
+
     @property
     def login_url(self) -> str:
         return self.url(f"{self.settings.routes_prefix}/login")
 
     def render(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        # Where the consent forms post, under the app's mount.
+        context.setdefault("consent_url", self.path(self.settings.consent_path))
         html = self.env.get_template(name).render(**context)
         return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
 

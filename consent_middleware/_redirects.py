@@ -26,7 +26,7 @@ def safe_return_to(value: str | None, base_url: str) -> str | None:
         return None
     base = urlsplit(base_url)
     target = urlsplit(urljoin(base_url + "/", value.strip()))
-    if (target.scheme, target.netloc) != (base.scheme, base.netloc):
+    if (target.scheme, target.netloc.lower()) != (base.scheme, base.netloc.lower()):
         return None
     if target.username or target.password:
         return None

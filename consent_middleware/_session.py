@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Mapping
@@ -312,6 +313,16 @@ class RollingExpiry:
         now = time.time() if now is None else now
         gain = self.expiry(session, now) - session.expires_at
         return gain > self.settings.inactivity_duration * ROLL_FRACTION
+
+    def rolls_at(self, session: Session | SessionSummary) -> float:
+        """When a request first finds ``session`` due to roll (``needs_roll``): infinity when
+        its absolute end leaves no roll worth making."""
+        inactivity = self.settings.inactivity_duration
+        least = inactivity * ROLL_FRACTION
+        if session.created_at + self.settings.absolute_duration - session.expires_at <= least:
+            return math.inf
+        # The first whole second at which int(now + inactivity) - expires_at > least.
+        return math.floor(session.expires_at + least) + 1 - inactivity
 
 
 # What the gate reads sessions through when a store summarises them (see ``summarizes``).

@@ -57,6 +57,7 @@ def test_missing_variable_is_named(missing: str) -> None:
     ("name", "value", "message"),
     [
         ("AUTH0_SECRET", "short", "at least 32"),
+        ("AUTH0_PREVIOUS_SECRETS", f"{'p' * 40},short", "at least 32 characters each"),
         ("AUTH0_DOMAIN", "http://tenant.example.com", "only loopback"),
         ("AUTH0_DOMAIN", "ftp://tenant.example.com", "http"),
         ("AUTH0_DOMAIN", "https://tenant.example.com/?x=1", "query"),
@@ -94,7 +95,7 @@ def test_typed_object_validates_too() -> None:
         make_settings(client_id="")
     settings = make_settings(previous_secrets=("p" * 32,))
     assert settings.secrets == ("s" * 40, "p" * 32)
-    with pytest.raises(ConfigurationError, match="AUTH0_SECRET"):
+    with pytest.raises(ConfigurationError, match="AUTH0_PREVIOUS_SECRETS"):
         make_settings(previous_secrets=("short",))
 
 

@@ -263,10 +263,13 @@ async def dashboard(request: Request) -> Response:
     return PlainTextResponse(f"dashboard of {current_user(request).sub}")
 
 
+MOUNTED = make_settings(app_base_url=f"{APP}/app")
+
+
 @contextmanager
 def mounted() -> Iterator[tuple[respx.MockRouter, TestClient]]:
     """The gated app under /app of an outer app, which closes the gate at shutdown."""
-    settings = make_settings(app_base_url=f"{APP}/app")
+    settings = MOUNTED
     gate = ConsentMiddleware(Starlette(routes=[Route("/dashboard", dashboard)]), settings=settings)
 
     @asynccontextmanager
@@ -307,3 +310,42 @@ def test_mounted_unknown_own_route_is_a_404_page() -> None:
         response = client.get("/app/auth/nope", follow_redirects=False)
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("text/html")
+
+
+def mounted_session(**claims: Any) -> dict[str, str]:
+    session = Session.from_claims({"sub": "auth0|1", **claims}, TokenSet("at", "idt", "rt"))
+    return jar(asyncio.run(CookieSessionStore(MOUNTED).save(session, {})))
+
+
+def test_mounted_pages_link_and_post_below_the_mount() -> None:
+    # The forms of the terms and withdrawal pages post to the mounted routes: posted to
+    # the site's root they would never reach the gate, and nobody could accept.
+    consented = {CLAIM: {"given": True, "version": "v2", "date": "2026-01-01T00:00:00Z"}}
+    with mounted() as (_, client):
+        client.cookies.update(mounted_session())
+        terms = client.get("/app/consent", follow_redirects=False)
+        client.cookies.update(mounted_session(**consented))
+        withdraw = client.get("/app/consent/withdraw", follow_redirects=False)
+        posted = client.post(
+            "/app/consent/withdraw",
+            data={"csrf_token": "not this page's"},
+            headers={"origin": APP},
+            follow_redirects=False,
+        )
+    assert terms.status_code == 200 and withdraw.status_code == 200
+    assert 'action="/app/consent"' in terms.text and 'href="/app/auth/logout"' in terms.text
+    assert 'action="/app/consent/withdraw"' in withdraw.text
+    assert posted.status_code == 403  # reached the route, which checks the form
+
+
+def test_the_packages_own_routes_that_set_a_cookie_are_private() -> None:
+    # The login's transaction cookie, and the logout's clearing of the session: a shared
+    # cache must never keep either for another browser.
+    with mounted() as (mock, client):
+        idp(mock, [])
+        login = client.get("/app/auth/login", follow_redirects=False)
+        client.cookies.update(mounted_session())
+        logout = client.get("/app/auth/logout", follow_redirects=False)
+    for response in (login, logout):
+        assert response.headers.get_list("set-cookie"), response.text
+        assert response.headers.get_list("cache-control") == ["private, no-store"]

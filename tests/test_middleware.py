@@ -28,7 +28,7 @@ from consent_middleware._cookies import CHUNK_SIZE, session_cookies
 from consent_middleware._exceptions import ConsentMiddlewareError, SharedStateError
 from consent_middleware._gate import Verdict
 from consent_middleware._models import User
-from consent_middleware._session import CookieSessionStore
+from consent_middleware._session import CookieSessionStore, SessionSummary
 from tests.conftest import CLAIM, ISSUER, idp, make_settings
 from tests.flow import run_lifespan
 from tests.keys import SigningKey, id_token_claims
@@ -172,6 +172,50 @@ def test_cached_verdicts_are_rechecked_and_expire(monkeypatch: pytest.MonkeyPatc
     assert call(gate, VALID.encode())[0] == 200
     clock[0] = now + 2 * 86400  # past the cookie's one-day inactivity expiry
     assert call(gate, VALID.encode())[0] == 307
+
+
+def test_a_cached_session_still_rolls_when_it_falls_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A six-second inactivity window: a user active every two seconds must never be
+    # logged out, so the first request past the roll's due time rolls the cookie, cached
+    # admission or not.
+    settings = make_settings(inactivity_duration=6, absolute_duration=60)
+    gate = ConsentMiddleware(ok, settings=settings)
+    store = CookieSessionStore(settings)
+    written = time.time()
+    tokens = TokenSet("at", "idt", "rt", expires_at=int(written) + 3600)
+    session = Session.from_claims({"sub": "auth0|1", **CONSENTED}, tokens)
+    value = asyncio.run(store.save(session, {}, now=written))[0].split(b";", 1)[0]
+    clock = [written]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    assert call(gate, value) == (200, {b"vary": b"Cookie"})  # admitted, and cached
+    due = store.rolls_at(session_of(store, value))
+    assert written < due <= written + 2
+    clock[0] = due
+    status, headers = call(gate, value)
+    assert status == 200 and headers[b"set-cookie"].startswith(b"__session=")
+
+
+def session_of(store: CookieSessionStore, value: bytes) -> SessionSummary:
+    found = store.summary_of(value.split(b"=", 1)[1])
+    assert found is not None
+    return found[0]
+
+
+@pytest.mark.parametrize("inactivity", [1, 6, 7, 60, 86400])
+@pytest.mark.parametrize("left", [0, 1, 3, 30, 10**6])
+def test_a_session_rolls_from_the_moment_said(inactivity: int, left: int) -> None:
+    # rolls_at is exactly the first moment needs_roll says yes (inf: never).
+    store = CookieSessionStore(
+        make_settings(inactivity_duration=inactivity, absolute_duration=10**7)
+    )
+    expires_at = 1_800_000_000
+    session = Session.from_claims({"sub": "u"}, TokenSet("at", "idt"))
+    session = replace(session, expires_at=expires_at, created_at=expires_at + left - 10**7)
+    due = store.rolls_at(session)
+    if due == float("inf"):
+        assert not any(store.needs_roll(session, expires_at + t) for t in range(-inactivity, 60))
+    else:
+        assert store.needs_roll(session, due) and not store.needs_roll(session, due - 0.001)
 
 
 def test_not_consented_is_never_cached() -> None:

@@ -21,6 +21,8 @@ BASE = "https://app.example.com"
         (f"{BASE}/a/b?c=d", f"{BASE}/a/b?c=d"),
         ("/files/a%2Fb?q=%2F%2F", f"{BASE}/files/a%2Fb?q=%2F%2F"),  # encoded, not leading
         ("/", f"{BASE}/"),
+        # The same origin in capitals (RFC 3986 3.1, 3.2.2: scheme and host are case-blind).
+        ("HTTPS://APP.EXAMPLE.COM/x?Y=1", f"{BASE}/x?Y=1"),
     ],
 )
 def test_same_origin_targets_are_kept(value: str, expected: str) -> None:
