@@ -282,7 +282,8 @@ class ConsentRoutes:
                     )
                 written_ms = await self.recorded(sub, withdrawn)
             if settings.withdraw_mode == "revoke":
-                terms = self.pages.url(f"{settings.consent_path}?{urlencode({'returnTo': '/'})}")
+                home = self.pages.path("/")
+                terms = self.pages.url(f"{settings.consent_path}?{urlencode({'returnTo': home})}")
                 return await self.refresher.refresh_and_continue(
                     request, session, terms, Expectation.WITHDRAWAL, not_before=written_ms / 1000
                 )

@@ -186,7 +186,7 @@ class AuthRoutes:
         verdict = decide(session, self.settings)
         if session is None or verdict is not Verdict.ALLOW:
             # A token for the APIs is what the consent gates: none without it.
-            status, body = refusal_body(verdict, "/", self.settings)
+            status, body = refusal_body(verdict, self.pages.path("/"), self.settings)
             return with_cookies(JSONResponse(body, status, headers=NO_STORE), cookies)
         audience = request.query_params.get("audience") or None
         try:

@@ -338,6 +338,13 @@ def test_mounted_pages_link_and_post_below_the_mount() -> None:
     assert posted.status_code == 403  # reached the route, which checks the form
 
 
+def test_mounted_routes_send_home_below_the_mount() -> None:
+    with mounted() as (_, client):
+        token = client.get("/app/auth/access-token")
+    assert token.status_code == 401
+    assert token.json()["login_url"] == f"{APP}/app/auth/login?returnTo=%2Fapp%2F"
+
+
 def test_the_packages_own_routes_that_set_a_cookie_are_private() -> None:
     # The login's transaction cookie, and the logout's clearing of the session: a shared
     # cache must never keep either for another browser.
