@@ -63,13 +63,16 @@ def judged_claim(claim: object, settings: Settings) -> tuple[Verdict, frozenset[
     return (Verdict.ALLOW if covered else Verdict.CONSENT), NO_PURPOSES
 
 
-def missing_purposes(path: str, given: frozenset[str], settings: Settings) -> tuple[str, ...]:
+def missing_purposes(
+    path: str, given: frozenset[str], settings: Settings, sent: str | None = None
+) -> tuple[str, ...]:
     """The purposes ``path`` needs (CONSENT_REQUIRE) that are not in ``given``. A
-    requirement fails closed: it is matched on the path as sent and as a server would clean
-    it up, without regard to case or a trailing slash (Express routes "/Newsletter/" to
-    "/newsletter" by default), so no spelling of a path escapes it."""
+    requirement fails closed: it is matched on the path and on every way a server may
+    read it (``path_spellings``, with ``sent`` the path as the client spelled it), without
+    regard to case or a trailing slash (Express routes "/Newsletter/" to "/newsletter" by
+    default), so no spelling of a path escapes it."""
     missing: list[str] = []
-    spellings = {spelling.lower() for spelling in path_spellings(path)}
+    spellings = {spelling.lower() for spelling in path_spellings(path, sent)}
     for pattern, ids in settings.require:
         if any(_requires(spelling, pattern.lower()) for spelling in spellings):
             missing += [i for i in ids if i not in given and i not in missing]
@@ -114,21 +117,61 @@ def requested_target(scope: Scope) -> str:
     return f"{target}?{quote(query, safe=_SENT_CHARACTERS + '?')}" if query else target
 
 
-def path_spellings(path: str) -> set[str]:
-    """``path`` as sent and as each kind of server may clean it up before it routes:
-    percent-decoded, repeated slashes merged and dot segments resolved (RFC 3986 5.2.4:
-    "/static/../admin" and "//admin" are "/admin"); then also with each segment's path parameters
-    dropped (Tomcat, Jetty and Spring read "/static/..;/admin" as "/static/../admin") and
-    with backslashes as slashes (IIS, and others on Windows)."""
+def sent_path(scope: Scope) -> str | None:
+    """The path below ``root_path`` as the client spelled it, escapes kept (the server's
+    ``raw_path``), or None when the server does not say."""
+    raw = scope.get("raw_path")
+    if not isinstance(raw, bytes):
+        return None
+    sent = raw.decode("latin-1")
+    root: str = scope.get("root_path", "").rstrip("/")
+    if root:
+        # The mount's own segments, however the client escaped them.
+        segments = sent.split("/")
+        depth = root.count("/") + 1
+        if unquote("/".join(segments[:depth])) == root:
+            return "/" + "/".join(segments[depth:])
+    return sent
+
+
+def path_spellings(path: str, sent: str | None = None) -> set[str]:
+    """``path`` (decoded, as the ASGI server routes it) and as each kind of server may
+    read it before it routes: decoded again, repeated slashes merged and dot segments
+    resolved (RFC 3986 5.2.4: "/static/../admin" and "//admin" are "/admin"); then also
+    with each segment's path parameters dropped (Tomcat, Jetty and Spring read
+    "/static/..;/admin" as "/static/../admin") and with backslashes as slashes (IIS, and
+    others on Windows).
+
+    With ``sent``, the path as the client spelled it, also as servers read it that split
+    it before they decode: WHATWG URL (Node, Deno, Bun) resolves dot segments, "%2e" ones
+    too, between the sent slashes only, so "/static/a%2fb/../../admin" is "/admin" there,
+    though "/static/admin" once decoded; Tomcat drops path parameters from the sent
+    segments. ``sent`` itself counts when it is not the usual escaping of ``path``: a
+    server that never decodes routes "/%73tatic" elsewhere than "/static"."""
     decoded = unquote(path)
     slashed = decoded.replace("\\", "/")
-    return {
+    spellings = {
         path,
         _resolved(decoded),
         _resolved(slashed),
         _resolved(_without_parameters(decoded)),
         _resolved(_without_parameters(slashed)),
     }
+    if sent is not None and sent != path:
+        if sent != quote(path, safe=_PATH_CHARACTERS):
+            spellings.add(sent)
+        for form in (sent, sent.replace("\\", "/")):
+            spellings.add(unquote(_resolved(_dots_unescaped(form))))
+            spellings.add(unquote(_resolved(_dots_unescaped(_without_parameters(form)))))
+    return spellings
+
+
+# Dot segments as WHATWG URL reads them in a path as sent.
+_ESCAPED_DOTS = {"%2e": ".", ".%2e": "..", "%2e.": "..", "%2e%2e": ".."}
+
+
+def _dots_unescaped(sent: str) -> str:
+    return "/".join(_ESCAPED_DOTS.get(segment.lower(), segment) for segment in sent.split("/"))
 
 
 def _without_parameters(path: str) -> str:
@@ -153,13 +196,17 @@ def is_own_route(path: str, settings: Settings) -> bool:
     return any(path == p or path.startswith(p + "/") for p in prefixes)
 
 
-def is_public(path: str, settings: Settings) -> bool:
-    """Configured public paths: exact ("/about"), or a prefix when they end in "*". The
-    path as sent and every way a server may clean it up must match (``path_spellings``):
-    public fails closed."""
-    patterns = settings.public_paths
+def is_public(path: str, settings: Settings, sent: str | None = None) -> bool:
+    """Configured public paths: exact ("/about"), or a prefix when they end in "*"."""
+    return matches_every_spelling(path, settings.public_paths, sent)
+
+
+def matches_every_spelling(path: str, patterns: tuple[str, ...], sent: str | None = None) -> bool:
+    """Whether ``path`` and every way a server may read it (``path_spellings``, with
+    ``sent`` the path as the client spelled it) are among ``patterns``: what lets a
+    request by the gate fails closed."""
     return matches(path, patterns) and all(
-        matches(spelling, patterns) for spelling in path_spellings(path)
+        matches(spelling, patterns) for spelling in path_spellings(path, sent)
     )
 
 

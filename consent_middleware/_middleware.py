@@ -23,10 +23,12 @@ from ._gate import (
     app_path,
     is_public,
     matches,
+    matches_every_spelling,
     missing_purposes,
     refusal,
     refusal_body,
     requested_target,
+    sent_path,
     wants_json,
 )
 from ._redirects import origin_of
@@ -100,7 +102,11 @@ class ConsentMiddleware:
             joined_cookie_header(scope)
             await self.engine.serve_own_route(scope, receive, send, path)
             return
-        if self._public and is_public(path, settings):
+        if (
+            self._public
+            and matches(path, settings.public_paths)
+            and is_public(path, settings, sent_path(scope))
+        ):
             await self.app(scope, receive, send)
             return
         now = time.time()
@@ -128,7 +134,7 @@ class ConsentMiddleware:
             await self._refuse(admitted.verdict, scope, receive, send)
             return
         if settings.require:
-            missing = missing_purposes(path, admitted.purposes, settings)
+            missing = missing_purposes(path, admitted.purposes, settings, sent_path(scope))
             if missing:
                 await self._refusal(Verdict.PURPOSE, scope, missing)(scope, receive, send)
                 return
@@ -273,7 +279,10 @@ class ConsentMiddleware:
         """Websockets get the pages' decision: a refused handshake, never an open socket."""
         path = app_path(scope)
         settings = self.settings
-        if is_public(path, settings) or matches(path, settings.ungated_websockets):
+        sent = sent_path(scope)
+        if is_public(path, settings, sent) or matches_every_spelling(
+            path, settings.ungated_websockets, sent
+        ):
             await self.app(scope, receive, send)
             return
         # Cross-site websocket hijacking: browsers send the page's Origin with every
@@ -300,7 +309,7 @@ class ConsentMiddleware:
                 verdict = Verdict.LOGIN
         missing: tuple[str, ...] = ()
         if not isinstance(admitted, Verdict) and verdict is Verdict.ALLOW and settings.require:
-            missing = missing_purposes(path, admitted.purposes, settings)
+            missing = missing_purposes(path, admitted.purposes, settings, sent)
             verdict = Verdict.PURPOSE if missing else verdict
         if isinstance(admitted, Verdict) or verdict is not Verdict.ALLOW:
             status_code, body = refusal_body(verdict, requested_target(scope), settings, missing)

@@ -4,10 +4,11 @@ import asyncio
 import itertools
 import time
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -22,7 +23,14 @@ from consent_middleware import (
     TokenSet,
     current_user,
 )
-from consent_middleware._gate import is_public, judged, judged_claim, missing_purposes
+from consent_middleware._gate import (
+    is_public,
+    judged,
+    judged_claim,
+    matches_every_spelling,
+    missing_purposes,
+    sent_path,
+)
 from consent_middleware._models import Consent
 from consent_middleware._purposes import Purpose
 from consent_middleware._session import CookieSessionStore
@@ -286,6 +294,75 @@ def test_no_spelling_of_another_path_passes_as_public(path: str) -> None:
     assert not is_public(path, settings)
     assert is_public("/static/app.css", settings)
     assert is_public("/static/app.css;v=2", settings)  # its parameters name the same file
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "/static/a%2fb/../../admin", "/static/a%2Fb/%2e%2e/%2E./admin",
+        "/static/..;%2fstatic/admin", "/static/a%2fb\\..\\..\\admin", "/%73tatic/admin",
+    ],
+)  # fmt: skip
+def test_no_path_as_sent_passes_as_public_where_a_server_reads_it_elsewhere(sent: str) -> None:
+    # Decoded first, these stay below /static; split on the sent slashes first (WHATWG URL
+    # in Node, Tomcat's path parameters), they are /admin; a server that never decodes
+    # routes "/%73tatic" elsewhere too. Public fails closed on both readings.
+    settings = make_settings(public_paths=("/static/*",))
+    path = unquote(sent)
+    assert is_public(path, settings)  # decoded alone, the path looks public
+    assert not is_public(path, settings, sent)
+    assert not matches_every_spelling(path, ("/static/*",), sent)
+
+
+def test_a_path_escaped_as_browsers_escape_it_stays_public() -> None:
+    settings = make_settings(public_paths=("/café", "/static/*"))
+    assert is_public("/café", settings, "/caf%C3%A9")
+    assert is_public("/static/a b.css", settings, "/static/a%20b.css")
+    assert is_public("/static/a/b.css", settings, "/static/a%2Fb.css")
+
+
+@pytest.mark.parametrize("sent", ["/x%2fy/../premium/a", "/x%2fy/%2e%2e/premium", "/premium;x/a"])
+def test_no_path_as_sent_escapes_its_purpose(sent: str) -> None:
+    marketing = Purpose("marketing", "Newsletter", "Send it.", "1")
+    settings = make_settings(purposes=(marketing,), require=(("/premium*", ("marketing",)),))
+    assert missing_purposes(unquote(sent), frozenset(), settings, sent) == ("marketing",)
+
+
+@pytest.mark.parametrize(
+    ("raw", "root", "sent"),
+    [
+        (b"/static/a%2fb", "", "/static/a%2fb"),
+        (b"/app/static/a%2fb", "/app", "/static/a%2fb"),
+        (b"/%61pp/x", "/app/", "/x"),
+        (b"/app", "/app", "/"),
+        (b"/other/x", "/app", "/other/x"),  # not below the mount: as sent, so it fails closed
+        (None, "", None),
+    ],
+)  # fmt: skip
+def test_the_path_as_sent_is_read_below_the_mount(
+    raw: bytes | None, root: str, sent: str | None
+) -> None:
+    scope: dict[str, Any] = {"path": "/", "root_path": root}
+    if raw is not None:
+        scope["raw_path"] = raw
+    assert sent_path(scope) == sent
+
+
+def test_the_middleware_gates_a_public_looking_path_as_sent() -> None:
+    async def anything(request: Request) -> Response:
+        return PlainTextResponse("served")
+
+    app = Starlette(
+        routes=[Route("/{rest:path}", anything)],
+        middleware=[
+            Middleware(ConsentMiddleware, settings=make_settings(public_paths=("/static/*",)))
+        ],
+    )
+    with TestClient(app, base_url="https://app.example.com") as test:
+        assert test.get("/static/app.css").text == "served"
+        response = test.get("/static/a%2fb/%2e%2e/%2e%2e/admin", follow_redirects=False)
+        assert response.status_code == 307
+        assert "/auth/login" in response.headers["location"]
 
 
 # What a hand-edited record may hold: true and its look-alikes, and no value at all.

@@ -56,7 +56,7 @@ class Server:
 def server() -> Iterator[Server]:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    settings = make_settings(ungated_websockets=("/open",), app_base_url=base_url)
+    settings = make_settings(ungated_websockets=("/open", "/rooms/*"), app_base_url=base_url)
     app = Starlette(
         routes=[WebSocketRoute("/ws", whoami), WebSocketRoute("/open", open_door)],
         middleware=[Middleware(ConsentMiddleware, settings=settings)],
@@ -137,3 +137,12 @@ def test_consented_session_from_a_foreign_origin_is_refused(server: Server) -> N
 def test_ungated_path_opens_without_a_session(server: Server) -> None:
     with open_socket(f"{server.ws_url}/open") as websocket:
         assert websocket.recv(timeout=TIMEOUT) == "open"
+
+
+def test_an_ungated_prefix_with_dot_segments_is_gated(server: Server) -> None:
+    # "/rooms/%2e%2e/ws" is "/ws" to a server that resolves dot segments after decoding
+    # (or WHATWG URL, before): it gets the gate and its Origin check, not the open door.
+    cookie = cookie_for(server.settings, "auth0|consented", version="v2")
+    status, body = refused(f"{server.ws_url}/rooms/%2e%2e/ws", cookie, origin=EVIL)
+    assert (status, body) == (403, {"error": "forbidden_origin"})
+    assert refused(f"{server.ws_url}/rooms/%2e%2e/ws")[0] == 401

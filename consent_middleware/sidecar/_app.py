@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import unquote
 
 from cachetools import LRUCache
 from starlette.datastructures import Headers
@@ -34,7 +35,7 @@ from .._gate import (
     app_path,
     is_public,
     judged,
-    matches,
+    matches_every_spelling,
     missing_purposes,
     refusal_body,
     refusal_json,
@@ -232,13 +233,14 @@ class Sidecar:
             return original
         method, target, origin = original
         # The path as the proxy will route it and the app may read it: never urlsplit on a
-        # path ("//x" is a host there), and public only when its cleaned-up form is too.
-        path = target.split("?", 1)[0].split("#", 1)[0] or "/"
+        # path ("//x" is a host there), and public only when each way of reading it is too.
+        sent = target.split("?", 1)[0].split("#", 1)[0] or "/"
+        path = unquote(sent)
         settings = self.settings
-        if is_public(path, settings):
+        if is_public(path, settings, sent):
             return Response(status_code=200, headers=NO_STORE)
-        if is_websocket_handshake(request.headers) and not matches(
-            path, settings.ungated_websockets
+        if is_websocket_handshake(request.headers) and not matches_every_spelling(
+            path, settings.ungated_websockets, sent
         ):
             # Cross-site websocket hijacking, as the middleware refuses it: the browser sends
             # the page's Origin with the handshake, and the cookie goes along regardless.
@@ -264,7 +266,7 @@ class Sidecar:
         verdict, given = judged(user.consent, settings) if user else (Verdict.LOGIN, NO_PURPOSES)
         missing: tuple[str, ...] = ()
         if verdict is Verdict.ALLOW and settings.require:
-            missing = missing_purposes(path, given, settings)
+            missing = missing_purposes(path, given, settings, sent)
             verdict = Verdict.PURPOSE if missing else verdict
         if verdict is Verdict.ALLOW and user is not None:
             response = Response(status_code=200, headers=NO_STORE)

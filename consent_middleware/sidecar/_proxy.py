@@ -66,7 +66,22 @@ IDENTITY_HEADERS = frozenset(
 )
 # What a proxy in front says of the connection (X-Forwarded-* by prefix, and these): only a
 # trusted proxy may say it, and only in the spelling it sends ("-", not "_").
-FORWARDING = frozenset({b"forwarded", b"x-real-ip", b"x-original-uri", b"x-original-url"})
+# Frameworks read these too: Symfony and IIS the X-Original-URL / X-Rewrite-URL kind,
+# client-IP libraries X-Client-IP and True-Client-IP, some hosts X-Host.
+FORWARDING = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded",
+        b"x-real-ip",
+        b"x-client-ip",
+        b"true-client-ip",
+        b"x-original-uri",
+        b"x-original-url",
+        b"x-original-host",
+        b"x-rewrite-url",
+        b"x-host",
+    }
+)
 _FORWARDED_PREFIX = b"x-forwarded-"
 # The scheme of the request as HTTP names it: a websocket handshake is an HTTP request.
 _HTTP_SCHEMES = {"ws": b"http", "wss": b"https"}

@@ -133,7 +133,10 @@ def test_only_a_trusted_proxy_says_how_the_request_came() -> None:
         (b"x-forwarded-server", b"evil"), (b"x-forwarded-uri", b"/admin"),
         (b"x-forwarded-method", b"DELETE"), (b"x-original-uri", b"/admin"),
         (b"x-original-url", b"/admin"), (b"x-real-ip", b"6.6.6.6"),
-        (b"forwarded", b"for=6.6.6.6;proto=https"),
+        (b"forwarded", b"for=6.6.6.6;proto=https"), (b"x-forwarded", b"for=6.6.6.6"),
+        (b"x-client-ip", b"6.6.6.6"), (b"true-client-ip", b"6.6.6.6"),
+        (b"x-original-host", b"evil.example"), (b"x-rewrite-url", b"/admin"),
+        (b"x-host", b"evil.example"),
     ]  # fmt: skip
     underscored = [
         (b"x_forwarded_proto", b"https"), (b"x_forwarded_host", b"evil.example"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import subprocess
@@ -356,8 +357,11 @@ def test_cli_help_and_one_line_errors() -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["/consent/../dashboard", "/auth/..%2Fdashboard", "/public/../dashboard", "//public/x"],
-)
+    [
+        "/consent/../dashboard", "/auth/..%2Fdashboard", "/public/../dashboard", "//public/x",
+        "/public/a%2fb/../../dashboard", "/public/..;%2fpublic/dashboard",
+    ],
+)  # fmt: skip
 def test_the_check_decides_on_the_path_the_app_will_serve(stack: Stack, target: str) -> None:
     # A proxy routes on the cleaned-up path while the app may resolve ".." itself: no path
     # trick turns a gated page into a public or own one.
@@ -365,7 +369,15 @@ def test_the_check_decides_on_the_path_the_app_will_serve(stack: Stack, target: 
     assert httpx.get(f"{stack.base}/auth/check", headers=headers).status_code == 401
 
 
-def test_dot_segments_do_not_make_a_gated_page_public(stack: Stack) -> None:
-    response = httpx.get(f"{stack.base}/public/%2E%2E/dashboard")
-    assert response.status_code in (307, 401, 404)
-    assert "x-auth-request-user" not in response.text
+@pytest.mark.parametrize("target", ["/public/%2E%2E/dashboard", "/public/a%2fb/../../dashboard"])
+def test_dot_segments_do_not_make_a_gated_page_public(stack: Stack, target: str) -> None:
+    # Sent as is (no client library resolving its dots): the upstream gets the raw path,
+    # and WHATWG URL (Node) resolves it to /dashboard.
+    connection = http.client.HTTPConnection(urlsplit(stack.base).netloc, timeout=5)
+    try:
+        connection.request("GET", target)
+        response = connection.getresponse()
+        assert response.status in (307, 401)
+        assert "/auth/login" in (response.getheader("location") or "")
+    finally:
+        connection.close()
