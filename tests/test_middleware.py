@@ -15,9 +15,12 @@ import respx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.testclient import TestClient
 from starlette.types import ASGIApp
 
 from consent_middleware import ConsentMiddleware, Session, TokenSet, _jose
@@ -546,3 +549,28 @@ def test_a_consented_session_hidden_in_the_header_does_not_admit_another(layout:
     gate = ConsentMiddleware(ok, settings=SETTINGS)
     header = layout.format(a=consented.split("=", 1)[1], b=unconsented.split("=", 1)[1])
     assert call(gate, header.encode("latin-1"))[0] == 303
+
+
+def test_cors_outside_the_gate_answers_preflights_and_the_gate_the_requests() -> None:
+    # As the README places it: a browser's preflight carries no cookie, so CORSMiddleware
+    # must answer it before the gate; the request it announces is gated as usual.
+    async def items(request: Request) -> Response:
+        return PlainTextResponse("items")
+
+    spa = "https://spa.example"
+    app = Starlette(
+        routes=[Route("/api/items", items, methods=["PUT"])],
+        middleware=[
+            Middleware(CORSMiddleware, allow_origins=[spa], allow_methods=["PUT"]),
+            Middleware(ConsentMiddleware, settings=make_settings()),
+        ],
+    )
+    with TestClient(app, base_url="https://app.example.com") as client:
+        preflight = client.options(
+            "/api/items", headers={"Origin": spa, "Access-Control-Request-Method": "PUT"}
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == spa
+        put = client.put("/api/items", headers={"Origin": spa, "Accept": "application/json"})
+        assert put.status_code == 401 and put.json()["error"] == "login_required"
+        assert put.headers["access-control-allow-origin"] == spa

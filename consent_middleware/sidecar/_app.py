@@ -115,6 +115,9 @@ class Sidecar:
             if self._is_check(path):
                 await (await self._check(Request(scope, receive)))(scope, receive, send)
                 return
+            if self.options.skip_preflight and is_preflight(scope["method"], Headers(scope=scope)):
+                await self._upstream_app(scope, receive, send)  # no user: no identity
+                return
         elif scope["type"] == "websocket" and self._is_check(scope["path"]):
             # A proxy that passes the original handshake's Upgrade on to the check (Caddy's
             # forward_auth does): the server hands it over as a websocket. Answered in HTTP
@@ -232,6 +235,8 @@ class Sidecar:
         if isinstance(original, Response):
             return original
         method, target, origin = original
+        if self.options.skip_preflight and is_preflight(method, request.headers):
+            return Response(status_code=200, headers=NO_STORE)
         # The path as the proxy will route it and the app may read it: never urlsplit on a
         # path ("//x" is a host there), and public only when each way of reading it is too.
         sent = target.split("?", 1)[0].split("#", 1)[0] or "/"
@@ -297,6 +302,14 @@ class Sidecar:
             headers["X-Consent-Json"] = json.dumps(body, separators=(",", ":"))
         answer = JSONResponse(body, status_code=status_code, headers=headers)
         return with_cookie_copies(with_cookies(answer, cookies), cookies)
+
+
+def is_preflight(method: str, headers: Headers) -> bool:
+    """A CORS preflight (Fetch, "CORS-preflight request"): what a browser asks, without
+    credentials, before a cross-origin request that is not simple."""
+    return (
+        method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers
+    )
 
 
 def is_websocket_handshake(headers: Headers) -> bool:

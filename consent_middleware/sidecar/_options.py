@@ -21,7 +21,9 @@ ENV_NAMES = {
     "assertion_key": "CONSENT_ASSERTION_KEY",
     "upstream_timeout": "CONSENT_UPSTREAM_TIMEOUT",
     "pass_access_token": "CONSENT_PASS_ACCESS_TOKEN",
+    "skip_preflight": "CONSENT_SKIP_PREFLIGHT",
 }
+_FLAGS = ("pass_access_token", "skip_preflight")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,10 @@ class SidecarOptions:
     #: Send the user's access token upstream as X-Forwarded-Access-Token (renewed first
     #: when it is about to run out); never to the browser.
     pass_access_token: bool = False
+    #: Let CORS preflights (OPTIONS with Origin and Access-Control-Request-Method) through
+    #: to the upstream ungated: a browser sends them without cookies, so they can never
+    #: pass the gate, and the request they announce is gated all the same.
+    skip_preflight: bool = False
 
     def __post_init__(self) -> None:
         if self.upstream:
@@ -77,7 +83,7 @@ class SidecarOptions:
                     values[name] = int(raw)
                 elif name == "upstream_timeout":
                     values[name] = float(raw)
-                elif name == "pass_access_token":
+                elif name in _FLAGS:
                     if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
                         raise ValueError(raw)
                     values[name] = raw.lower() in ("true", "1", "yes")
@@ -86,7 +92,7 @@ class SidecarOptions:
                 else:
                     values[name] = raw
             except ValueError as exc:
-                kind = "true or false" if name == "pass_access_token" else "a number"
+                kind = "true or false" if name in _FLAGS else "a number"
                 raise ConfigurationError(f"{variable} must be {kind}, got {raw!r}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -348,11 +348,19 @@ def test_a_websocket_gets_the_access_token_while_it_is_good() -> None:
             assert asyncio.run(token(url, cookie(5))) == 401
 
 
-def test_pass_access_token_reads_true_or_false() -> None:
-    assert SidecarOptions.from_env({"CONSENT_PASS_ACCESS_TOKEN": "true"}).pass_access_token
-    assert not SidecarOptions.from_env({"CONSENT_PASS_ACCESS_TOKEN": "0"}).pass_access_token
-    with pytest.raises(ConfigurationError, match="true or false"):
-        SidecarOptions.from_env({"CONSENT_PASS_ACCESS_TOKEN": "maybe"})
+@pytest.mark.parametrize(
+    ("variable", "field"),
+    [
+        ("CONSENT_PASS_ACCESS_TOKEN", "pass_access_token"),
+        ("CONSENT_SKIP_PREFLIGHT", "skip_preflight"),
+    ],
+)
+def test_flags_read_true_or_false(variable: str, field: str) -> None:
+    assert getattr(SidecarOptions.from_env({variable: "true"}), field) is True
+    assert getattr(SidecarOptions.from_env({variable: "0"}), field) is False
+    assert getattr(SidecarOptions.from_env({}), field) is False
+    with pytest.raises(ConfigurationError, match=f"{variable} must be true or false"):
+        SidecarOptions.from_env({variable: "maybe"})
 
 
 def test_a_relay_ended_by_a_browser_that_left_leaves_no_error_unread() -> None:

@@ -80,7 +80,7 @@ UPSTREAM = Starlette(
         Route("/events", stream),
         WebSocketRoute("/ws", ws_echo),
         WebSocketRoute("/ws-token", ws_token),
-        Route("/{path:path}", echo, methods=["GET", "POST", "PUT"]),
+        Route("/{path:path}", echo, methods=["GET", "POST", "PUT", "OPTIONS"]),
     ]
 )
 
@@ -90,6 +90,7 @@ class Stack:
     base: str
     tenant: DevTenant
     upstream: str
+    settings: Settings
 
     def browser(self) -> Browser:
         return Browser(self.base)
@@ -125,7 +126,7 @@ def stack() -> Iterator[Stack]:
         # As consent-sidecar runs it: uvicorn trusts no X-Forwarded-* of its own.
         sidecar = Sidecar(settings, options)
         stack.enter_context(serve(sidecar, port=sidecar_port, proxy_headers=False))
-        yield Stack(base, tenant, upstream)
+        yield Stack(base, tenant, upstream, settings)
 
 
 def consented(stack: Stack) -> Browser:
@@ -381,3 +382,36 @@ def test_dot_segments_do_not_make_a_gated_page_public(stack: Stack, target: str)
         assert "/auth/login" in (response.getheader("location") or "")
     finally:
         connection.close()
+
+
+# What a browser sends before a cross-origin PUT: no cookie, ever.
+PREFLIGHT = {
+    "Origin": "https://spa.example",
+    "Access-Control-Request-Method": "PUT",
+    "Access-Control-Request-Headers": "content-type",
+    "Sec-Fetch-Mode": "cors",
+    "Sec-Fetch-Dest": "empty",
+}
+
+
+def test_preflights_reach_the_upstream_only_when_told(stack: Stack) -> None:
+    # By default a preflight is gated like any request, and so refused.
+    assert httpx.options(f"{stack.base}/api/items", headers=PREFLIGHT).status_code == 401
+    options = SidecarOptions(upstream=stack.upstream, skip_preflight=True)
+    with serve(Sidecar(stack.settings, options), proxy_headers=False) as base:
+        forged = {**PREFLIGHT, "X-Auth-Request-User": "admin", "X-Consent-Version": "v9"}
+        passed = httpx.options(f"{base}/api/items", headers=forged)
+        assert passed.status_code == 200 and passed.json()["path"] == "/api/items"
+        assert not {"x-auth-request-user", "x-consent-version"} & set(passed.json()["headers"])
+        # An OPTIONS that announces no request is no preflight: gated.
+        other = {"Origin": "https://spa.example", "Accept": "application/json"}
+        assert httpx.options(f"{base}/api/items", headers=other).status_code == 401
+        # Forward-auth says yes to the preflight, with no identity.
+        original = {"X-Forwarded-Uri": "/api/items", "X-Forwarded-Host": "app.example"}
+        check = httpx.get(
+            f"{base}/auth/check",
+            headers={**PREFLIGHT, **original, "X-Forwarded-Method": "OPTIONS"},
+        )
+        assert check.status_code == 200 and "x-auth-request-user" not in check.headers
+        gated = httpx.get(f"{base}/auth/check", headers={**PREFLIGHT, **original})
+        assert gated.status_code == 401  # the same headers on a GET: no preflight
