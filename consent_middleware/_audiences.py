@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -39,6 +40,8 @@ from ._exceptions import (
 )
 from ._refresh import SessionRefresher
 from ._session import CookieSessionStore, Session, SessionStore
+
+logger = logging.getLogger("consent_middleware")
 
 #: nextjs-auth0 v4's session field for the tokens of other audiences.
 ACCESS_TOKENS = "accessTokens"
@@ -153,10 +156,24 @@ def check_audience(audience: str) -> None:
         )
 
 
-def refresh_failure(exc: RefreshError) -> AccessTokenError:
+def refresh_failure(exc: RefreshError, audience: str | None = None) -> AccessTokenError:
     """The provider said no (or answered with a token that fails verification): sign in
-    again. Anything else is an outage, and the session is left as it was."""
-    refused = isinstance(exc.__cause__, TokenEndpointError | IdTokenError)
+    again. Anything else is an outage, and the session is left as it was.
+
+    A token for another API (``audience``) is different: only ``invalid_grant`` (RFC 6749
+    5.2: the refresh token itself is dead) is cured by a login. Any other refusal would
+    come again right after it, and the login, silent at the provider, would loop."""
+    cause = exc.__cause__
+    if audience is not None and isinstance(cause, TokenEndpointError):
+        if cause.error != "invalid_grant":
+            logger.warning(
+                "the provider refused a token for %r: %s", audience, cause.error or "error"
+            )
+            return AccessTokenError(
+                AccessTokenErrorCode.AUDIENCE_REFUSED.value,
+                f"the provider refused a token for {audience!r} ({cause.error})",
+            )
+    refused = isinstance(cause, TokenEndpointError | IdTokenError)
     code = (
         AccessTokenErrorCode.FAILED_TO_REFRESH_TOKEN
         if refused
@@ -284,7 +301,7 @@ async def audience_token(
     try:
         renewed = await refresher.grants.refresh(session, 0.0, grant, audience=audience)
     except RefreshError as exc:
-        raise refresh_failure(exc) from exc
+        raise refresh_failure(exc, audience) from exc
     found = find(renewed, audience, scope)
     if found is None:
         raise AudienceMismatch(renewed, audience)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -18,6 +19,7 @@ from ._choices import ChoiceRoutes
 from ._config import Settings
 from ._consent import ConsentRoutes
 from ._exceptions import ConfigurationError, ConsentMiddlewareError
+from ._gate import wants_json
 from ._login import Login
 from ._management import ManagementClient
 from ._oidc import OIDCClient
@@ -120,11 +122,11 @@ class Engine:
         """
         methods = self.routes.get(path)
         endpoint = methods.get(scope["method"]) if methods else None
-        if methods is None:
-            response = self.pages.status(404)
-        elif endpoint is None:
-            response = self.pages.status(405)
-            response.headers["Allow"] = ", ".join(sorted(methods))
+        if methods is None or endpoint is None:
+            as_json = wants_json(path, Headers(scope=scope), self.settings)
+            response = self.pages.status(404 if methods is None else 405, as_json)
+            if methods is not None:
+                response.headers["Allow"] = ", ".join(sorted(methods))
         else:
             try:
                 response = await endpoint(Request(scope, receive))

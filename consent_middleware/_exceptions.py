@@ -87,6 +87,10 @@ class AccessTokenErrorCode(enum.Enum):
     #: The provider answered with a token for another API than the one asked for (Auth0
     #: without a Multi-Resource Refresh Token policy for it quietly does): a setup problem.
     AUDIENCE_MISMATCH = "audience_mismatch"
+    #: The provider refused a token for the API asked for (Auth0's ``access_denied``
+    #: "Service not found", RFC 8707's ``invalid_target``, a scope not granted): a setup
+    #: problem, which a new login would not cure.
+    AUDIENCE_REFUSED = "audience_refused"
     #: The audience asked for is not an identifier that may be sent (empty, too long, or
     #: for RFC 8707's ``resource`` not an absolute URI without a fragment).
     INVALID_AUDIENCE = "invalid_audience"

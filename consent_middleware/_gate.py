@@ -285,11 +285,18 @@ def refusal(
     root_path: str = "",
     purposes: tuple[str, ...] = (),
 ) -> Response:
+    # The answer depends on the cookie, as the page it stands for: no cache may keep it
+    # for another visitor, nor for this one once signed in.
+    headers = _REFUSAL_HEADERS
     if as_json:
         status, body = refusal_body(verdict, return_to, settings, purposes)
-        return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+        return JSONResponse(body, status_code=status, headers=headers)
     url = refusal_url(verdict, return_to, settings, root_path, purposes)
     if verdict is Verdict.LOGIN:
         # 307 keeps the method, which only makes sense for GET/HEAD.
-        return RedirectResponse(url, status_code=307 if method in ("GET", "HEAD") else 303)
-    return RedirectResponse(url, status_code=303)
+        status = 307 if method in ("GET", "HEAD") else 303
+        return RedirectResponse(url, status_code=status, headers=headers)
+    return RedirectResponse(url, status_code=303, headers=headers)
+
+
+_REFUSAL_HEADERS = {"Cache-Control": "no-store", "Vary": "Cookie"}

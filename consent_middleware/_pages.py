@@ -38,6 +38,20 @@ PAGE_HEADERS = {
     "Referrer-Policy": "same-origin",
 }
 NO_STORE = {"Cache-Control": "no-store"}
+# The package's own routes answer these for an address or a method they do not serve.
+_STATUSES = {
+    404: ("Not found", "not_found", "There is no such page here."),
+    405: (
+        "Method not allowed",
+        "method_not_allowed",
+        "This address does not take that kind of request.",
+    ),
+}
+# Tokens the provider would not issue for the API asked for, and the status each gets.
+_REFUSED_TOKENS = {
+    AccessTokenErrorCode.AUDIENCE_MISMATCH.value: 502,
+    AccessTokenErrorCode.AUDIENCE_REFUSED.value: 403,
+}
 
 
 class Pages:
@@ -163,16 +177,18 @@ class Pages:
         the others (the caller sends the login)."""
         if code == AccessTokenErrorCode.PROVIDER_UNAVAILABLE.value:
             return self.unavailable(as_json)
-        if code == AccessTokenErrorCode.AUDIENCE_MISMATCH.value:
-            # The provider answered, with a token for another API: a gateway error, and a
-            # setup problem (Auth0: no Multi-Resource Refresh Token policy for that API).
+        if code in _REFUSED_TOKENS:
+            # The provider answered: with a token for another API (Auth0 without a
+            # Multi-Resource Refresh Token policy for it), a gateway error; or with a
+            # refusal of that API. Either is a setup problem, never cured by a login.
+            status = _REFUSED_TOKENS[code]
             if as_json:
-                return self.json_error(code, 502)
+                return self.json_error(code, status)
             return self.error(
                 "Token not available",
                 "The identity provider would not issue a token for the service this page "
                 "needs. The site's configuration needs attention.",
-                502,
+                status,
             )
         if code == AccessTokenErrorCode.INVALID_AUDIENCE.value:
             if as_json:
@@ -192,14 +208,13 @@ class Pages:
             502,
         )
 
-    def status(self, status_code: int) -> Response:
-        """Unknown paths and methods under the package's own routes: a plain 404/405."""
-        titles = {404: "Not found", 405: "Method not allowed"}
-        return self.error(
-            titles.get(status_code, "Request refused"),
-            "There is no such page here.",
-            status_code,
-        )
+    def status(self, status_code: int, as_json: bool = False) -> Response:
+        """Unknown paths and methods under the package's own routes: a plain 404/405, in
+        JSON for API clients."""
+        title, error, message = _STATUSES[status_code]
+        if as_json:
+            return self.json_error(error, status_code)
+        return self.error(title, message, status_code)
 
     def json_error(self, error: str, status_code: int, **fields: str | list[str]) -> JSONResponse:
         return JSONResponse({"error": error, **fields}, status_code=status_code, headers=NO_STORE)

@@ -247,3 +247,28 @@ def test_the_browser_route_and_rfc_8707_resource() -> None:
             live.base + "/auth/access-token", params={"audience": "not a uri"}, headers=headers
         )
         assert bad.status_code == 400 and bad.json()["error"] == "invalid_audience"
+
+
+def test_an_api_the_provider_refuses_is_a_page_not_a_login_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Auth0 answers a refresh for an API it does not know with access_denied ("Service
+    # not found"), and would again right after a login: a login here loops forever.
+    typo = "https://typo.example.com"
+    with running() as live:
+        browser = live.signed_in()
+        refused = get(browser, audience=typo)
+        assert refused.status_code == 403 and refused.json()["error"] == "audience_refused"
+        page = browser.client.get(
+            browser.base + "/call", params={"audience": typo}, headers={"accept": "text/html"}
+        )
+        assert page.status_code == 403 and "location" not in page.headers
+        assert "configuration needs attention" in page.text
+        headers = {"accept": "application/json", "sec-fetch-site": "same-origin"}
+        route = browser.client.get(
+            live.base + "/auth/access-token", params={"audience": typo}, headers=headers
+        )
+        assert route.status_code == 403 and route.json()["error"] == "audience_refused"
+        assert f"the provider refused a token for '{typo}'" in caplog.text
+        # The session is untouched: its own token and the other APIs still come.
+        assert get(browser, audience=REPORTS).status_code == 200

@@ -65,7 +65,16 @@ def test_a_wrong_method_is_a_405_page_with_allow(method: str, path: str, allow: 
     assert response.status_code == 405
     assert response.headers["allow"] == allow
     assert "Method not allowed" in response.text
+    assert "does not take that kind of request" in response.text
     assert response.headers["cache-control"] == "no-store"
+    # An API client gets the same refusal in JSON.
+    with gated_app() as (_, client):
+        api = client.request(method, path, headers={"accept": "application/json"})
+    assert (api.status_code, api.json()) == (405, {"error": "method_not_allowed"})
+    assert api.headers["allow"] == allow
+    with gated_app() as (_, client):
+        unknown = client.get(path + "/nope", headers={"accept": "application/json"})
+    assert (unknown.status_code, unknown.json()) == (404, {"error": "not_found"})
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,17 @@ def test_gated_responses_vary_on_cookie(app_vary: list[str], expected: list[str]
     assert len(response.headers.get_list("vary")) == 1
 
 
+@pytest.mark.parametrize("accept", ["text/html", "application/json"])
+def test_refusals_vary_on_cookie_and_are_not_stored(accept: str) -> None:
+    # The login redirect (or 401) a visitor without a session gets must not be served to
+    # them from a cache once signed in, nor to anyone else.
+    with gated(make_settings()) as client:
+        response = client.get("/page", headers={"accept": accept})
+    assert response.status_code in (307, 401)
+    assert vary_tokens(response) == ["cookie"]
+    assert response.headers["cache-control"] == "no-store"
+
+
 def test_public_responses_are_left_as_the_app_made_them() -> None:
     settings = make_settings(public_paths=("/",))
     with gated(settings) as client:
