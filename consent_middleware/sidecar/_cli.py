@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from .._config import ENV_NAMES, REQUIRED, Settings
 from .._exceptions import ConfigurationError
+from ._logging import log_config
 from ._options import ENV_NAMES as SIDECAR_ENV_NAMES
 from ._options import SidecarOptions
 
@@ -94,4 +95,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         proxy_headers=False,
         server_header=False,
         log_level="info",
+        log_config=log_config(),
     )

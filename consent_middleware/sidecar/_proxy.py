@@ -87,6 +87,8 @@ _FORWARDED_PREFIX = b"x-forwarded-"
 _HTTP_SCHEMES = {"ws": b"http", "wss": b"https"}
 
 Headers = list[tuple[bytes, bytes]]
+# Statuses that never have a body (RFC 9110 15.3.5, 15.4.5).
+_NO_BODY = frozenset({204, 304})
 ErrorPage = Callable[[int, Scope], Any]
 
 
@@ -129,7 +131,11 @@ def forwarded_headers(scope: Scope, trusted_peer: bool, identity: Headers) -> He
     proto = host = forwarded_host = None
     for name, value in incoming:
         name = name.lower()
-        if name in HOP_BY_HOP:
+        if name in HOP_BY_HOP or name == b"expect":
+            # Expect: 100-continue is answered to the client by the server already (it
+            # sends 100 once the body is read). Passed on, aiohttp would wait for the
+            # upstream's 100, which one that ignores Expect never sends: a request held
+            # past every timeout, and its pooled connection with it.
             continue
         # "X_Auth_Request_User" too: CGI-style servers read "_" and "-" alike.
         folded = name.replace(b"_", b"-")
@@ -232,11 +238,18 @@ class Upstream:
             await self.error_page(502, scope)(scope, receive, send)
             return
         try:
+            response_headers = end_to_end(list(response.raw_headers))
+            if response.status in _NO_BODY:
+                # RFC 9110 8.6: a 304's Content-Length is the representation's, not of a
+                # body it has; the server would wait for those bytes and fail.
+                response_headers = [
+                    (n, v) for n, v in response_headers if n.lower() != b"content-length"
+                ]
             await send(
                 {
                     "type": "http.response.start",
                     "status": response.status,
-                    "headers": end_to_end(list(response.raw_headers)),
+                    "headers": response_headers,
                 }
             )
             content = response.content

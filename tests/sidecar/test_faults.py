@@ -4,11 +4,13 @@ goes away mid-upload, and identity headers a client sends twice or oversized."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -61,9 +63,9 @@ UPSTREAM = Starlette(routes=[Route("/upload", upload, methods=["POST"]), Route("
 
 
 @contextmanager
-def resetting_upstream(*, before_headers: bool) -> Iterator[int]:
-    """A server that promises 100,000 bytes, sends 1,000 and closes (or closes before any
-    answer): the failure no ASGI framework will produce on purpose."""
+def raw_upstream(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A server on a bare socket, each connection given to ``handle``: the answers no ASGI
+    framework will produce on purpose."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     stop = threading.Event()
@@ -76,14 +78,7 @@ def resetting_upstream(*, before_headers: bool) -> Iterator[int]:
             except TimeoutError:
                 continue
             with conn:
-                conn.recv(65536)
-                if not before_headers:
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
-                    time.sleep(0.05)
-                # RST, not FIN: SO_LINGER 0 aborts the connection.
-                conn.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-                )
+                handle(conn)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -93,6 +88,38 @@ def resetting_upstream(*, before_headers: bool) -> Iterator[int]:
         stop.set()
         thread.join(2)
         listener.close()
+
+
+def resetting_upstream(*, before_headers: bool) -> AbstractContextManager[int]:
+    """Promises 100,000 bytes, sends 1,000 and closes (or closes before any answer)."""
+
+    def handle(conn: socket.socket) -> None:
+        conn.recv(65536)
+        if not before_headers:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+            time.sleep(0.05)
+        # RST, not FIN: SO_LINGER 0 aborts the connection.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    return raw_upstream(handle)
+
+
+def read_request(conn: socket.socket) -> tuple[bytes, bytes]:
+    """The head and body of one request, as a plain HTTP/1.1 server reads them: it knows
+    nothing of Expect, and waits for the body it was promised."""
+    conn.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    found = re.search(rb"(?im)^content-length: *(\d+)", head)
+    if found:
+        while len(body) < int(found.group(1)):
+            body += conn.recv(65536)
+    elif re.search(rb"(?im)^transfer-encoding: *chunked", head):
+        while not body.endswith(b"0\r\n\r\n"):
+            body += conn.recv(65536)
+    return head, body
 
 
 @dataclass
@@ -187,3 +214,40 @@ def test_identity_headers_sent_twice_or_oversized_are_replaced(front: Front) -> 
     # Without a session none of them gets through: the gate answers, not the upstream.
     refused = httpx.get(f"{front.base}/who", headers=forged)
     assert refused.status_code in (302, 303, 307, 401) and "admin" not in refused.text
+
+
+def test_an_upstream_that_ignores_expect_gets_the_body_all_the_same() -> None:
+    # curl sends "Expect: 100-continue" with any body over 1 MB; Python's wsgiref, for
+    # one, never answers 100. The sidecar must not wait for it (past every timeout,
+    # holding a pooled connection each time).
+    def handle(conn: socket.socket) -> None:
+        head, body = read_request(conn)
+        answer = f"{len(body)} {b'expect' in head.lower()}".encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+    with raw_upstream(handle) as port, sidecar_in_front_of(f"http://127.0.0.1:{port}") as front:
+        headers = {"cookie": front.cookie, "expect": "100-continue"}
+        answer = httpx.post(f"{front.base}/upload", headers=headers, content=b"a" * 3000, timeout=5)
+        assert (answer.status_code, answer.text) == (200, "3000 False")
+
+
+def test_an_upstream_304_with_a_content_length_ends_cleanly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # RFC 9110 8.6: a 304 may carry the Content-Length of the representation it stands
+    # for, with no body. Passed on as is, the server waits for those bytes and fails.
+    def handle(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\nContent-Length: 5\r\n\r\n')
+
+    server_log = logging.getLogger("uvicorn.error")
+    server_log.addHandler(caplog.handler)
+    try:
+        with raw_upstream(handle) as port, sidecar_in_front_of(f"http://127.0.0.1:{port}") as front:
+            answer = httpx.get(f"{front.base}/page", headers={"cookie": front.cookie}, timeout=5)
+            assert answer.status_code == 304 and answer.headers["etag"] == '"x"'
+            assert "content-length" not in answer.headers
+            assert httpx.get(f"{front.base}/ping", timeout=5).text == "ok"
+    finally:
+        server_log.removeHandler(caplog.handler)
+    assert "Exception in ASGI application" not in caplog.text

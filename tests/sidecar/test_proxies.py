@@ -21,7 +21,7 @@ import websockets
 
 from consent_middleware import Settings
 from consent_middleware.sidecar import Sidecar, SidecarOptions
-from consent_middleware.sidecar._proxy import IDENTITY_HEADERS
+from consent_middleware.sidecar._proxy import FORWARDING, IDENTITY_HEADERS
 from dev_tenant import DevClient, DevTenant
 from tests.flow import CLAIM, Browser
 from tests.live_server import free_port, serve
@@ -268,6 +268,26 @@ def test_no_spelling_of_an_identity_header_from_a_client_reaches_the_app(front: 
     assert not [name for name in IDENTITY_HEADERS if name.decode() in public]
     assert not [name for name in public if "_" in name]
     browser.client.close()
+
+
+def test_a_clients_forwarding_headers_never_reach_the_app(front: Front) -> None:
+    # As the sidecar drops them when it proxies (FORWARDING, X-Forwarded-*): an app that
+    # routes on X-Original-URL would serve a path the check never approved.
+    forged = {name.decode(): "/forged" for name in FORWARDING}
+    forged |= {
+        f"X-Forwarded-{part}": "forged"
+        for part in ("For", "Proto", "Host", "Port", "Prefix", "Server", "Ssl", "Scheme", "Uri")
+    }
+    browser = consented_browser(front, "forwarding@example.com")
+    try:
+        consented = browser.client.get(f"{front.base}/x", headers=forged)
+    finally:
+        browser.client.close()
+    public = httpx.get(f"{front.base}/public/page", headers=forged)
+    for seen in (consented.json()["headers"], public.json()["headers"]):
+        assert not {name: value for name, value in seen.items() if "forged" in value}
+        assert seen["x-forwarded-for"] == "127.0.0.1"
+        assert seen["x-forwarded-proto"] == "http"
 
 
 def test_a_consented_websocket_reaches_the_app_and_a_foreign_page_is_refused(

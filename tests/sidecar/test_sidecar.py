@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -415,3 +416,59 @@ def test_preflights_reach_the_upstream_only_when_told(stack: Stack) -> None:
         assert check.status_code == 200 and "x-auth-request-user" not in check.headers
         gated = httpx.get(f"{base}/auth/check", headers={**PREFLIGHT, **original})
         assert gated.status_code == 401  # the same headers on a GET: no preflight
+
+
+def test_the_served_sidecar_logs_no_authorization_code_and_its_own_info() -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k.startswith("COVERAGE")},
+        "PATH": "/usr/bin:/bin",
+        "AUTH0_DOMAIN": "https://tenant.example.com",
+        "AUTH0_CLIENT_ID": "c",
+        "AUTH0_CLIENT_SECRET": "s",
+        "AUTH0_SECRET": SECRET,
+        "APP_BASE_URL": f"http://127.0.0.1:{port}",
+        "CONSENT_CLAIM": CLAIM,
+        "CONSENT_TERMS_VERSION": "v1",
+        "CONSENT_TERMS_URL": "https://app.example.com/terms",
+    }
+    server = subprocess.Popen(  # noqa: S603 - this interpreter, the package's own module
+        [sys.executable, "-m", "consent_middleware.sidecar", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/ping", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        callback = httpx.get(f"{base}/auth/callback?code=CODE-4711&state=STATE-0815&x=1")
+        assert callback.status_code == 400
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=20)
+    assert "/auth/callback?code=[redacted]&state=[redacted]&x=1" in out
+    assert "CODE-4711" not in out + err and "STATE-0815" not in out + err
+    # The package's own loggers print, at INFO, with their names.
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import logging, logging.config\n"
+            "from consent_middleware.sidecar._logging import log_config\n"
+            "logging.config.dictConfig(log_config())\n"
+            "logging.getLogger('consent_middleware._management').info('retrying')\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=True,
+    )
+    assert "INFO:     consent_middleware._management: retrying" in shown.stderr
