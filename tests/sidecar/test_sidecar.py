@@ -331,6 +331,21 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def cli_environment(app_base_url: str) -> dict[str, str]:
+    """The least the command needs to start: the gate's required settings."""
+    return {
+        "PATH": "/usr/bin:/bin",
+        "AUTH0_DOMAIN": "https://tenant.example.com",
+        "AUTH0_CLIENT_ID": "c",
+        "AUTH0_CLIENT_SECRET": "s",
+        "AUTH0_SECRET": SECRET,
+        "APP_BASE_URL": app_base_url,
+        "CONSENT_CLAIM": CLAIM,
+        "CONSENT_TERMS_VERSION": "v1",
+        "CONSENT_TERMS_URL": "https://app.example.com/terms",
+    }
+
+
 def test_cli_help_and_one_line_errors() -> None:
     shown = run_cli("--help")
     assert shown.returncode == 0
@@ -339,17 +354,7 @@ def test_cli_help_and_one_line_errors() -> None:
     missing = run_cli()
     assert missing.returncode == 1
     assert missing.stderr.strip().count("\n") == 0 and "AUTH0_DOMAIN" in missing.stderr
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "AUTH0_DOMAIN": "https://tenant.example.com",
-        "AUTH0_CLIENT_ID": "c",
-        "AUTH0_CLIENT_SECRET": "s",
-        "AUTH0_SECRET": SECRET,
-        "APP_BASE_URL": "https://app.example.com",
-        "CONSENT_CLAIM": CLAIM,
-        "CONSENT_TERMS_VERSION": "v1",
-        "CONSENT_TERMS_URL": "https://app.example.com/terms",
-    }
+    env = cli_environment("https://app.example.com")
     workers = run_cli("--workers", "2", env=env)
     assert workers.returncode == 1 and "CONSENT_REDIS_URL" in workers.stderr
     bad = run_cli("--trusted-proxies", "not-an-address", env=env)
@@ -420,18 +425,8 @@ def test_preflights_reach_the_upstream_only_when_told(stack: Stack) -> None:
 
 def test_the_served_sidecar_logs_no_authorization_code_and_its_own_info() -> None:
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if k.startswith("COVERAGE")},
-        "PATH": "/usr/bin:/bin",
-        "AUTH0_DOMAIN": "https://tenant.example.com",
-        "AUTH0_CLIENT_ID": "c",
-        "AUTH0_CLIENT_SECRET": "s",
-        "AUTH0_SECRET": SECRET,
-        "APP_BASE_URL": f"http://127.0.0.1:{port}",
-        "CONSENT_CLAIM": CLAIM,
-        "CONSENT_TERMS_VERSION": "v1",
-        "CONSENT_TERMS_URL": "https://app.example.com/terms",
-    }
+    measuring = {k: v for k, v in os.environ.items() if k.startswith("COVERAGE")}
+    env = {**measuring, **cli_environment(f"http://127.0.0.1:{port}")}
     server = subprocess.Popen(  # noqa: S603 - this interpreter, the package's own module
         [sys.executable, "-m", "consent_middleware.sidecar", "--port", str(port)],
         stdout=subprocess.PIPE,
