@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import re
+import string
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -136,34 +138,37 @@ def sent_path(scope: Scope) -> str | None:
 
 def path_spellings(path: str, sent: str | None = None) -> set[str]:
     """``path`` (decoded, as the ASGI server routes it) and as each kind of server may
-    read it before it routes: decoded again, repeated slashes merged and dot segments
-    resolved (RFC 3986 5.2.4: "/static/../admin" and "//admin" are "/admin"); then also
-    with each segment's path parameters dropped (Tomcat, Jetty and Spring read
-    "/static/..;/admin" as "/static/../admin") and with backslashes as slashes (IIS, and
-    others on Windows).
+    read it before it routes: repeated slashes merged and dot segments resolved (RFC 3986
+    5.2.4: "/static/../admin" and "//admin" are "/admin"), as it is and decoded once more
+    (nginx's ``$uri`` is decoded once, the app may decode again); then also with each
+    segment's path parameters dropped (Tomcat, Jetty and Spring read "/static/..;/admin"
+    as "/static/../admin") and with backslashes as slashes (IIS, and others on Windows).
 
     With ``sent``, the path as the client spelled it, also as servers read it that split
     it before they decode: WHATWG URL (Node, Deno, Bun) resolves dot segments, "%2e" ones
     too, between the sent slashes only, so "/static/a%2fb/../../admin" is "/admin" there,
     though "/static/admin" once decoded; Tomcat drops path parameters from the sent
-    segments. ``sent`` itself counts when it is not the usual escaping of ``path``: a
-    server that never decodes routes "/%73tatic" elsewhere than "/static"."""
-    decoded = unquote(path)
-    slashed = decoded.replace("\\", "/")
-    spellings = {
-        path,
-        _resolved(decoded),
-        _resolved(slashed),
-        _resolved(_without_parameters(decoded)),
-        _resolved(_without_parameters(slashed)),
-    }
+    segments. ``sent`` itself counts when it escapes a character that never needs it: a
+    server that never decodes routes "/%73tatic" elsewhere than "/static", while "%20"
+    or "%C3%A9" are only how browsers send a space or an "é"."""
+    spellings = {path}
+    for once in (path, unquote(path)):
+        for form in (once, once.replace("\\", "/")):
+            spellings.add(_resolved(form))
+            spellings.add(_resolved(_without_parameters(form)))
     if sent is not None and sent != path:
-        if sent != quote(path, safe=_PATH_CHARACTERS):
+        if any(chr(int(escaped, 16)) in _STRUCTURAL for escaped in _ESCAPE.findall(sent)):
             spellings.add(sent)
         for form in (sent, sent.replace("\\", "/")):
             spellings.add(unquote(_resolved(_dots_unescaped(form))))
             spellings.add(unquote(_resolved(_dots_unescaped(_without_parameters(form)))))
     return spellings
+
+
+# An escape in a path as sent, and the characters whose escaping changes how a server
+# that never decodes routes it (RFC 3986 2.3's unreserved ones, and the separators).
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_STRUCTURAL = frozenset(string.ascii_letters + string.digits + "-._~/;\\%")
 
 
 # Dot segments as WHATWG URL reads them in a path as sent.

@@ -240,12 +240,15 @@ class OIDCClient:
         except ValueError:
             body = None
         if response.status_code != 200 or not isinstance(body, dict):
-            # A 5xx is an outage, whatever its body says: "try again", not "refused".
-            # RFC 6749 5.2: an error answer names its error code.
+            # A 5xx is an outage, whatever its body says: "try again", not "refused"; so
+            # is a rate limit (Auth0 answers 429 "too_many_requests") and RFC 6749 5.2's
+            # "temporarily_unavailable". Any other error answer names its error code.
             if (
                 response.status_code < 500
+                and response.status_code != 429
                 and isinstance(body, dict)
                 and isinstance(body.get("error"), str)
+                and body["error"] != "temporarily_unavailable"
             ):
                 raise TokenEndpointError(
                     body["error"], str(body.get("error_description", "")), response.status_code

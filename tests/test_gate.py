@@ -314,14 +314,31 @@ def test_no_path_as_sent_passes_as_public_where_a_server_reads_it_elsewhere(sent
     assert not matches_every_spelling(path, ("/static/*",), sent)
 
 
-def test_a_path_escaped_as_browsers_escape_it_stays_public() -> None:
-    settings = make_settings(public_paths=("/café", "/static/*"))
-    assert is_public("/café", settings, "/caf%C3%A9")
-    assert is_public("/static/a b.css", settings, "/static/a%20b.css")
-    assert is_public("/static/a/b.css", settings, "/static/a%2Fb.css")
+def test_a_path_is_read_as_decoded_once_too() -> None:
+    # nginx routes on $uri, decoded once and dot segments resolved: "/static/b%2Fc/../../
+    # admin" is "/admin" there, though decoded twice it stays below /static.
+    settings = make_settings(public_paths=("/static/*",))
+    sent = "/static/b%252Fc%2F..%2F..%2Fadmin"
+    assert not is_public(unquote(sent), settings, sent)
+    assert not is_public(unquote(sent), settings)
 
 
-@pytest.mark.parametrize("sent", ["/x%2fy/../premium/a", "/x%2fy/%2e%2e/premium", "/premium;x/a"])
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "/caf%C3%A9", "/caf%c3%a9", "/café/a%5B1%5D.png", "/caf%C3%A9/a[1].png",
+        "/files/my%20docs/a|b.pdf", "/static/a%20b.css", "/static/a%2Fb.css",
+    ],
+)  # fmt: skip
+def test_a_path_escaped_as_browsers_escape_it_stays_public(sent: str) -> None:
+    settings = make_settings(public_paths=("/café", "/café/*", "/files/my docs/*", "/static/*"))
+    assert is_public(unquote(sent), settings, sent)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    ["/x%2fy/../premium/a", "/x%2fy/%2e%2e/premium", "/premium;x/a", "/b%252Fc%2F..%2Fpremium"],
+)
 def test_no_path_as_sent_escapes_its_purpose(sent: str) -> None:
     marketing = Purpose("marketing", "Newsletter", "Send it.", "1")
     settings = make_settings(purposes=(marketing,), require=(("/premium*", ("marketing",)),))

@@ -331,11 +331,22 @@ async def test_no_supported_client_authentication_is_refused(oidc: OIDCClient) -
     [
         # A 5xx is an outage even with an OAuth error body: "try again", not "refused".
         (httpx.Response(503, json={"error": "invalid_grant"}), "HTTP 503"),
+        # So is a rate limit (Auth0's 429) and RFC 6749's temporarily_unavailable: a
+        # login would not help, and for another API's token would loop.
+        (httpx.Response(429, json={"error": "too_many_requests"}), "HTTP 429"),
+        (httpx.Response(400, json={"error": "temporarily_unavailable"}), "HTTP 400"),
         (httpx.Response(200, json={"id_token": "x"}), "no access token"),
         (httpx.Response(200, json={"access_token": "at"}), "no ID token"),
         (httpx.Response(400, text="<html>"), "HTTP 400"),
     ],
-    ids=["5xx-with-error-body", "no-access-token", "no-id-token", "not-json"],
+    ids=[
+        "5xx-with-error-body",
+        "rate-limited",
+        "temporarily-unavailable",
+        "no-access-token",
+        "no-id-token",
+        "not-json",
+    ],
 )
 async def test_unusable_token_answers(
     oidc: OIDCClient, response: httpx.Response, expected: str

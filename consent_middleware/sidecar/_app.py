@@ -235,7 +235,10 @@ class Sidecar:
         if isinstance(original, Response):
             return original
         method, target, origin = original
-        if self.options.skip_preflight and is_preflight(method, request.headers):
+        # The method a proxy reports is the client's own word unless the proxy set it:
+        # only a trusted proxy's (or Envoy's, on the check itself) lets a preflight by.
+        vouched = request.method == method or self._peer_trusted(request.scope)
+        if self.options.skip_preflight and vouched and is_preflight(method, request.headers):
             return Response(status_code=200, headers=NO_STORE)
         # The path as the proxy will route it and the app may read it: never urlsplit on a
         # path ("//x" is a host there), and public only when each way of reading it is too.
@@ -305,10 +308,18 @@ class Sidecar:
 
 
 def is_preflight(method: str, headers: Headers) -> bool:
-    """A CORS preflight (Fetch, "CORS-preflight request"): what a browser asks, without
-    credentials, before a cross-origin request that is not simple."""
+    """A CORS preflight (Fetch, "CORS-preflight request"): what a browser asks before a
+    cross-origin request that is not simple, never with credentials or a body. Anything
+    carrying either is no preflight, and is gated: an upstream that reads the session
+    itself would otherwise take it as the user's."""
     return (
-        method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers
+        method == "OPTIONS"
+        and "origin" in headers
+        and "access-control-request-method" in headers
+        and "cookie" not in headers
+        and "authorization" not in headers
+        and "transfer-encoding" not in headers
+        and headers.get("content-length", "0") == "0"
     )
 
 
@@ -365,7 +376,10 @@ def original_request(request: Request, check_path: str) -> tuple[str, str, str] 
     headers = Headers(scope=request.scope)
     target = headers.get("x-forwarded-uri") or headers.get("x-original-uri")
     method = headers.get("x-forwarded-method")
-    path = request.url.path
+    # As sent (escapes kept), as the X-Forwarded-Uri of the other proxies: the gate
+    # reads every spelling of it.
+    raw = request.scope.get("raw_path")
+    path = raw.decode("latin-1") if isinstance(raw, bytes) else request.url.path
     if target is None and path.startswith(check_path + "/"):
         # Envoy: /auth/check/<original path>?<original query>
         target = path[len(check_path) :]

@@ -367,6 +367,7 @@ def test_cli_help_and_one_line_errors() -> None:
     [
         "/consent/../dashboard", "/auth/..%2Fdashboard", "/public/../dashboard", "//public/x",
         "/public/a%2fb/../../dashboard", "/public/..;%2fpublic/dashboard",
+        "/public/b%252Fc%2F..%2F..%2Fdashboard",
     ],
 )  # fmt: skip
 def test_the_check_decides_on_the_path_the_app_will_serve(stack: Stack, target: str) -> None:
@@ -374,6 +375,18 @@ def test_the_check_decides_on_the_path_the_app_will_serve(stack: Stack, target: 
     # trick turns a gated page into a public or own one.
     headers = {"X-Forwarded-Uri": target, "X-Forwarded-Host": "app.example"}
     assert httpx.get(f"{stack.base}/auth/check", headers=headers).status_code == 401
+
+
+def test_envoys_check_form_reads_the_path_as_sent(stack: Stack) -> None:
+    # Envoy asks /auth/check/<original path>: the same spellings as X-Forwarded-Uri.
+    connection = http.client.HTTPConnection(urlsplit(stack.base).netloc, timeout=5)
+    try:
+        connection.request(
+            "GET", "/auth/check/public/a%2fb/../../dashboard", headers={"Host": "app.example"}
+        )
+        assert connection.getresponse().status == 401
+    finally:
+        connection.close()
 
 
 @pytest.mark.parametrize("target", ["/public/%2E%2E/dashboard", "/public/a%2fb/../../dashboard"])
@@ -409,18 +422,32 @@ def test_preflights_reach_the_upstream_only_when_told(stack: Stack) -> None:
         passed = httpx.options(f"{base}/api/items", headers=forged)
         assert passed.status_code == 200 and passed.json()["path"] == "/api/items"
         assert not {"x-auth-request-user", "x-consent-version"} & set(passed.json()["headers"])
-        # An OPTIONS that announces no request is no preflight: gated.
-        other = {"Origin": "https://spa.example", "Accept": "application/json"}
-        assert httpx.options(f"{base}/api/items", headers=other).status_code == 401
-        # Forward-auth says yes to the preflight, with no identity.
+        # An OPTIONS that announces no request, or carries a cookie, credentials or a
+        # body, is no preflight: gated (an upstream reading the session would take it as
+        # the user's).
+        for other in (
+            {"Origin": "https://spa.example", "Accept": "application/json"},
+            {**PREFLIGHT, "Cookie": "__session=abc"},
+            {**PREFLIGHT, "Authorization": "Bearer abc"},
+        ):
+            assert httpx.options(f"{base}/api/items", headers=other).status_code == 401
+        with_body = httpx.request("OPTIONS", f"{base}/api/items", headers=PREFLIGHT, content=b"{}")
+        assert with_body.status_code == 401
+        # Forward-auth: a preflight the proxy vouches for (asked with OPTIONS itself, as
+        # Envoy does) is let by, with no identity.
         original = {"X-Forwarded-Uri": "/api/items", "X-Forwarded-Host": "app.example"}
-        check = httpx.get(
-            f"{base}/auth/check",
-            headers={**PREFLIGHT, **original, "X-Forwarded-Method": "OPTIONS"},
-        )
+        asked = {**PREFLIGHT, **original, "X-Forwarded-Method": "OPTIONS"}
+        check = httpx.options(f"{base}/auth/check", headers=asked)
         assert check.status_code == 200 and "x-auth-request-user" not in check.headers
-        gated = httpx.get(f"{base}/auth/check", headers={**PREFLIGHT, **original})
-        assert gated.status_code == 401  # the same headers on a GET: no preflight
+        # A client's own X-Forwarded-Method, which a proxy that does not set it passes on
+        # to the check, vouches for nothing: the GET it stands for is gated.
+        assert httpx.get(f"{base}/auth/check", headers=asked).status_code == 401
+    # A trusted proxy's word is taken (Caddy and Traefik ask with GET).
+    trusting = SidecarOptions(
+        upstream=stack.upstream, skip_preflight=True, trusted_proxies=("127.0.0.1",)
+    )
+    with serve(Sidecar(stack.settings, trusting), proxy_headers=False) as base:
+        assert httpx.get(f"{base}/auth/check", headers=asked).status_code == 200
 
 
 def test_the_served_sidecar_logs_no_authorization_code_and_its_own_info() -> None:
