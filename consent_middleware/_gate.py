@@ -139,10 +139,11 @@ def sent_path(scope: Scope) -> str | None:
 def path_spellings(path: str, sent: str | None = None) -> set[str]:
     """``path`` (decoded, as the ASGI server routes it) and as each kind of server may
     read it before it routes: repeated slashes merged and dot segments resolved (RFC 3986
-    5.2.4: "/static/../admin" and "//admin" are "/admin"), as it is and decoded once more
-    (nginx's ``$uri`` is decoded once, the app may decode again); then also with each
-    segment's path parameters dropped (Tomcat, Jetty and Spring read "/static/..;/admin"
-    as "/static/../admin") and with backslashes as slashes (IIS, and others on Windows).
+    5.2.4: "/static/../admin" and "//admin" are "/admin"), as it is and decoded up to
+    twice more, dots resolved between or not (nginx's ``$uri`` is decoded once and
+    resolved, the app behind it may decode again); then also with each segment's path
+    parameters dropped (Tomcat, Jetty and Spring read "/static/..;/admin" as
+    "/static/../admin") and with backslashes as slashes (IIS, and others on Windows).
 
     With ``sent``, the path as the client spelled it, also as servers read it that split
     it before they decode: WHATWG URL (Node, Deno, Bun) resolves dot segments, "%2e" ones
@@ -152,10 +153,15 @@ def path_spellings(path: str, sent: str | None = None) -> set[str]:
     server that never decodes routes "/%73tatic" elsewhere than "/static", while "%20"
     or "%C3%A9" are only how browsers send a space or an "é"."""
     spellings = {path}
-    for once in (path, unquote(path)):
-        for form in (once, once.replace("\\", "/")):
-            spellings.add(_resolved(form))
-            spellings.add(_resolved(_without_parameters(form)))
+    # A chain of servers may each decode, with or without resolving dots first: twice
+    # more than the ASGI server did, each way (paths without escapes stay one form).
+    forms = {path}
+    for _ in range(_DECODINGS):
+        forms |= {unquote(p) for form in forms for p in (form, _resolved(form))}
+    for form in forms:
+        for spelled in (form, form.replace("\\", "/")):
+            spellings.add(_resolved(spelled))
+            spellings.add(_resolved(_without_parameters(spelled)))
     if sent is not None and sent != path:
         if any(chr(int(escaped, 16)) in _STRUCTURAL for escaped in _ESCAPE.findall(sent)):
             spellings.add(sent)
@@ -165,6 +171,7 @@ def path_spellings(path: str, sent: str | None = None) -> set[str]:
     return spellings
 
 
+_DECODINGS = 2
 # An escape in a path as sent, and the characters whose escaping changes how a server
 # that never decodes routes it (RFC 3986 2.3's unreserved ones, and the separators).
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")

@@ -321,6 +321,10 @@ def test_a_path_is_read_as_decoded_once_too() -> None:
     sent = "/static/b%252Fc%2F..%2F..%2Fadmin"
     assert not is_public(unquote(sent), settings, sent)
     assert not is_public(unquote(sent), settings)
+    # Resolved by nginx, "/static/%252e%252e/admin"; decoded twice more by the app behind
+    # it, "/static/../admin": "/admin".
+    sent = "/static/a%252fb/../%252e%252e/admin"
+    assert not is_public(unquote(sent), settings, sent)
 
 
 @pytest.mark.parametrize(

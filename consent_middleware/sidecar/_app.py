@@ -311,7 +311,8 @@ def is_preflight(method: str, headers: Headers) -> bool:
     """A CORS preflight (Fetch, "CORS-preflight request"): what a browser asks before a
     cross-origin request that is not simple, never with credentials or a body. Anything
     carrying either is no preflight, and is gated: an upstream that reads the session
-    itself would otherwise take it as the user's."""
+    itself would otherwise take it as the user's. (A forward-auth check is asked without
+    the body: there, only the credentials tell.)"""
     return (
         method == "OPTIONS"
         and "origin" in headers

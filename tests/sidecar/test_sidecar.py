@@ -442,7 +442,7 @@ def test_preflights_reach_the_upstream_only_when_told(stack: Stack) -> None:
         # A client's own X-Forwarded-Method, which a proxy that does not set it passes on
         # to the check, vouches for nothing: the GET it stands for is gated.
         assert httpx.get(f"{base}/auth/check", headers=asked).status_code == 401
-    # A trusted proxy's word is taken (Caddy and Traefik ask with GET).
+    # A trusted proxy's word is taken (nginx's auth_request, Caddy and Traefik ask with GET).
     trusting = SidecarOptions(
         upstream=stack.upstream, skip_preflight=True, trusted_proxies=("127.0.0.1",)
     )
