@@ -33,6 +33,7 @@ from .._exceptions import IdentityProviderError, SharedStateError
 from .._gate import (
     Verdict,
     app_path,
+    is_own_route,
     is_public,
     judged,
     matches_every_spelling,
@@ -57,6 +58,7 @@ from ._assertion import RECENT_ASSERTIONS, AssertionSigner
 from ._identity import identity_headers, identity_headers_until
 from ._options import SidecarOptions
 from ._proxy import Upstream, forwarded_headers
+from ._requests import is_preflight, is_websocket_handshake, original_request
 
 logger = logging.getLogger("consent_middleware.sidecar")
 
@@ -115,7 +117,11 @@ class Sidecar:
             if self._is_check(path):
                 await (await self._check(Request(scope, receive)))(scope, receive, send)
                 return
-            if self.options.skip_preflight and is_preflight(scope["method"], Headers(scope=scope)):
+            if (
+                self.options.skip_preflight
+                and is_preflight(scope["method"], Headers(scope=scope))
+                and not is_own_route(app_path(scope), self.settings)
+            ):
                 await self._upstream_app(scope, receive, send)  # no user: no identity
                 return
         elif scope["type"] == "websocket" and self._is_check(scope["path"]):
@@ -307,29 +313,6 @@ class Sidecar:
         return with_cookie_copies(with_cookies(answer, cookies), cookies)
 
 
-def is_preflight(method: str, headers: Headers) -> bool:
-    """A CORS preflight (Fetch, "CORS-preflight request"): what a browser asks before a
-    cross-origin request that is not simple, never with credentials or a body. Anything
-    carrying either is no preflight, and is gated: an upstream that reads the session
-    itself would otherwise take it as the user's. (A forward-auth check is asked without
-    the body: there, only the credentials tell.)"""
-    return (
-        method == "OPTIONS"
-        and "origin" in headers
-        and "access-control-request-method" in headers
-        and "cookie" not in headers
-        and "authorization" not in headers
-        and "transfer-encoding" not in headers
-        and headers.get("content-length", "0") == "0"
-    )
-
-
-def is_websocket_handshake(headers: Headers) -> bool:
-    """A websocket opening handshake (RFC 6455 4.1). ``Sec-WebSocket-Key`` is end-to-end,
-    so it reaches the check even where a proxy drops ``Upgrade`` as hop-by-hop."""
-    return "sec-websocket-key" in headers or headers.get("upgrade", "").lower() == "websocket"
-
-
 def with_cookie_copies(response: Response, cookies: list[bytes]) -> Response:
     """Each Set-Cookie also as ``X-Consent-Cookie-<n>``: nginx's ``auth_request_set`` sees
     only the first Set-Cookie of a check, and a chunked session needs them all."""
@@ -365,45 +348,6 @@ def with_new_session(
     ]
     others = [(n, v) for n, v in headers if n != b"cookie"]
     return [*others, (b"cookie", b"; ".join([*kept, *fresh]))]
-
-
-def original_request(request: Request, check_path: str) -> tuple[str, str, str] | Response:
-    """(method, path + query, origin) of the request the proxy is asking about.
-
-    nginx, Caddy and Traefik send it in ``X-Forwarded-*`` / ``X-Original-URI`` headers; Envoy's
-    HTTP ``ext_authz`` sends the original method and path on the check request itself, after
-    its ``path_prefix`` (the check path).
-    """
-    headers = Headers(scope=request.scope)
-    target = headers.get("x-forwarded-uri") or headers.get("x-original-uri")
-    method = headers.get("x-forwarded-method")
-    # As sent (escapes kept), as the X-Forwarded-Uri of the other proxies: the gate
-    # reads every spelling of it.
-    raw = request.scope.get("raw_path")
-    path = raw.decode("latin-1") if isinstance(raw, bytes) else request.url.path
-    if target is None and path.startswith(check_path + "/"):
-        # Envoy: /auth/check/<original path>?<original query>
-        target = path[len(check_path) :]
-        query = request.url.query
-        target += f"?{query}" if query else ""
-        method = method or request.method
-    missing = []
-    if not target:
-        missing.append("X-Forwarded-Uri (or X-Original-URI)")
-    host = headers.get("x-forwarded-host") or headers.get("host")
-    if not host:
-        missing.append("X-Forwarded-Host")
-    if missing or target is None or host is None:
-        body = {
-            "error": "invalid_request",
-            "error_description": "the check names no original request: missing "
-            + ", ".join(missing),
-        }
-        return JSONResponse(body, status_code=400, headers=NO_STORE)
-    if not target.startswith("/"):
-        target = "/" + target
-    proto = headers.get("x-forwarded-proto") or request.url.scheme
-    return method or "GET", target, f"{proto}://{host}"
 
 
 def create_app() -> Sidecar:

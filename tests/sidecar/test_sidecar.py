@@ -433,6 +433,9 @@ def test_preflights_reach_the_upstream_only_when_told(stack: Stack) -> None:
             assert httpx.options(f"{base}/api/items", headers=other).status_code == 401
         with_body = httpx.request("OPTIONS", f"{base}/api/items", headers=PREFLIGHT, content=b"{}")
         assert with_body.status_code == 401
+        # The sidecar's own routes answer for themselves.
+        own = httpx.options(f"{base}/auth/access-token", headers=PREFLIGHT)
+        assert own.status_code == 405 and "allow" in own.headers
         # Forward-auth: a preflight the proxy vouches for (asked with OPTIONS itself, as
         # Envoy does) is let by, with no identity.
         original = {"X-Forwarded-Uri": "/api/items", "X-Forwarded-Host": "app.example"}

@@ -1,0 +1,73 @@
+"""What a proxy in front says of the request it holds: the original request a forward-auth
+check asks about, and the kinds of request the sidecar treats apart (CORS preflights,
+websocket handshakes)."""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .._pages import NO_STORE
+
+
+def is_preflight(method: str, headers: Headers) -> bool:
+    """A CORS preflight (Fetch, "CORS-preflight request"): what a browser asks before a
+    cross-origin request that is not simple, never with credentials or a body. Anything
+    carrying either is no preflight, and is gated: an upstream that reads the session
+    itself would otherwise take it as the user's. (A forward-auth check is asked without
+    the body: there, only the credentials tell.)"""
+    return (
+        method == "OPTIONS"
+        and "origin" in headers
+        and "access-control-request-method" in headers
+        and "cookie" not in headers
+        and "authorization" not in headers
+        and "transfer-encoding" not in headers
+        and headers.get("content-length", "0") == "0"
+    )
+
+
+def is_websocket_handshake(headers: Headers) -> bool:
+    """A websocket opening handshake (RFC 6455 4.1). ``Sec-WebSocket-Key`` is end-to-end,
+    so it reaches the check even where a proxy drops ``Upgrade`` as hop-by-hop."""
+    return "sec-websocket-key" in headers or headers.get("upgrade", "").lower() == "websocket"
+
+
+def original_request(request: Request, check_path: str) -> tuple[str, str, str] | Response:
+    """(method, path + query, origin) of the request the proxy is asking about.
+
+    nginx, Caddy and Traefik send it in ``X-Forwarded-*`` / ``X-Original-URI`` headers; Envoy's
+    HTTP ``ext_authz`` sends the original method and path on the check request itself, after
+    its ``path_prefix`` (the check path).
+    """
+    headers = Headers(scope=request.scope)
+    target = headers.get("x-forwarded-uri") or headers.get("x-original-uri")
+    method = headers.get("x-forwarded-method")
+    # As sent (escapes kept), as the X-Forwarded-Uri of the other proxies: the gate
+    # reads every spelling of it.
+    raw = request.scope.get("raw_path")
+    path = raw.decode("latin-1") if isinstance(raw, bytes) else request.url.path
+    if target is None and path.startswith(check_path + "/"):
+        # Envoy: /auth/check/<original path>?<original query>
+        target = path[len(check_path) :]
+        query = request.url.query
+        target += f"?{query}" if query else ""
+        method = method or request.method
+    missing = []
+    if not target:
+        missing.append("X-Forwarded-Uri (or X-Original-URI)")
+    host = headers.get("x-forwarded-host") or headers.get("host")
+    if not host:
+        missing.append("X-Forwarded-Host")
+    if missing or target is None or host is None:
+        body = {
+            "error": "invalid_request",
+            "error_description": "the check names no original request: missing "
+            + ", ".join(missing),
+        }
+        return JSONResponse(body, status_code=400, headers=NO_STORE)
+    if not target.startswith("/"):
+        target = "/" + target
+    proto = headers.get("x-forwarded-proto") or request.url.scheme
+    return method or "GET", target, f"{proto}://{host}"
