@@ -15,6 +15,7 @@ from ._exceptions import (
     NotGatedError,
     RefreshError,
 )
+from ._logging import RedactedQuery
 from ._middleware import ConsentMiddleware
 from ._models import Consent, User
 from ._refresh import refresh_session
@@ -46,6 +47,7 @@ __all__ = [
     "ConsentMiddlewareError",
     "CookieSessionStore",
     "NotGatedError",
+    "RedactedQuery",
     "RefreshError",
     "Session",
     "SessionStore",

@@ -23,13 +23,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.templating import Jinja2Templates
 
-from consent_middleware import ConsentMiddleware, Settings, current_user
+from consent_middleware import ConsentMiddleware, RedactedQuery, Settings, current_user
 from example_app import api
 
 if TYPE_CHECKING:
     from dev_tenant import DevTenant
 
 logger = logging.getLogger("example_app")
+# uvicorn's access lines would show the callback's authorization code and state.
+logging.getLogger("uvicorn.access").addFilter(RedactedQuery())
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 DEV_TENANT_PATH = "/dev-tenant"
