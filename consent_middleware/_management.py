@@ -99,14 +99,13 @@ class ManagementClient:
                 audience=settings.management_audience,
             )
         except TokenEndpointError as exc:
-            if exc.status_code == 429:
-                raise _Retryable("rate limited (429)") from exc
             raise ManagementAPIError(
                 f"the token endpoint refused the Management API token: {exc.error}",
                 exc.status_code,
             ) from exc
         except IdentityProviderError as exc:
-            # Unreachable, a 5xx, or discovery failing: all worth another try.
+            # Unreachable, a 5xx, rate limited (429), or discovery failing: all worth
+            # another try.
             raise _Retryable(str(exc)) from exc
 
     async def _api(self, method: str, user_id: str, body: Any = None) -> dict[str, Any]:

@@ -80,6 +80,22 @@ async def test_token_expiry_margin_triggers_a_new_fetch(http: httpx.AsyncClient)
     assert token.call_count == 2
 
 
+async def test_a_rate_limited_token_request_is_tried_again(http: httpx.AsyncClient) -> None:
+    # Auth0 answers a rate-limited client-credentials grant 429 "too_many_requests": an
+    # outage to wait out, not a refused Management API token.
+    sleeps = Sleeps()
+    client = management(http, sleeps)
+    with respx.mock(assert_all_called=False) as mock:
+        token = tenant(mock)
+        granted = token.side_effect = [
+            httpx.Response(429, json={"error": "too_many_requests"}),
+            httpx.Response(200, json={"access_token": "mgmt-token", "expires_in": 86400}),
+        ]
+        mock.get(USER_URL).respond(json={"user_id": "auth0|abc"})
+        assert await client.get_user("auth0|abc") == {"user_id": "auth0|abc"}
+    assert token.call_count == len(granted) and len(sleeps.calls) == 1
+
+
 async def test_429_honours_retry_after_then_succeeds(http: httpx.AsyncClient) -> None:
     sleeps = Sleeps()
     client = management(http, sleeps)
