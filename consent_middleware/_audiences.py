@@ -164,15 +164,16 @@ def refresh_failure(exc: RefreshError, audience: str | None = None) -> AccessTok
     5.2: the refresh token itself is dead) is cured by a login. Any other refusal would
     come again right after it, and the login, silent at the provider, would loop."""
     cause = exc.__cause__
-    if audience is not None and isinstance(cause, TokenEndpointError):
-        if cause.error != "invalid_grant":
-            logger.warning(
-                "the provider refused a token for %r: %s", audience, cause.error or "error"
-            )
-            return AccessTokenError(
-                AccessTokenErrorCode.AUDIENCE_REFUSED.value,
-                f"the provider refused a token for {audience!r} ({cause.error})",
-            )
+    if (
+        audience is not None
+        and isinstance(cause, TokenEndpointError)
+        and cause.error != "invalid_grant"
+    ):
+        logger.warning("the provider refused a token for %r: %s", audience, cause.error or "error")
+        return AccessTokenError(
+            AccessTokenErrorCode.AUDIENCE_REFUSED.value,
+            f"the provider refused a token for {audience!r} ({cause.error})",
+        )
     refused = isinstance(cause, TokenEndpointError | IdTokenError)
     code = (
         AccessTokenErrorCode.FAILED_TO_REFRESH_TOKEN

@@ -288,6 +288,11 @@ def refusal_json(
     return 403, {"error": "consent_required", "consent_url": url}
 
 
+# A refusal depends on the cookie, as the page it stands for: no cache may keep it for
+# another visitor, nor for this one once signed in.
+_REFUSAL_HEADERS = {"Cache-Control": "no-store", "Vary": "Cookie"}
+
+
 def refusal(
     verdict: Verdict,
     method: str,
@@ -297,8 +302,6 @@ def refusal(
     root_path: str = "",
     purposes: tuple[str, ...] = (),
 ) -> Response:
-    # The answer depends on the cookie, as the page it stands for: no cache may keep it
-    # for another visitor, nor for this one once signed in.
     headers = _REFUSAL_HEADERS
     if as_json:
         status, body = refusal_body(verdict, return_to, settings, purposes)
@@ -309,6 +312,3 @@ def refusal(
         status = 307 if method in ("GET", "HEAD") else 303
         return RedirectResponse(url, status_code=status, headers=headers)
     return RedirectResponse(url, status_code=303, headers=headers)
-
-
-_REFUSAL_HEADERS = {"Cache-Control": "no-store", "Vary": "Cookie"}

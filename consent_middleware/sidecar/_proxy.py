@@ -97,7 +97,8 @@ class ClientDisconnected(Exception):
 
 
 def _without_named(headers: Headers, named: list[bytes]) -> Headers:
-    """``headers`` less those a ``Connection`` header named (RFC 9110 7.6.1)."""
+    """``headers`` less those ``named`` (comma lists, as a ``Connection`` header names the
+    hop-by-hop ones: RFC 9110 7.6.1)."""
     tokens = {token.strip().lower() for value in named for token in value.split(b",")}
     return [(n, v) for n, v in headers if n.lower() not in tokens]
 
@@ -242,9 +243,7 @@ class Upstream:
             if response.status in _NO_BODY:
                 # RFC 9110 8.6: a 304's Content-Length is the representation's, not of a
                 # body it has; the server would wait for those bytes and fail.
-                response_headers = [
-                    (n, v) for n, v in response_headers if n.lower() != b"content-length"
-                ]
+                response_headers = _without_named(response_headers, [b"content-length"])
             await send(
                 {
                     "type": "http.response.start",
