@@ -89,6 +89,8 @@ _HTTP_SCHEMES = {"ws": b"http", "wss": b"https"}
 Headers = list[tuple[bytes, bytes]]
 # Statuses that never have a body (RFC 9110 15.3.5, 15.4.5).
 _NO_BODY = frozenset({204, 304})
+# What may follow the upstream's own URL in a Location that points back at it.
+_URL_CONTINUES = (b"/", b"?", b"#")
 ErrorPage = Callable[[int, Scope], Any]
 
 
@@ -168,6 +170,28 @@ def forwarded_headers(scope: Scope, trusted_peer: bool, identity: Headers) -> He
     return headers
 
 
+def relative_locations(headers: Headers, origin: bytes, path: bytes) -> Headers:
+    """``headers`` with each ``Location`` that points at the upstream (its ``origin`` in
+    lower case and base ``path``: the address the sidecar reaches it on) made a path, as
+    nginx's default ``proxy_redirect`` does. An app that builds its redirects from its own
+    listening address would otherwise send the browser where only the sidecar can reach; a
+    path is a valid Location (RFC 9110 10.2.2) and stays on the public origin."""
+    start, end = len(origin), len(origin) + len(path)
+    rewritten: Headers = []
+    for name, value in headers:
+        if (
+            name.lower() == b"location"
+            # Scheme and host are case-insensitive (RFC 3986 6.2.2.1), the path is not.
+            and value[:start].lower() == origin
+            and value[start:end] == path
+            and (len(value) == end or value[end : end + 1] in _URL_CONTINUES)
+        ):
+            rest = value[end:]
+            value = rest if rest.startswith(b"/") else b"/" + rest
+        rewritten.append((name, value))
+    return rewritten
+
+
 async def _body(receive: Receive) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
@@ -185,6 +209,8 @@ class Upstream:
         self.base_url = base_url.rstrip("/")
         # The assertion's audience: who the upstream is, by origin.
         self.origin = origin_of(self.base_url)
+        # Where the upstream's own redirects point when they name its address.
+        self._own_url = (self.origin.lower().encode(), self.base_url[len(self.origin) :].encode())
         self.timeout = timeout
         self.error_page = error_page
         self._session: aiohttp.ClientSession | None = None
@@ -244,6 +270,8 @@ class Upstream:
                 # RFC 9110 8.6: a 304's Content-Length is the representation's, not of a
                 # body it has; the server would wait for those bytes and fail.
                 response_headers = _without_named(response_headers, [b"content-length"])
+            elif 300 <= response.status < 400 or response.status == 201:
+                response_headers = relative_locations(response_headers, *self._own_url)
             await send(
                 {
                     "type": "http.response.start",

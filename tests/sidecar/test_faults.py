@@ -251,3 +251,42 @@ def test_an_upstream_304_with_a_content_length_ends_cleanly(
     finally:
         server_log.removeHandler(caplog.handler)
     assert "Exception in ASGI application" not in caplog.text
+
+
+def test_a_redirect_to_the_upstreams_own_address_becomes_a_path() -> None:
+    # An app that builds redirects from the address it listens on (its own idea of its
+    # base URL) names a host only the sidecar reaches: nginx's default proxy_redirect
+    # turns those into paths, and so does the sidecar. Any other Location stays as sent.
+    own: list[str] = []
+    answers = {
+        "/own": (302, "{own}/next?x=1"),
+        "/upper": (302, "{upper}"),
+        "/created": (201, "{own}/items/1"),
+        "/other-port": (302, "{own}0/x"),
+        "/provider": (302, "https://idp.example/authorize?client_id=a"),
+        "/path": (303, "/already/a/path"),
+    }
+
+    def handle(conn: socket.socket) -> None:
+        head, _ = read_request(conn)
+        status, location = answers[head.split(b" ")[1].decode()]
+        location = location.format(own=own[0], upper=own[0].upper())
+        conn.sendall(
+            f"HTTP/1.1 {status} X\r\nLocation: {location}\r\nContent-Length: 0\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+
+    with raw_upstream(handle) as port, sidecar_in_front_of(f"http://127.0.0.1:{port}") as front:
+        own.append(f"http://127.0.0.1:{port}")
+        seen = {
+            path: httpx.get(f"{front.base}{path}", headers={"cookie": front.cookie}, timeout=5)
+            for path in answers
+        }
+    assert {path: (r.status_code, r.headers["location"]) for path, r in seen.items()} == {
+        "/own": (302, "/next?x=1"),
+        "/upper": (302, "/"),
+        "/created": (201, "/items/1"),
+        "/other-port": (302, f"http://127.0.0.1:{port}0/x"),
+        "/provider": (302, "https://idp.example/authorize?client_id=a"),
+        "/path": (303, "/already/a/path"),
+    }
