@@ -239,8 +239,10 @@ def wants_json(path: str, headers: Headers, settings: Settings) -> bool:
         return True
     if headers.get("x-requested-with", "").lower() == "xmlhttprequest":
         return True
-    accept = headers.get("accept", "")
-    if "application/json" in accept and "text/html" not in accept:
+    # application/json, or any type with RFC 6839's +json suffix (application/vnd.api+json,
+    # application/problem+json), asked for without HTML.
+    accept = headers.get("accept", "").lower()
+    if ("/json" in accept or "+json" in accept) and "text/html" not in accept:
         return True
     # Browsers mark their own navigations; anything else they send (fetch) is an API call.
     mode = headers.get("sec-fetch-mode")

@@ -98,6 +98,9 @@ def test_no_session_post_uses_303() -> None:
     [
         ("/api/data", {}),
         ("/dashboard", {"accept": "application/json"}),
+        # RFC 6839 structured suffixes: JSON:API, problem details, GitHub-style vendor types.
+        ("/dashboard", {"accept": "application/vnd.api+json"}),
+        ("/dashboard", {"accept": "Application/Problem+JSON, */*;q=0.1"}),
         ("/dashboard", {"x-requested-with": "XMLHttpRequest"}),
         ("/dashboard", {"sec-fetch-mode": "cors", "sec-fetch-dest": "empty", "accept": "*/*"}),
     ],
