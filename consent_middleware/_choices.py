@@ -28,7 +28,7 @@ from ._events import CollectionMethod, ConsentAction, ConsentEvent
 from ._exceptions import LedgerError, ManagementAPIError
 from ._models import Consent
 from ._purposes import Purpose, purpose_by_id
-from ._record import history_of, state_of, stored_consent
+from ._record import history_of, not_saved, state_of, stored_consent
 from ._session import Session, now_ms
 from ._transactions import Expectation
 
@@ -164,15 +164,9 @@ class ChoiceRoutes:
                 event = consent.writer.purposes_event(action, method, at, ids)
                 try:
                     await consent.writer.write(sub, event)
-                except (ManagementAPIError, LedgerError):
-                    return self._purposes_view(
-                        session,
-                        chosen,
-                        return_to,
-                        503,
-                        "We could not save your choice just now, and nothing was changed. "
-                        "Please try again in a moment.",
-                    )
+                except (ManagementAPIError, LedgerError) as exc:
+                    message = not_saved(exc, "choice")
+                    return self._purposes_view(session, chosen, return_to, 503, message)
                 written_ms = await consent.recorded(sub, flag)
             return await consent.refresher.refresh_and_continue(
                 request, session, return_to, Expectation.CONSENT, not_before=written_ms / 1000

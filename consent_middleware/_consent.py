@@ -22,7 +22,7 @@ from ._management import ManagementClient
 from ._models import Consent
 from ._oidc import OIDCClient
 from ._pages import Pages
-from ._record import ConsentWriter, terms_statement
+from ._record import ConsentWriter, not_saved, terms_statement
 from ._redirects import return_to_or_home
 from ._refresh import SessionRefresher, with_cookies
 from ._revocation import Revocations
@@ -200,13 +200,7 @@ class ConsentRoutes:
                     await self.writer.write(sub, event)
                 except (ManagementAPIError, LedgerError) as exc:
                     logger.warning("saving consent failed: %s", exc)
-                    return self._page(
-                        session,
-                        return_to,
-                        503,
-                        "We could not save your consent just now, and nothing was "
-                        "changed. Please try again in a moment.",
-                    )
+                    return self._page(session, return_to, 503, not_saved(exc, "consent"))
                 written_ms = await self.recorded(sub, accepted)
             return await self.refresher.refresh_and_continue(
                 request, session, return_to, Expectation.CONSENT, not_before=written_ms / 1000

@@ -64,10 +64,14 @@ class IdTokenError(IdentityProviderError):
 
 
 class ManagementAPIError(ConsentMiddlewareError):
-    """A Management API call failed after its retries."""
+    """A Management API call failed after its retries. ``outcome_unknown``: a write that
+    may have been applied all the same (no answer, and reading it back failed too)."""
 
-    def __init__(self, message: str, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, status_code: int | None = None, *, outcome_unknown: bool = False
+    ) -> None:
         self.status_code = status_code
+        self.outcome_unknown = outcome_unknown
         super().__init__(message)
 
 

@@ -11,10 +11,13 @@ The Management API has no conditional update, so the caller serialises a user's 
 (the per-user lock) and each write is read, append, write: two tabs never lose an event.
 
 Order of writes: ledger "pending" → Auth0 PATCH → ledger "confirmed", or "abandoned" when
-Auth0 refused the write (a PATCH that got no answer may have been applied: its row stays
-pending). A ledger that is down fails the choice before Auth0 is touched (the page says
-nothing changed, the user tries again: no choice is lost), and the ledger never claims a
-consent Auth0 does not have: a pending row with no confirmation is not a consent.
+Auth0 refused the write. A PATCH that got no answer (or a server error) may have been
+applied all the same: the user is read back, and the event found in its history confirms
+the row (the choice stands), an event not found abandons it; only when the read fails too
+does the row stay pending, and the user is told the outcome is not known. A ledger that is
+down fails the choice before Auth0 is touched (the page says nothing changed, the user
+tries again: no choice is lost), and the ledger never claims a consent Auth0 does not
+have: a pending row with no confirmation is not a consent.
 """
 
 from __future__ import annotations
@@ -114,6 +117,17 @@ def patch_body(consent: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def not_saved(exc: ManagementAPIError | LedgerError, what: str) -> str:
+    """What the user is told when their ``what`` ("consent", "choice") was not saved:
+    that nothing changed only when that is known."""
+    if isinstance(exc, ManagementAPIError) and exc.outcome_unknown:
+        return f"We could not confirm that your {what} was saved. Please try again in a moment."
+    return (
+        f"We could not save your {what} just now, and nothing was changed. "
+        "Please try again in a moment."
+    )
+
+
 class LedgerOpener(Protocol):
     async def __call__(self) -> EventLedger: ...
 
@@ -211,20 +225,37 @@ class ConsentWriter:
         try:
             await self.management.update_user(sub, body)
         except ManagementAPIError as exc:
-            # Auth0 answered no (4xx): abandoned. No answer, or a server error after
-            # retries: the write may have been applied, so the row stays pending (neither a
-            # consent the ledger claims, nor one it denies) and the log says so.
             refused = exc.status_code is not None and 400 <= exc.status_code < 500
-            if entry is not None and refused:
-                await self._settle(entry, f"Auth0 refused: {exc}", confirmed=False)
-            elif entry is not None:
-                logger.warning(
-                    "ledger entry %s left pending: Auth0 did not answer (%s)", entry, exc
-                )
-            raise
+            # Auth0 answered no (4xx): not applied. No answer, or a server error after
+            # retries (a gateway that timed out after Auth0 committed): read it back.
+            found = False if refused else await self._applied(sub, event)
+            if found:
+                logger.warning("Auth0 applied the consent write its answer lost: %s", exc)
+                if entry is not None:
+                    await self._settle(entry, "", confirmed=True)
+                return consent
+            if found is False:
+                if entry is not None:
+                    await self._settle(entry, f"not applied by Auth0: {exc}", confirmed=False)
+                raise
+            # Neither a consent the ledger claims, nor one it denies: the row stays pending.
+            if entry is not None:
+                logger.warning("ledger entry %s left pending: Auth0 did not answer", entry)
+            raise ManagementAPIError(
+                f"the write's outcome is not known: {exc}", exc.status_code, outcome_unknown=True
+            ) from exc
         if entry is not None:
             await self._settle(entry, "", confirmed=True)
         return consent
+
+    async def _applied(self, sub: str, event: ConsentEvent) -> bool | None:
+        """Whether ``event`` is in the user's stored history (each event carries its own
+        millisecond and choices); None when the user cannot be read either."""
+        try:
+            user = await self.management.get_user(sub)
+        except ManagementAPIError:
+            return None
+        return event in history_of(stored_consent(user))
 
     async def _settle(self, entry: str, reason: str, *, confirmed: bool) -> None:
         # After Auth0 answered, the ledger's second row is bookkeeping: if it fails, the

@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -22,6 +23,7 @@ from consent_middleware import Session, TokenSet
 from consent_middleware._csrf import CSRF
 from consent_middleware._engine import Engine
 from consent_middleware._events import CollectionMethod, ConsentAction, ConsentEvent
+from consent_middleware._ledger import EntryState, Ledger, LedgerEntry
 from consent_middleware._management import MAX_ATTEMPTS
 from consent_middleware._record import ConsentWriter, applied, iso_date, patch_body, terms_statement
 from consent_middleware._revocation import Revocation
@@ -37,6 +39,7 @@ SUB = "auth0|user1"
 TOKEN_URL = f"{DOMAIN}/oauth/token"
 USER_URL = f"{DOMAIN}/api/v2/users/auth0%7Cuser1"
 ACCEPTED = {"given": True, "version": "v2", "date": "2026-01-01T00:00:00.000Z"}
+LEDGER_KEY = "ledger-key-0123456789abcdef0123456789"
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 
 
@@ -128,6 +131,10 @@ class Tenant:
         # Set to answer the next PATCH / DELETE with this status instead of doing it.
         self.patch_status: int | None = None
         self.delete_status: int | None = None
+        # Set to answer a PATCH with this status after applying it (a gateway that timed
+        # out after Auth0 committed), and a GET after a PATCH with this one.
+        self.lost_answer_status: int | None = None
+        self.read_back_status: int | None = None
         idp(mock, [key])
         self.token = mock.post(TOKEN_URL).mock(side_effect=self._token)
         self.patch = mock.patch(USER_URL).mock(side_effect=self._patch)
@@ -176,6 +183,8 @@ class Tenant:
         body = json.loads(request.content)
         self.user_metadata.update(body.get("user_metadata", {}))
         self.app_metadata.update(body.get("app_metadata", {}))
+        if self.lost_answer_status is not None:
+            return httpx.Response(self.lost_answer_status, text="upstream timed out")
         return httpx.Response(200, json={"user_id": SUB, "user_metadata": self.user_metadata})
 
     def _get(self, request: httpx.Request) -> httpx.Response:
@@ -183,6 +192,8 @@ class Tenant:
             return httpx.Response(401, json={"message": "Invalid token"})
         if self.deleted:
             return httpx.Response(404, json={"message": "The user does not exist."})
+        if self.read_back_status is not None and self.patch.called:
+            return httpx.Response(self.read_back_status, json={"message": "not today"})
         user = {"user_id": SUB, "user_metadata": self.user_metadata}
         return httpx.Response(200, json={**user, "app_metadata": self.app_metadata})
 
@@ -459,6 +470,51 @@ async def test_management_api_failing_is_a_503_and_nothing_changed(
     retried = await call(engine, "POST", "/consent", cookies=cookies, form=form)
     assert retried.status_code == 303
     assert tenant.user_metadata["consent"]["version"] == "v2"
+
+
+async def test_a_write_applied_whose_answer_was_lost_stands(
+    build: Build, tenant: Tenant, tmp_path: Path
+) -> None:
+    # A gateway that timed out after Auth0 committed: the user is read back, the event is
+    # in its history, so the choice stands (the grant follows) and the ledger confirms it.
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    engine = build(ledger_url=url, ledger_key=LEDGER_KEY)
+    cookies = await cookies_for(engine, session())
+    tenant.lost_answer_status = 502
+    form = await accept_form(engine, cookies)
+    response = await call(engine, "POST", "/consent", cookies=cookies, form=form)
+    assert response.status_code == 303 and tenant.refresh_grants() == 1
+    assert tenant.app_metadata["consent"]["version"] == "v2"
+    assert [entry.state for entry in await ledger_history(url)] == [EntryState.CONFIRMED]
+
+
+async def test_a_write_whose_outcome_cannot_be_read_is_not_called_unchanged(
+    build: Build, tenant: Tenant, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    engine = build(ledger_url=url, ledger_key=LEDGER_KEY)
+    cookies = await cookies_for(engine, session())
+    form = await accept_form(engine, cookies)
+    # Not applied, and then the user cannot be read back: the page says so, the row waits.
+    tenant.patch_status, tenant.read_back_status = 503, 503
+    unknown = await call(engine, "POST", "/consent", cookies=cookies, form=form)
+    assert unknown.status_code == 503 and "could not confirm" in unknown.text
+    assert "nothing was changed" not in unknown.text
+    # Not applied, read back: abandoned, and now the page may say nothing changed.
+    tenant.read_back_status = None
+    refused = await call(engine, "POST", "/consent", cookies=cookies, form=form)
+    assert refused.status_code == 503 and "nothing was changed" in refused.text
+    states = [entry.state for entry in await ledger_history(url)]
+    assert states == [EntryState.PENDING, EntryState.ABANDONED]
+    assert tenant.refresh_grants() == 0 and tenant.app_metadata["consent"] == ACCEPTED
+
+
+async def ledger_history(url: str) -> list[LedgerEntry]:
+    ledger = await Ledger.open(url, LEDGER_KEY)
+    try:
+        return await ledger.history(SUB)
+    finally:
+        await ledger.close()
 
 
 async def test_accept_writes_then_refreshes_then_goes_back(build: Build, tenant: Tenant) -> None:
