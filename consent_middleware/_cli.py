@@ -106,7 +106,8 @@ async def _run(ledger: Ledger, args: argparse.Namespace) -> int:
 async def _open_and_run(url: str, key: str, args: argparse.Namespace) -> int:
     from ._ledger import Ledger
 
-    ledger = await Ledger.open(url, key)
+    # Every command reads: the ledger is found as it is, never created or migrated.
+    ledger = await Ledger.open(url, key, migrating=False)
     try:
         return await _run(ledger, args)
     finally:

@@ -45,6 +45,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Self
 
 import sqlalchemy as sa
@@ -53,7 +54,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._events import ConsentEvent
 from ._exceptions import ConfigurationError, LedgerError
-from ._ledger_schema import LEDGER, create_engine, engine_url, locked, migrate
+from ._ledger_schema import (
+    LEDGER,
+    create_engine,
+    driver_reason,
+    engine_url,
+    locked,
+    migrate,
+    schema_version,
+)
 
 logger = logging.getLogger("consent_middleware")
 
@@ -176,21 +185,28 @@ class Ledger:
         self._key = key
 
     @classmethod
-    async def open(cls, url: str, key: bytes | str) -> Ledger:
-        """Connect and bring the schema up to date. ConfigurationError for a URL or key
-        that cannot work, LedgerError for an unreachable database or a newer schema."""
+    async def open(cls, url: str, key: bytes | str, *, migrating: bool = True) -> Ledger:
+        """Connect and bring the schema up to date (``migrating``, as the app does), or
+        find it as it is (the operator's commands: nothing created). ConfigurationError
+        for a URL or key that cannot work, LedgerError for an unreachable database, no
+        ledger there (not ``migrating``), or a newer schema."""
         raw = key.encode() if isinstance(key, str) else key
         if len(raw) < MIN_KEY_LENGTH:
             raise ConfigurationError(f"{KEY_VARIABLE} must be at least {MIN_KEY_LENGTH} bytes")
         target = engine_url(url)
+        if not migrating and target.get_backend_name() == "sqlite":
+            # Connecting would create the file: a mistyped path is no ledger, not an empty one.
+            if not Path(target.database or "").is_file():
+                raise LedgerError("there is no consent ledger at that SQLite path")
         engine = create_engine(target)
         try:
-            found = await migrate(engine)
+            found = await (migrate(engine) if migrating else schema_version(engine))
         except BaseException as exc:
             await engine.dispose()
             if isinstance(exc, DB_ERRORS):
                 raise LedgerError(
-                    f"the consent ledger's database could not be opened ({type(exc).__name__})"
+                    f"the consent ledger's database could not be opened ({type(exc).__name__}"
+                    f"{driver_reason(exc, target)})"
                 ) from exc
             raise
         logger.info(

@@ -76,6 +76,19 @@ def engine_url(url: str) -> URL:
     return parsed.set(drivername=DRIVERS[parsed.drivername])
 
 
+def driver_reason(exc: BaseException, url: URL) -> str:
+    """The driver's own first line of why (": password authentication failed for user
+    ..."), which names the cause where the exception's class does not; never the URL's
+    password, should a driver repeat it."""
+    reason = str(getattr(exc, "orig", None) or "").strip().splitlines()
+    if not reason:
+        return ""
+    line = reason[0][:200]
+    if url.password:
+        line = line.replace(str(url.password), "***")
+    return f": {line}"
+
+
 def create_engine(url: URL) -> AsyncEngine:
     if url.get_backend_name() != "sqlite":
         # READ COMMITTED (PostgreSQL's default, pinned here): each statement after the
@@ -174,6 +187,24 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "refuse UPDATE, DELETE and TRUNCATE on consent_ledger", _append_only),
 )
 LATEST = MIGRATIONS[-1].version
+
+
+async def schema_version(engine: AsyncEngine) -> int:
+    """The schema version of a ledger read as it is (the operator's commands): nothing is
+    created or changed, so a mistyped URL cannot turn another database into an empty
+    ledger that verifies, and a role that may only read can check one. LedgerError for a
+    database without a ledger, or with another schema version than this code's."""
+    async with engine.connect() as conn:
+        exists = await conn.run_sync(lambda sync: sa.inspect(sync).has_table(SCHEMA.name))
+        found = (await conn.execute(sa.select(SCHEMA.c.version))).scalar_one() if exists else 0
+    if not found:
+        raise LedgerError("there is no consent ledger in that database")
+    if found != LATEST:
+        raise LedgerError(
+            f"the ledger's schema is version {found}, this code reads version {LATEST}: "
+            + ("upgrade consent-middleware" if found > LATEST else "let the app open it once")
+        )
+    return found
 
 
 async def migrate(engine: AsyncEngine) -> int:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -15,7 +16,8 @@ import sqlalchemy as sa
 from consent_middleware import _cli
 from consent_middleware._events import ConsentAction
 from consent_middleware._ledger import Ledger
-from consent_middleware._ledger_schema import LEDGER
+from consent_middleware._ledger_schema import LEDGER, create_engine, engine_url
+from tests.postgres_server import USER, PostgresServer
 from tests.test_ledger import KEY, consent_event, raw
 
 pytestmark = pytest.mark.anyio
@@ -143,6 +145,56 @@ async def _filled(url: str) -> None:
         await ledger.confirm(await ledger.record("auth0|1", consent_event()))
     finally:
         await ledger.close()
+
+
+def test_a_database_without_a_ledger_is_refused_and_left_as_it_was(ledger_url: str) -> None:
+    # A mistyped path or database name: no ledger, not an empty one that "verifies ok".
+    for command in (["verify"], ["head"], ["stats", "--version", "v1"]):
+        done = run("ledger", *command, CONSENT_LEDGER_URL=ledger_url)
+        assert done.returncode == 2 and "no consent ledger" in done.stderr, done.stderr
+    assert asyncio.run(_tables(ledger_url)) == []
+
+
+def test_a_role_that_may_only_read_can_verify(postgres: PostgresServer) -> None:
+    url = postgres.create_database("ledger_read_only")
+    asyncio.run(_filled(url))
+    asyncio.run(
+        _as_owner(
+            url,
+            "CREATE ROLE auditor LOGIN",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO auditor",
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        )
+    )
+    auditor = url.replace(f"//{USER}@", "//auditor@")
+    done = run("ledger", "verify", CONSENT_LEDGER_URL=auditor)
+    assert (done.returncode, done.stdout.split(",")[0]) == (0, "ok: 2 rows"), done.stderr
+    # A role that may not read it gets the server's reason, not only an exception's name.
+    asyncio.run(_as_owner(url, "REVOKE SELECT ON ALL TABLES IN SCHEMA public FROM auditor"))
+    done = run("ledger", "verify", CONSENT_LEDGER_URL=auditor)
+    assert done.returncode == 2 and "permission denied" in done.stderr, done.stderr
+
+
+async def _as_owner(url: str, *statements: str) -> None:
+    engine = create_engine(engine_url(url))
+    try:
+        async with engine.begin() as conn:
+            for statement in statements:
+                await conn.exec_driver_sql(statement)
+    finally:
+        await engine.dispose()
+
+
+async def _tables(url: str) -> list[str]:
+    """The tables in ``url``'s database (none for a SQLite file that does not exist)."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return []
+    engine = create_engine(engine_url(url))
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+    finally:
+        await engine.dispose()
 
 
 def test_a_malformed_head_is_a_usage_error() -> None:
