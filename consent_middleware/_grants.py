@@ -20,6 +20,7 @@ a grant for its own audience.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import logging
 import time
@@ -27,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from . import _jose
-from ._exceptions import RefreshError, SharedStateError
+from ._exceptions import IdTokenError, RefreshError, SharedStateError, TokenEndpointError
 from ._session import Session
 from ._state import SharedState
 
@@ -41,6 +42,36 @@ MAX_FOLLOW = 8
 Grant = Callable[[Session, str], Awaitable[Session]]
 
 
+class Failure(enum.StrEnum):
+    """Why a grant failed, as the requests that take its result must learn it: a refusal
+    ends the session (or, for another API, is that API's answer), an outage keeps it."""
+
+    REFUSED = "refused"  # the token endpoint's OAuth error (RFC 6749 5.2)
+    REJECTED = "rejected"  # an ID token that failed verification
+    UNAVAILABLE = "unavailable"  # no answer, or a server error
+
+
+def failure_of(exc: RefreshError) -> dict[str, str]:
+    """What a failed grant's record keeps of ``exc``'s cause."""
+    cause = exc.__cause__
+    if isinstance(cause, TokenEndpointError):
+        return {"kind": Failure.REFUSED, "error": cause.error, "description": cause.description}
+    if isinstance(cause, IdTokenError):
+        return {"kind": Failure.REJECTED, "reason": cause.reason}
+    return {"kind": Failure.UNAVAILABLE}
+
+
+def failure_cause(failure: dict[str, str]) -> Exception | None:
+    """The cause a request that took a failed grant's result raises from: the same error
+    the grant met, so it is answered as the grant's own request was."""
+    kind = failure.get("kind")
+    if kind == Failure.REFUSED:
+        return TokenEndpointError(failure.get("error", ""), failure.get("description", ""))
+    if kind == Failure.REJECTED:
+        return IdTokenError(failure.get("reason", ""))
+    return None
+
+
 @dataclass(frozen=True)
 class GrantRecord:
     """What one grant made of one refresh token (stored under the token's digest)."""
@@ -52,6 +83,8 @@ class GrantRecord:
     session: Session | None
     #: The API the grant asked a token for; "" for the session's own token set.
     audience: str = ""
+    #: Why it failed (``failure_of``), when it did.
+    failure: dict[str, str] | None = None
 
     def serves(self, audience: str, not_before: float, arrived: float, now: float) -> bool:
         """Whether a request for ``audience`` that arrived at ``arrived`` takes this result."""
@@ -91,7 +124,9 @@ class Grants:
                     break
                 if record.serves(audience, not_before, arrived, time.time()):
                     if record.session is None:
-                        raise RefreshError("the refresh-token grant this request waited on failed")
+                        raise RefreshError(
+                            "the refresh-token grant this request waited on failed"
+                        ) from failure_cause(record.failure or {})
                     return record.session
                 successor = record.successor()
                 if successor is None or not successor.token_set.refresh_token:
@@ -109,8 +144,8 @@ class Grants:
         started = time.time()
         try:
             refreshed = await grant(session, token)
-        except RefreshError:
-            failed = GrantRecord(started, time.time(), False, None, audience)
+        except RefreshError as exc:
+            failed = GrantRecord(started, time.time(), False, None, audience, failure_of(exc))
             await self._save(session.sid, token, failed)
             raise
         rotated = refreshed.token_set.refresh_token != token
@@ -131,6 +166,7 @@ class Grants:
             rotated=bool(payload["rotated"]),
             session=session,
             audience=str(payload.get("audience", "")),
+            failure=payload.get("failure"),
         )
 
     async def _save(self, sid: str, token: str, record: GrantRecord) -> None:
@@ -140,6 +176,7 @@ class Grants:
             "started": record.started,
             "finished": record.finished,
             "rotated": record.rotated,
+            "failure": record.failure,
             "session": {**session.to_payload(), "exp": session.expires_at} if session else None,
         }
         sealed = _jose.encrypt(payload, self.key, int(time.time() + RECORD_TTL) + 1)

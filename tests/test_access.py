@@ -14,7 +14,7 @@ import respx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 from starlette.testclient import TestClient
 
 from consent_middleware import (
@@ -129,6 +129,44 @@ async def test_twenty_concurrent_callers_make_one_grant(signing_key: SigningKey)
             )
     assert [a.json()["token"] for a in answers] == ["at-2"] * 20
     assert calls == 1
+    await gate.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("answer", "status", "error"),
+    [
+        (httpx.Response(400, json={"error": "invalid_grant"}), 401, "login_required"),
+        (httpx.Response(503), 503, "temporarily_unavailable"),
+    ],
+)
+async def test_callers_that_waited_on_a_failed_grant_get_its_answer(
+    signing_key: SigningKey, answer: httpx.Response, status: int, error: str
+) -> None:
+    # A dead refresh token is a login for all twenty, not one login and nineteen outages;
+    # an outage is an outage for all of them.
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.05)
+        return answer
+
+    # Inside Starlette's error middleware, as add_middleware puts it: the route's error
+    # reaches the gate before any 500 starts.
+    gate = ConsentMiddleware(Router([Route("/api/call", call_api)]), settings=SETTINGS)
+    header = "; ".join(f"{k}={v}" for k, v in (await _cookies_async(30)).items())
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        grant = mock.post(TOKEN_URL).mock(side_effect=slow)
+        mock.route(host="app.example.com").pass_through()
+        transport = httpx.ASGITransport(app=gate)
+        async with httpx.AsyncClient(transport=transport, base_url="https://app.example.com") as c:
+            answers = await asyncio.gather(
+                *(
+                    c.get("/api/call", headers={"cookie": header, "accept": "application/json"})
+                    for _ in range(20)
+                )
+            )
+    assert [(a.status_code, a.json()["error"]) for a in answers] == [(status, error)] * 20
+    assert grant.call_count < 20  # most took the grant they waited on
     await gate.aclose()
 
 
