@@ -17,7 +17,14 @@ from starlette.types import Scope
 
 from ._audiences import AudienceMismatch, for_connection, refresh_failure
 from ._exceptions import AccessTokenError, AccessTokenErrorCode, RefreshError
-from ._refresh import REFRESHED_SCOPE_KEY, SESSION_SCOPE_KEY, SessionRefresher, gated_session
+from ._refresh import (
+    REFRESHED_SCOPE_KEY,
+    RESPONSE_STARTED_SCOPE_KEY,
+    SESSION_SCOPE_KEY,
+    SessionRefresher,
+    check_renewable,
+    gated_session,
+)
 from ._session import Session
 
 DEFAULT_MIN_TTL = 60
@@ -42,16 +49,18 @@ def usable(session: Session, min_ttl: float, now: float) -> bool:
 
 
 async def renewed(
-    refresher: SessionRefresher, session: Session, *, refresh: bool, min_ttl: float
+    refresher: SessionRefresher,
+    session: Session,
+    *,
+    refresh: bool,
+    min_ttl: float,
+    renewable: bool = True,
 ) -> Session:
-    """``session`` itself when its access token is good enough, else refreshed."""
+    """``session`` itself when its access token is good enough, else refreshed (unless
+    not ``renewable``: the response has started)."""
     if not refresh and usable(session, min_ttl, time.time()):
         return session
-    if not session.token_set.refresh_token:
-        raise AccessTokenError(
-            AccessTokenErrorCode.MISSING_REFRESH_TOKEN.value,
-            "the session holds no refresh token (was offline_access granted?)",
-        )
+    check_renewable(session, renewable)
     try:
         return await refresher.refresh(session)
     except RefreshError as exc:
@@ -75,14 +84,23 @@ async def token_for(
     refresh: bool,
     min_ttl: float,
     audience: str | None,
+    renewable: bool = True,
 ) -> tuple[Session, UserAccessToken]:
     """The session (itself when nothing was renewed) and the token asked for."""
     if is_own_audience(refresher, session, audience):
-        current = await renewed(refresher, session, refresh=refresh, min_ttl=min_ttl)
+        current = await renewed(
+            refresher, session, refresh=refresh, min_ttl=min_ttl, renewable=renewable
+        )
         return current, as_user_token(current)
     assert audience is not None
     current, token = await for_connection(
-        connection, refresher, session, audience, refresh=refresh, min_ttl=min_ttl
+        connection,
+        refresher,
+        session,
+        audience,
+        refresh=refresh,
+        min_ttl=min_ttl,
+        renewable=renewable,
     )
     answer = UserAccessToken(token.access_token, token.expires_at, token.scope, audience)
     return current, answer
@@ -107,7 +125,10 @@ async def get_access_token(
     renewed session is written on the response. Raises ``AccessTokenError`` (its ``code``
     is one of ``AccessTokenErrorCode``); one raised before the response starts is answered
     by the middleware: 401 ``login_required`` for API calls, the login for pages, 503 when
-    the provider is unreachable, 502 for a token issued for another audience."""
+    the provider is unreachable, 502 for a token issued for another audience. Once the
+    response has started (a streaming body, a background task) a token that is still good
+    is returned, but one that needs renewing raises (``RESPONSE_STARTED``): the renewed
+    session could not reach the browser."""
     scope = connection.scope
     gated = await gated_session(scope)
     if gated is None:
@@ -118,7 +139,13 @@ async def get_access_token(
     refresher, session = gated
     try:
         current, token = await token_for(
-            connection, refresher, session, refresh=refresh, min_ttl=min_ttl, audience=audience
+            connection,
+            refresher,
+            session,
+            refresh=refresh,
+            min_ttl=min_ttl,
+            audience=audience,
+            renewable=RESPONSE_STARTED_SCOPE_KEY not in scope,
         )
     except AudienceMismatch as exc:
         # The grant rotated the refresh token all the same: the cookie must carry it.

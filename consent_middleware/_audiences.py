@@ -38,7 +38,7 @@ from ._exceptions import (
     RefreshError,
     TokenEndpointError,
 )
-from ._refresh import SessionRefresher
+from ._refresh import SessionRefresher, check_renewable
 from ._session import CookieSessionStore, Session, SessionStore
 
 logger = logging.getLogger("consent_middleware")
@@ -283,6 +283,7 @@ async def audience_token(
     *,
     refresh: bool,
     min_ttl: float,
+    renewable: bool = True,
 ) -> tuple[Session, AudienceToken]:
     """The session (renewed or not) and its token for ``audience``."""
     check_audience(audience)
@@ -290,11 +291,7 @@ async def audience_token(
     found = find(session, audience, scope)
     if found is not None and not refresh and found.usable(min_ttl, time.time()):
         return session, found
-    if not session.token_set.refresh_token:
-        raise AccessTokenError(
-            AccessTokenErrorCode.MISSING_REFRESH_TOKEN.value,
-            "the session holds no refresh token (was offline_access granted?)",
-        )
+    check_renewable(session, renewable)
 
     async def grant(current: Session, refresh_token: str) -> Session:
         return await _grant(refresher, current, refresh_token, audience)
@@ -371,11 +368,12 @@ async def for_connection(
     *,
     refresh: bool,
     min_ttl: float,
+    renewable: bool = True,
 ) -> tuple[Session, AudienceToken]:
     """``audience_token`` with the renewed session bounded for this request's cookies."""
     try:
         renewed, token = await audience_token(
-            refresher, session, audience, refresh=refresh, min_ttl=min_ttl
+            refresher, session, audience, refresh=refresh, min_ttl=min_ttl, renewable=renewable
         )
     except AudienceMismatch as exc:
         exc.session = bounded(exc.session, refresher.sessions, connection.cookies)

@@ -95,6 +95,10 @@ class AccessTokenErrorCode(enum.Enum):
     #: "Service not found", RFC 8707's ``invalid_target``, a scope not granted): a setup
     #: problem, which a new login would not cure.
     AUDIENCE_REFUSED = "audience_refused"
+    #: The token needed renewing once the response had started (a streaming body, a
+    #: background task): the renewed session could not reach the browser, and a rotated
+    #: refresh token would be lost with it. Ask for the token before answering.
+    RESPONSE_STARTED = "response_started"
     #: The audience asked for is not an identifier that may be sent (empty, too long, or
     #: for RFC 8707's ``resource`` not an absolute URI without a fragment).
     INVALID_AUDIENCE = "invalid_audience"

@@ -32,7 +32,12 @@ from ._gate import (
     wants_json,
 )
 from ._redirects import origin_of
-from ._refresh import REFRESHED_SCOPE_KEY, REFRESHER_SCOPE_KEY, with_cookies
+from ._refresh import (
+    REFRESHED_SCOPE_KEY,
+    REFRESHER_SCOPE_KEY,
+    RESPONSE_STARTED_SCOPE_KEY,
+    with_cookies,
+)
 from ._responses import PRIVATE, ROLL_SCOPE_KEY, session_cookie_values, with_vary_cookie
 from ._revocation import Revocation
 from ._session import SessionStore
@@ -152,6 +157,7 @@ class ConsentMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                scope[RESPONSE_STARTED_SCOPE_KEY] = True
                 # The answer depends on who asks: shared caches must key it by the cookie.
                 # Raw header pairs, not a Headers object: this runs on every response.
                 message["headers"] = with_vary_cookie(message.get("headers", ()))

@@ -18,7 +18,12 @@ from starlette.responses import RedirectResponse, Response
 from starlette.types import Scope
 
 from ._config import Settings
-from ._exceptions import IdentityProviderError, RefreshError
+from ._exceptions import (
+    AccessTokenError,
+    AccessTokenErrorCode,
+    IdentityProviderError,
+    RefreshError,
+)
 from ._grants import Grants
 from ._login import Login
 from ._models import Consent
@@ -35,6 +40,9 @@ REFRESHER_SCOPE_KEY = "consent_middleware.refresher"
 SESSION_SCOPE_KEY = "consent_middleware.session"
 # A session refreshed during the request; the middleware writes its cookie on the way out.
 REFRESHED_SCOPE_KEY = "consent_middleware.refreshed"
+# Set once the response has started: a session refreshed after that cannot reach the
+# browser, so nothing may spend the refresh token any more.
+RESPONSE_STARTED_SCOPE_KEY = "consent_middleware.response_started"
 # An async callable (scope -> Session | None) the gate leaves when it admitted a request
 # on a summary: it parses the full session from the request's cookies, once.
 SESSION_LOADER_SCOPE_KEY = "consent_middleware.session_loader"
@@ -212,3 +220,18 @@ async def admitted_session(scope: Scope) -> Session | None:
             return None  # ended meanwhile, or not the session the request was admitted on
         scope[SESSION_SCOPE_KEY] = session
     return session if isinstance(session, Session) else None
+
+
+def check_renewable(session: Session, renewable: bool) -> None:
+    """AccessTokenError unless a grant may be made for ``session`` now."""
+    if not session.token_set.refresh_token:
+        raise AccessTokenError(
+            AccessTokenErrorCode.MISSING_REFRESH_TOKEN.value,
+            "the session holds no refresh token (was offline_access granted?)",
+        )
+    if not renewable:
+        raise AccessTokenError(
+            AccessTokenErrorCode.RESPONSE_STARTED.value,
+            "the access token needs renewing and the response has started: the renewed "
+            "session could not be written (call get_access_token() before answering)",
+        )

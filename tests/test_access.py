@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 import respx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
 from starlette.testclient import TestClient
 
@@ -87,6 +88,38 @@ def test_an_expiring_token_is_renewed_and_the_session_written(signing_key: Signi
             assert grant.call_count == 1
             assert test.get("/api/call", params={"refresh": "1"}).status_code == 200
             assert grant.call_count == 2
+
+
+async def streamed_token(request: Request) -> Response:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"token: "
+        # After the start, as a streaming body or a background task asks.
+        token = await get_access_token(request, min_ttl=60)
+        yield token.token.encode()
+
+    return StreamingResponse(body())
+
+
+@pytest.mark.parametrize(("expires_in", "renewed"), [(3600, False), (30, True)])
+def test_a_token_asked_for_after_the_response_started_is_never_renewed(
+    signing_key: SigningKey, expires_in: int, renewed: bool
+) -> None:
+    # A grant now would rotate the refresh token into a session no cookie can carry any
+    # more: the cookie would keep the spent token, dead once the grant's record expires.
+    app = Starlette(routes=[Route("/stream", streamed_token)])
+    app.add_middleware(ConsentMiddleware, settings=SETTINGS)
+    test = TestClient(app, base_url="https://app.example.com")
+    test.cookies.update(cookies(expires_in))
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        grant = mock.post(TOKEN_URL).respond(json=grant_answer(signing_key))
+        if not renewed:
+            assert test.get("/stream").text == "token: at-1"
+        else:
+            with pytest.raises(AccessTokenError) as raised:
+                test.get("/stream")
+            assert raised.value.code == AccessTokenErrorCode.RESPONSE_STARTED.value
+    assert not grant.called
 
 
 def test_no_refresh_token_or_a_refused_one_is_a_login_and_an_outage_a_503(
