@@ -81,7 +81,9 @@ class ConsentRoutes:
         loaded = await self.sessions.load(request.cookies)
         session = loaded and await self.refresher.settle(loaded)
         if session is not None:
-            return session
+            # The claim as the gate reads it: a session whose claims nextjs-auth0 filtered
+            # is not asked to accept again.
+            return await self.refresher.with_consent_claim(session)
         if request.method in ("GET", "HEAD"):
             query = f"?{request.url.query}" if request.url.query else ""
             return await self.login.redirect(

@@ -129,17 +129,17 @@ class SessionRefresher:
     async def current_session(
         self, cookies: Mapping[str, str]
     ) -> tuple[Session | None, list[bytes]]:
-        """The request's session with the marks applied, and the ``Set-Cookie`` values that
-        record what changed (the refreshed session, or the ended one's deletion)."""
+        """The request's session with the marks applied and its consent claim read as the
+        gate reads it (``with_consent_claim``), and the ``Set-Cookie`` values that record
+        what changed (the refreshed session, or the ended one's deletion)."""
         loaded = await self.sessions.load(cookies)
         if loaded is None:
             return None, []
         settled = await self.settle(loaded)
         if settled is None:
             return None, await self.sessions.clear(cookies)
-        if settled is loaded:
-            return loaded, []
-        return settled, await self.sessions.save(settled, cookies)
+        written = [] if settled is loaded else await self.sessions.save(settled, cookies)
+        return await self.with_consent_claim(settled), written
 
     async def refresh_and_continue(
         self,

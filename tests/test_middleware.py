@@ -497,9 +497,19 @@ def test_a_session_whose_claims_nextjs_auth0_filtered_is_read_from_its_id_token(
         idp(mock, [signing_key])
         gate = ConsentMiddleware(ok, settings=SETTINGS)
         assert call(gate, cookie(signing_key.sign(claims)))[0] == 200
+        # The package's own routes decide as the gate does: a token for the browser's
+        # code, and no terms form for a user who has accepted them.
+        own = TestClient(gate, base_url="https://app.example.com")
+        own.headers["cookie"] = cookie(signing_key.sign(claims)).decode()
+        token = own.get("/auth/access-token", headers={"sec-fetch-site": "same-origin"})
+        assert (token.status_code, token.json()["token"]) == (200, "at")
+        assert "already accepted this version" in own.get("/consent").text
         # Signed by a key the provider does not publish: the claim is not believed.
         forged = other_key.sign(claims, kid=signing_key.kid)
         assert call(gate, cookie(forged))[0] == 303
+        own.headers["cookie"] = cookie(forged).decode()
+        refused = own.get("/auth/access-token", headers={"sec-fetch-site": "same-origin"})
+        assert refused.json()["error"] == "consent_required"
 
 
 def _session_cookie(session: Session) -> str:
