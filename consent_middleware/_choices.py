@@ -52,6 +52,10 @@ class ChoiceRoutes:
             Route(f"{path}/receipt.json", self.receipt, methods=["GET"]),
         ]
 
+    def json_paths(self) -> frozenset[str]:
+        """The routes that answer JSON, whoever asks (their errors too)."""
+        return frozenset({f"{self.consent.settings.consent_path}/receipt.json"})
+
     def _purposes(self, raw: str) -> list[Purpose] | None:
         """The declared purposes named in ``a+b`` (or a form's list); None for an unknown one."""
         found = []
@@ -177,7 +181,7 @@ class ChoiceRoutes:
     ) -> tuple[Session, dict[str, Any]] | Response:
         """The signed-in user's session and their record as Auth0 holds it (read on these
         pages only), or the answer instead: the login, or a 503 while Auth0 is away."""
-        session = await self.consent.session_or_login(request)
+        session = await self.consent.session_or_login(request, as_json)
         if isinstance(session, Response):
             return session
         try:

@@ -17,6 +17,7 @@ from ._config import Settings
 from ._csrf import CSRF
 from ._events import CollectionMethod, ConsentAction
 from ._exceptions import LedgerError, ManagementAPIError, SharedStateError
+from ._gate import wants_json
 from ._login import Login
 from ._management import ManagementClient
 from ._models import Consent
@@ -76,7 +77,9 @@ class ConsentRoutes:
             value if isinstance(value, str) else None, self.settings.app_base_url
         )
 
-    async def session_or_login(self, request: Request) -> Session | Response:
+    async def session_or_login(self, request: Request, as_json: bool = False) -> Session | Response:
+        """The signed-in user's session, or the way to sign in: the login for a page, a
+        JSON 401 for the receipt (``as_json``) or an API client."""
         # An ended session (logged out, deleted elsewhere) may not give or withdraw consent.
         loaded = await self.sessions.load(request.cookies)
         session = loaded and await self.refresher.settle(loaded)
@@ -84,6 +87,8 @@ class ConsentRoutes:
             # The claim as the gate reads it: a session whose claims nextjs-auth0 filtered
             # is not asked to accept again.
             return await self.refresher.with_consent_claim(session)
+        if as_json or wants_json(request.url.path, request.headers, self.settings):
+            return self.pages.json_error("login_required", 401, login_url=self.pages.login_url)
         if request.method in ("GET", "HEAD"):
             query = f"?{request.url.query}" if request.url.query else ""
             return await self.login.redirect(

@@ -52,6 +52,8 @@ class Engine:
     writer: ConsentWriter
     # path -> method -> endpoint, for the auth and consent routes.
     routes: dict[str, dict[str, Endpoint]]
+    # Those of them that answer JSON whoever asks.
+    json_routes: frozenset[str] = frozenset()
     # A client passed in is the caller's to close; one made here is ours.
     owns_http: bool = True
 
@@ -110,6 +112,7 @@ class Engine:
             refresher=refresher,
             writer=writer,
             routes=routes,
+            json_routes=auth.json_paths() | choices.json_paths(),
             owns_http=http_client is None,
         )
 
@@ -131,7 +134,13 @@ class Engine:
             try:
                 response = await endpoint(Request(scope, receive))
             except ConsentMiddlewareError as exc:
-                response = self.pages.for_error(exc)
+                # The routes that answer JSON (the token, the profile, the receipt, the
+                # provider's logout call) answer their errors in JSON too, as any route
+                # does for an API client.
+                as_json = path in self.json_routes or wants_json(
+                    path, Headers(scope=scope), self.settings
+                )
+                response = self.pages.for_error(exc, as_json)
         if "set-cookie" in response.headers:
             # A response that sets a cookie (a session, a login's transaction) is for this
             # browser alone: no shared cache may keep it, whatever the route said.

@@ -7,7 +7,7 @@ Templates are Jinja2, autoescaped; an app can override any of them by name with
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import jinja2
@@ -114,50 +114,21 @@ class Pages:
             title, message, status_code, action_url=self.login_url, action_label=label
         )
 
-    def for_error(self, exc: ConsentMiddlewareError) -> Response:
-        """The one place an error becomes what the user sees. Messages explain without
-        leaking: the reason of a rejected ID token, an OAuth error code, never a token."""
-        if isinstance(exc, IdTokenError):
-            logger.warning("ID token rejected: %s", exc.reason)
-            return self.error(
-                "Sign-in rejected",
-                f"The identity provider's answer was rejected: {exc.reason}.",
-                400,
-            )
-        if isinstance(exc, TokenEndpointError):
-            logger.warning("token endpoint refused the grant: %s", exc.error)
-            return self.sign_in_again(
-                "Sign-in failed",
-                f"The identity provider refused to complete the sign-in ({exc.error}).",
-                400,
-                "Try again",
-            )
-        if isinstance(exc, IdentityProviderError):
-            logger.warning("identity provider unavailable: %s", exc)
-            return self.error(
-                "Sign-in service unavailable",
-                f"The identity provider could not be reached or answered badly ({exc}). "
-                "Please try again in a moment.",
-                502,
-            )
+    def for_error(self, exc: ConsentMiddlewareError, as_json: bool = False) -> Response:
+        """The one place an error becomes what the user sees (``as_json``: what an API
+        client or the browser's own code reads, ``{"error": code}``). Messages explain
+        without leaking: the reason of a rejected ID token, an OAuth error code, never a
+        token."""
         if isinstance(exc, SharedStateError):
             logger.warning("shared store unavailable: %s", exc)
-            return self.unavailable()
-        if isinstance(exc, ManagementAPIError | LedgerError):
-            logger.warning("saving a choice failed: %s", exc)
-            return self.error(
-                "Service unavailable",
-                "Your choice could not be saved just now. Please try again in a moment.",
-                503,
-            )
-        # RefreshError, and anything else that means the session cannot go on as it is.
-        logger.info("session could not be renewed: %s", exc)
-        return self.sign_in_again(
-            "Session could not be renewed",
-            "Your session could not be brought up to date. Please sign in again.",
-            401,
-            "Sign in",
-        )
+            return self.unavailable(as_json)
+        told = _explained(exc)
+        if as_json:
+            fields = {"login_url": self.login_url} if told.sign_in else {}
+            return self.json_error(told.code, told.status, **fields)
+        if told.sign_in:
+            return self.sign_in_again(told.title, told.message, told.status, told.sign_in)
+        return self.error(told.title, told.message, told.status)
 
     def unavailable(self, as_json: bool = False) -> Response:
         """The shared store (sessions, locks) is away: try again, nothing was lost."""
@@ -218,3 +189,39 @@ class Pages:
 
     def json_error(self, error: str, status_code: int, **fields: str | list[str]) -> JSONResponse:
         return JSONResponse({"error": error, **fields}, status_code=status_code, headers=NO_STORE)
+
+
+class _Explanation(NamedTuple):
+    code: str
+    status: int
+    title: str
+    message: str
+    #: The label of the way out when it is a fresh sign-in.
+    sign_in: str = ""
+
+
+def _explained(exc: ConsentMiddlewareError) -> _Explanation:
+    """What an error means to the user (logged here, once)."""
+    if isinstance(exc, IdTokenError):
+        logger.warning("ID token rejected: %s", exc.reason)
+        message = f"The identity provider's answer was rejected: {exc.reason}."
+        return _Explanation("id_token_rejected", 400, "Sign-in rejected", message)
+    if isinstance(exc, TokenEndpointError):
+        logger.warning("token endpoint refused the grant: %s", exc.error)
+        message = f"The identity provider refused to complete the sign-in ({exc.error})."
+        return _Explanation("sign_in_failed", 400, "Sign-in failed", message, "Try again")
+    if isinstance(exc, IdentityProviderError):
+        logger.warning("identity provider unavailable: %s", exc)
+        message = (
+            f"The identity provider could not be reached or answered badly ({exc}). "
+            "Please try again in a moment."
+        )
+        return _Explanation("provider_unavailable", 502, "Sign-in service unavailable", message)
+    if isinstance(exc, ManagementAPIError | LedgerError):
+        logger.warning("saving a choice failed: %s", exc)
+        message = "Your choice could not be saved just now. Please try again in a moment."
+        return _Explanation("temporarily_unavailable", 503, "Service unavailable", message)
+    # RefreshError, and anything else that means the session cannot go on as it is.
+    logger.info("session could not be renewed: %s", exc)
+    message = "Your session could not be brought up to date. Please sign in again."
+    return _Explanation("login_required", 401, "Session could not be renewed", message, "Sign in")

@@ -30,6 +30,10 @@ logger = logging.getLogger("consent_middleware")
 INTERACTION_REQUIRED = frozenset({"login_required", "interaction_required", "consent_required"})
 
 
+# The auth routes read by code (the browser's own, an API client, the provider), not people.
+JSON_ROUTES = ("profile", "backchannel-logout", "access-token")
+
+
 @dataclass
 class AuthRoutes:
     settings: Settings
@@ -52,6 +56,11 @@ class AuthRoutes:
             Route(f"{prefix}/backchannel-logout", self.backchannel_logout, methods=["POST"]),
             Route(f"{prefix}/access-token", self.access_token, methods=["GET"]),
         ]
+
+    def json_paths(self) -> frozenset[str]:
+        """The routes that answer JSON, whoever asks (their errors too)."""
+        prefix = self.settings.routes_prefix
+        return frozenset(f"{prefix}/{name}" for name in JSON_ROUTES)
 
     async def login(self, request: Request) -> Response:
         requested = request.query_params.get("returnTo")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import httpx
 import pytest
@@ -22,7 +22,7 @@ from consent_middleware._engine import Engine
 from consent_middleware._exceptions import SharedStateError
 from consent_middleware._session import CookieSessionStore
 from consent_middleware._state import LocalState, MarkKind, SharedState
-from tests.conftest import DOMAIN, idp, make_settings
+from tests.conftest import CLAIM, DOMAIN, idp, make_settings
 from tests.test_session import jar
 
 APP = "https://app.example.com"
@@ -114,8 +114,11 @@ def test_an_error_escaping_a_route_becomes_its_page() -> None:
     with gated_app() as (mock, client):
         mock.get(DISCOVERY_URL).mock(side_effect=httpx.ConnectError("down"))
         response = client.post("/auth/backchannel-logout", data={"logout_token": "a.b.c"})
-    assert response.status_code == 502
-    assert "Sign-in service unavailable" in response.text and "ConnectError" in response.text
+        # The provider's call is answered in JSON; a person's login gets the page.
+        assert (response.status_code, response.json()) == (502, {"error": "provider_unavailable"})
+        page = client.get("/auth/login", follow_redirects=False)
+    assert page.status_code == 502
+    assert "Sign-in service unavailable" in page.text and "ConnectError" in page.text
 
 
 class StoreAway(LocalState):
@@ -139,6 +142,41 @@ def test_the_shared_store_away_during_a_route_is_a_503_page() -> None:
     assert response.status_code == 503
     assert "Temporarily unavailable" in response.text
     assert response.headers["retry-after"] == "5"
+
+
+class LocksAway(LocalState):
+    """A shared store that stopped answering: no lock can be taken."""
+
+    @asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[None]:
+        raise SharedStateError("the shared store did not answer")
+        yield  # an async generator, as the lock it stands in for
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/auth/access-token", {"sec-fetch-site": "same-origin"}),
+        ("/auth/access-token", {"accept": "application/json", "sec-fetch-site": "same-origin"}),
+        ("/consent/receipt.json", {}),
+    ],
+)
+def test_the_json_routes_answer_their_errors_in_json(path: str, headers: dict[str, str]) -> None:
+    # The browser's own fetch("/auth/access-token").json() must not meet an HTML page.
+    settings = make_settings()
+    session = Session.from_claims(
+        {"sub": "auth0|user1", CLAIM: {"given": True, "version": "v2"}},
+        TokenSet("at", "idt", "rt", expires_at=int(time.time()) + 10),
+    )
+    cookies = jar(asyncio.run(CookieSessionStore(settings).save(session, {})))
+    with gated_app(shared_state=LocksAway()) as (mock, client):
+        idp(mock, [])
+        away = client.get(path, headers=headers)
+        client.cookies.update(cookies)
+        token = client.get("/auth/access-token", headers=headers)
+    assert away.status_code == 401 and away.json()["error"] == "login_required"
+    assert token.status_code == 503 and token.json() == {"error": "temporarily_unavailable"}
+    assert token.headers["retry-after"] == "5"
 
 
 @pytest.mark.anyio
