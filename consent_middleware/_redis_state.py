@@ -80,6 +80,10 @@ class RedisState:
         self.channel = f"{prefix}events"
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
+        # Marks this worker made while Redis was away: (kind, key) -> (at, until), sent
+        # again until Redis takes them, so the other replicas learn them too.
+        self._unpublished: dict[tuple[MarkKind, str], tuple[int, float]] = {}
+        self._republishing: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
     def _key(self, *parts: str) -> str:
@@ -151,10 +155,44 @@ class RedisState:
         # Applied here first: this worker must honour its own mark even if Redis is away.
         until = time.time() + ttl
         self.local.apply_mark(kind, key, at, until)
+        try:
+            await self._send_mark(kind, key, at, until)
+        except SharedStateError:
+            # A logout, or a withdrawal Auth0 has saved: every replica must learn it, so
+            # it is sent again once Redis answers (the caller still hears of the outage).
+            previous = self._unpublished.get((kind, key))
+            if previous is None or previous[0] < at:
+                self._unpublished[(kind, key)] = (at, until)
+            if self._republishing is None or self._republishing.done():
+                self._republishing = asyncio.get_running_loop().create_task(self._republish())
+            raise
+
+    async def _send_mark(self, kind: MarkKind, key: str, at: int, until: float) -> None:
+        ttl_ms = int((until - time.time()) * 1000)
+        if ttl_ms <= 0:
+            return  # expired meanwhile: nothing left to end
         name = self._key("mark", kind.value, key)
-        await self.call(self.redis.eval(_MARK, 1, name, str(at), str(int(ttl * 1000))))
+        await self.call(self.redis.eval(_MARK, 1, name, str(at), str(ttl_ms)))
         message = {"type": "mark", "kind": kind.value, "key": key, "at": at, "until": until}
         await self.publish(message)
+
+    async def _republish(self) -> None:
+        """Send the marks Redis missed, with the resubscription's back-off, until it takes
+        them all."""
+        attempt = 0
+        while self._unpublished:
+            await asyncio.sleep(RESUBSCRIBE_BACKOFF[min(attempt, len(RESUBSCRIBE_BACKOFF) - 1)])
+            attempt += 1
+            for (kind, key), (at, until) in list(self._unpublished.items()):
+                try:
+                    await self._send_mark(kind, key, at, until)
+                except SharedStateError:
+                    break
+                if self._unpublished.get((kind, key)) == (at, until):
+                    del self._unpublished[(kind, key)]
+            else:
+                attempt = 0
+        logger.info("marks made while the shared store was away are published")
 
     async def publish(self, message: dict[str, Any]) -> None:
         await self.call(self.redis.publish(self.channel, json.dumps(message)))
@@ -230,9 +268,10 @@ class RedisState:
             logger.warning("ignored a malformed shared-store message: %s", exc)
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._republishing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._republishing = None
         await self.redis.aclose()

@@ -124,6 +124,19 @@ async def _away_and_back(server: RedisServer) -> None:
                 await asyncio.sleep(0.1)
         assert await state.get_flag("back") == 1
         assert await state.wait_subscribed(5)
+        # The mark Redis missed is sent once it is back: a replica starting now (or one
+        # that was following all along) learns it too.
+        late = RedisState(server.url, prefix=prefix)
+        try:
+            deadline = time.monotonic() + 5
+            while late.mark(MarkKind.SESSION, "sid-x") is None and time.monotonic() < deadline:
+                await late.aclose()
+                late = RedisState(server.url, prefix=prefix)
+                await late.start()
+                await asyncio.sleep(0.1)
+            assert late.mark(MarkKind.SESSION, "sid-x") == 7
+        finally:
+            await late.aclose()
     finally:
         if server.process is None:
             server.start()
