@@ -23,12 +23,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ._consent import ConsentRoutes
+from ._consent import ConsentRoutes, shown_differs
 from ._events import CollectionMethod, ConsentAction, ConsentEvent
 from ._exceptions import LedgerError, ManagementAPIError
 from ._models import Consent
 from ._purposes import Purpose, purpose_by_id
-from ._record import history_of, not_saved, state_of, stored_consent
+from ._record import history_of, not_saved, shown_sha256, state_of, stored_consent
 from ._session import Session, now_ms
 from ._transactions import Expectation
 
@@ -114,6 +114,7 @@ class ChoiceRoutes:
             settings=consent.settings,
             user=session.user,
             purposes=asked,
+            shown=shown_sha256(asked),
             return_to=return_to,
             csrf_token=consent.csrf.token(session),
             error=error,
@@ -140,6 +141,10 @@ class ChoiceRoutes:
         if early is not None:
             return early
         action = ConsentAction.GIVEN if action_name == "give" else ConsentAction.WITHDRAWN
+        if action is ConsentAction.GIVEN and shown_differs(form, shown_sha256(chosen)):
+            # Given only for the text its page showed (a withdrawal needs no such proof).
+            message = "These choices changed while this page was open. Please review them again."
+            return self._purposes_view(session, chosen, return_to, 409, message)
         sub = str(session.user["sub"])
         # Giving spends Management API writes and grants against tenant-wide limits, so it
         # is throttled like an accept; withdrawing never is (GDPR Art. 7(3): as easy as giving).
@@ -204,7 +209,7 @@ class ChoiceRoutes:
             settings=settings,
             user=session.user,
             events=[(_when(e.date), e) for e in reversed(events)],
-            purposes=[(p, p.id in given) for p in settings.purposes],
+            purposes=[(p, p.id in given, shown_sha256([p])) for p in settings.purposes],
             state=state_of(record),
             csrf_token=consent.csrf.token(session),
             return_to=consent.pages.path(f"{settings.consent_path}/history"),

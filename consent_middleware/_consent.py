@@ -23,7 +23,7 @@ from ._management import ManagementClient
 from ._models import Consent
 from ._oidc import OIDCClient
 from ._pages import Pages
-from ._record import ConsentWriter, not_saved, terms_statement
+from ._record import ConsentWriter, not_saved, shown_sha256, terms_statement
 from ._redirects import return_to_or_home
 from ._refresh import SessionRefresher, with_cookies
 from ._revocation import Revocations
@@ -44,6 +44,21 @@ async def best_effort(operation: Awaitable[object]) -> None:
         await operation
     except SharedStateError as exc:
         logger.warning("shared store unavailable after a saved choice: %s", exc)
+
+
+def shown_differs(form: FormData, digest: str) -> bool:
+    """Whether the form's digest of what its page showed (``shown_sha256``) differs from
+    what the page shows now. A form without one (a template of the app's own, written
+    before the field) is let through with a warning: the version check still holds, and a
+    409 it could never get past would lock every user out."""
+    sent = form.get("shown")
+    if sent is None:
+        logger.warning(
+            "a consent form without the 'shown' field: the record cannot prove which text "
+            'the page showed; add <input type="hidden" name="shown" value="{{ shown }}">'
+        )
+        return False
+    return sent != digest
 
 
 @dataclass
@@ -107,6 +122,8 @@ class ConsentRoutes:
         settings = self.settings
         consent = Consent.from_claim(session.user.get(settings.consent_claim))
         given = consent.given_purposes(settings.purposes) if consent else frozenset()
+        # Offered unticked (GDPR recital 32); one already given is kept, not asked again.
+        offered = [p for p in settings.purposes if p.id not in given]
         return self.pages.render(
             "consent.html",
             status_code,
@@ -115,8 +132,8 @@ class ConsentRoutes:
             return_to=return_to,
             user=session.user,
             statement=terms_statement(settings),
-            # Offered unticked (GDPR recital 32); one already given is kept, not asked again.
-            purposes=[p for p in settings.purposes if p.id not in given],
+            purposes=offered,
+            shown=shown_sha256(offered, terms_statement(settings)),
             csrf_token=self.csrf.token(session),
             error=error,
             accepted=consent is not None and consent.covers(settings.terms_version),
@@ -162,7 +179,13 @@ class ConsentRoutes:
         session, form = posted
         return_to = self.return_to(form.get("return_to"))
         settings = self.settings
-        if form.get("version") != settings.terms_version:
+        # The purposes the page showed: ticked ones are given, the others declined (a
+        # purpose given before and not shown again is left as it is).
+        offered = str(form.get("offered", "")).split()
+        shown = [p for p in settings.purposes if p.id in offered]
+        if form.get("version") != settings.terms_version or shown_differs(
+            form, shown_sha256(shown, terms_statement(settings))
+        ):
             return self._page(
                 session,
                 return_to,
@@ -187,11 +210,8 @@ class ConsentRoutes:
             return response
         # Accept and withdrawal of one user run one at a time, and each ends with a grant
         # sent after its write: the last session issued matches the last record.
-        # The purposes the page showed: ticked ones are given, the others declined (a
-        # purpose given before and not shown again is left as it is).
-        shown = set(str(form.get("offered", "")).split()) & {p.id for p in settings.purposes}
-        ticked = sorted(i for i in shown if form.get(f"purpose_{i}") == "yes")
-        unticked = sorted(shown.difference(ticked))
+        ticked = sorted(p.id for p in shown if form.get(f"purpose_{p.id}") == "yes")
+        unticked = sorted({p.id for p in shown}.difference(ticked))
         accepted = f"accepted:{sub}:{settings.terms_version}:{'+'.join(ticked)}"
         async with self.state.lock(f"consent:{sub}"):
             # The same accept again (a second tab, a double click) is folded into the

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ from ._config import Settings
 from ._events import CollectionMethod, ConsentAction, ConsentEvent, PurposeChoice
 from ._exceptions import LedgerError, ManagementAPIError
 from ._management import ManagementClient
+from ._purposes import Purpose
 
 logger = logging.getLogger("consent_middleware")
 
@@ -65,6 +66,20 @@ def terms_statement(settings: Settings) -> str:
 
 def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def shown_sha256(purposes: Iterable[Purpose], statement: str = "") -> str:
+    """A digest of what a consent form showed: the terms ``statement`` (on the terms page)
+    and each purpose's id, version, title and text. The form carries it back, and a choice
+    is recorded only when it still matches: a text changed while the page was open (a
+    deploy that kept the version) is never recorded as the one the user read."""
+    lines = [statement] if statement else []
+    lines += [f"{p.id} {p.version}: {p.title}: {p.text}" for p in sorted(purposes, key=_id)]
+    return text_sha256("\n".join(lines))
+
+
+def _id(purpose: Purpose) -> str:
+    return purpose.id
 
 
 def stored_consent(user: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -16,6 +16,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from consent_middleware import Settings
+from consent_middleware._purposes import Purpose
+from consent_middleware._record import shown_sha256, terms_statement
 from dev_tenant import DevTenant
 from example_app.app import DEV_CLIENT_ID, DEV_TENANT_PATH, build_app, dev_tenant
 from tests.live_server import free_port, serve
@@ -68,6 +70,13 @@ class Live:
     tenant: DevTenant
     server: Swappable
     browsers: list[Browser] = field(default_factory=list)
+    settings: Settings | None = None
+
+    def shown(self, *offered: Purpose) -> str:
+        """The digest a terms form of the current deployment carries, for a form built by
+        hand (a consented user's page has none to read it from)."""
+        assert self.settings is not None
+        return shown_sha256(offered, terms_statement(self.settings))
 
     def deploy(self, **overrides: Any) -> Starlette:
         """(Re)build the example app with these settings, same tenant, same URL."""
@@ -84,7 +93,8 @@ class Live:
             "http_timeout": 5.0,
         }
         values.update(overrides)
-        app = build_app(Settings(**values), [Mount(DEV_TENANT_PATH, self.tenant)])
+        self.settings = Settings(**values)
+        app = build_app(self.settings, [Mount(DEV_TENANT_PATH, self.tenant)])
         self.server.swap(app)
         return app
 

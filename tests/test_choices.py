@@ -20,10 +20,12 @@ from consent_middleware import Settings
 from consent_middleware._exceptions import ConfigurationError
 from consent_middleware._ledger import EntryState, Ledger
 from consent_middleware._purposes import Purpose
+from consent_middleware._record import shown_sha256
 from tests.flow import CLAIM, Browser, Live, forms, live_example
 
 MARKETING = Purpose("marketing", "Newsletter", "Send me the newsletter.", "1")
 ANALYTICS = Purpose("analytics", "Statistics", "Count my visits.", "1")
+BY_ID = {purpose.id: purpose for purpose in (MARKETING, ANALYTICS)}
 LEDGER_KEY = "ledger-key-0123456789abcdef0123456789abcdef"
 
 
@@ -218,7 +220,8 @@ def test_two_tabs_choosing_different_purposes_keep_both_events(live: Live) -> No
     results: list[int] = []
 
     def tab(purpose: str) -> None:
-        form = {"csrf_token": token, "purpose": purpose, "action": "give", "return_to": "/"}
+        form = {"csrf_token": token, "purpose": purpose, "action": "give", "return_to": "/",
+                "shown": shown_sha256([BY_ID[purpose]])}  # fmt: skip
         results.append(browser.client.post(f"{live.base}/consent/purposes", data=form).status_code)
 
     tabs = [threading.Thread(target=tab, args=(p,)) for p in ("marketing", "analytics")]
@@ -306,7 +309,8 @@ def test_a_choice_after_another_is_never_folded_into_an_older_one(live: Live) ->
     page = browser.submit(page, purpose="analytics")  # the page asks for both; give both
     token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
     form = {"csrf_token": token, "action": "give", "return_to": "/stats",
-            "purpose": ["analytics", "marketing"]}  # fmt: skip
+            "purpose": ["analytics", "marketing"],
+            "shown": shown_sha256([ANALYTICS, MARKETING])}  # fmt: skip
     browser.client.post(f"{live.base}/consent/purposes", data=form)
     assert stored(live)["purposes"]["marketing"]["given"] is True
     before = len(stored(live)["history"])
@@ -360,7 +364,8 @@ def test_withdrawing_a_purpose_is_never_throttled(live: Live, tmp_path: Path) ->
     browser, page = signed_in(live)
     accept(browser, page, marketing="yes")  # the one give allowed this minute
     token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
-    form = {"csrf_token": token, "action": "give", "purpose": "analytics", "return_to": "/"}
+    form = {"csrf_token": token, "action": "give", "purpose": "analytics", "return_to": "/",
+            "shown": shown_sha256([ANALYTICS])}  # fmt: skip
     assert browser.client.post(f"{live.base}/consent/purposes", data=form).status_code == 429
     before = len(stored(live)["history"])
     history_form(browser, "withdraw")

@@ -25,6 +25,7 @@ from consent_middleware._engine import Engine
 from consent_middleware._events import CollectionMethod, ConsentAction, ConsentEvent
 from consent_middleware._ledger import EntryState, Ledger, LedgerEntry
 from consent_middleware._management import MAX_ATTEMPTS
+from consent_middleware._purposes import Purpose as ConsentPurpose
 from consent_middleware._record import ConsentWriter, applied, iso_date, patch_body, terms_statement
 from consent_middleware._revocation import Revocation
 from consent_middleware._transactions import Purpose
@@ -320,6 +321,7 @@ async def accept_form(engine: Engine, cookies: Mapping[str, str], **fields: str)
         "csrf_token": hidden(page, "csrf_token"),
         "return_to": hidden(page, "return_to"),
         "version": hidden(page, "version"),
+        "shown": hidden(page, "shown"),
         "agree": "yes",
     }
     form.update(fields)
@@ -470,6 +472,53 @@ async def test_management_api_failing_is_a_503_and_nothing_changed(
     retried = await call(engine, "POST", "/consent", cookies=cookies, form=form)
     assert retried.status_code == 303
     assert tenant.user_metadata["consent"]["version"] == "v2"
+
+
+@pytest.mark.parametrize(
+    "redeployed",
+    [
+        {"terms_text": "We keep your data forever and sell it."},
+        {
+            "purposes": (
+                ConsentPurpose("news", "Newsletter", "Share my e-mail with partners.", "1"),
+            )
+        },
+    ],
+)
+async def test_a_text_changed_while_the_page_was_open_is_never_recorded(
+    build: Build, tenant: Tenant, redeployed: dict[str, Any]
+) -> None:
+    # A deploy that changed the statement or a purpose's text but kept their versions:
+    # the form the user read is not what would be recorded, so nothing is.
+    shown = {
+        "terms_text": "We keep your data for 30 days.",
+        "purposes": (ConsentPurpose("news", "Newsletter", "Send me the newsletter.", "1"),),
+    }
+    before = build(**shown)
+    cookies = await cookies_for(before, session())
+    form = await accept_form(before, cookies, purpose_news="yes", offered="news")
+    after = build(**{**shown, **redeployed})
+    response = await call(after, "POST", "/consent", cookies=cookies, form=form)
+    assert response.status_code == 409 and "changed while this page was open" in response.text
+    assert not tenant.patch.called
+    # The page it answers with shows the new text, ready to accept.
+    assert hidden(response, "shown") != form["shown"]
+    again = {**form, "shown": hidden(response, "shown")}
+    assert (await call(after, "POST", "/consent", cookies=cookies, form=again)).status_code == 303
+
+
+async def test_a_template_of_the_apps_own_without_the_digest_still_records(
+    build: Build, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Written before the field existed: a 409 it could never get past would lock everyone
+    # out; the choice is recorded, and the log says what the record cannot prove.
+    engine = build()
+    cookies = await cookies_for(engine, session())
+    form = await accept_form(engine, cookies)
+    del form["shown"]
+    response = await call(engine, "POST", "/consent", cookies=cookies, form=form)
+    assert response.status_code == 303 and tenant.patch.called
+    assert "without the 'shown' field" in caplog.text
 
 
 async def test_a_write_applied_whose_answer_was_lost_stands(

@@ -105,6 +105,7 @@ def test_two_tabs_accepting_at_once(live: Live) -> None:
     form = {
         "agree": "yes",
         "version": "v1",
+        "shown": live.shown(),
         "csrf_token": page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0],
         "returnTo": "/dashboard",
     }

@@ -66,6 +66,6 @@ def test_an_app_overrides_a_template_by_name(tmp_path: Path) -> None:
         pages.render(
             "consent.html", settings=make_settings(), consent=None, return_to="/", user={},
             statement="s", csrf_token="t", error=None, accepted=False, logout_url="/auth/logout",
-            withdraw_url="/consent/withdraw",
+            withdraw_url="/consent/withdraw", shown="d",
         ).body
     )  # fmt: skip

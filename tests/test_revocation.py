@@ -141,8 +141,8 @@ def test_accept_and_withdraw_racing_end_matching_the_record(rotate: bool) -> Non
         user = live.tenant.users.by_email("dev@example.com")
         assert user is not None
         for _ in range(3):
-            accept_form = forms_of(browser, "/consent")
-            withdraw_form = forms_of(browser, "/consent/withdraw")
+            accept_form = forms_of(live, browser, "/consent")
+            withdraw_form = forms_of(live, browser, "/consent/withdraw")
             done: list[int] = []
 
             def post(path: str, data: dict[str, str], done: list[int] = done) -> None:
@@ -163,19 +163,20 @@ def test_accept_and_withdraw_racing_end_matching_the_record(rotate: bool) -> Non
             assert browser.profile()[CLAIM]["given"] is record["user_metadata"]["consent"]["given"]
 
 
-def forms_of(browser: Browser, path: str) -> dict[str, str]:
+def forms_of(live: Live, browser: Browser, path: str) -> dict[str, str]:
     """What the accept or withdraw form posts (the CSRF token is the session's)."""
     _, inputs = forms(browser.go("/consent/withdraw").text)[0]
     token = next(i["value"] for i in inputs if i.get("name") == "csrf_token")
     if path == "/consent/withdraw":
         return {"csrf_token": token}
-    return {"csrf_token": token, "return_to": "/", "version": "v1", "agree": "yes"}
+    return {"csrf_token": token, "return_to": "/", "version": "v1", "agree": "yes",
+            "shown": live.shown()}  # fmt: skip
 
 
 def test_accepts_are_throttled_per_user_and_withdrawals_never(live: Live) -> None:
     live.deploy(accepts_per_minute=3)
     browser = consented(live)
-    form = forms_of(browser, "/consent")
+    form = forms_of(live, browser, "/consent")
     written = patches(live)
     # The first of the three was the sign-in's own accept.
     codes = [browser.client.post(f"{live.base}/consent", data=form).status_code for _ in range(2)]
@@ -186,7 +187,7 @@ def test_accepts_are_throttled_per_user_and_withdrawals_never(live: Live) -> Non
     assert "many times" in refused.text
     # The same accept again is folded into the first: nothing more was written.
     assert patches(live) == written
-    withdraw = forms_of(browser, "/consent/withdraw")
+    withdraw = forms_of(live, browser, "/consent/withdraw")
     for _ in range(6):
         response = browser.client.post(f"{live.base}/consent/withdraw", data=withdraw)
         assert response.status_code in (302, 303), response.text
