@@ -69,8 +69,12 @@ async def widget(request: Request) -> Response:
             settings.app_base_url + RESOURCE_PATH,
             headers={"authorization": f"Bearer {token.token}"},
         )
+    try:
+        body = answer.json()
+    except ValueError:  # not the API's JSON (a proxy's error page, say): shown, not a 500
+        body = {"error": "not_json", "body": answer.text[:200]}
     return JSONResponse(
-        {"status": answer.status_code, "api": answer.json(), "token_expires_at": token.expires_at}
+        {"status": answer.status_code, "api": body, "token_expires_at": token.expires_at}
     )
 
 

@@ -93,11 +93,13 @@ async def api_me(request: Request) -> Response:
 
 
 def build_app(settings: Settings, extra_routes: list[Mount] | None = None) -> Starlette:
-    """The example app; ``extra_routes`` (the dev tenant) are served beside it, ungated."""
+    """The example app; ``extra_routes`` (the dev tenant) are served beside it, ungated,
+    and so is the protected API, which checks its bearer token itself."""
     extra = list(extra_routes or [])
-    if extra:
-        public = tuple(f"{mount.path}/*" for mount in extra)
-        settings = replace(settings, public_paths=(*settings.public_paths, *public))
+    public = (api.RESOURCE_PATH, *(f"{mount.path}/*" for mount in extra))
+    missing = tuple(path for path in public if path not in settings.public_paths)
+    if missing:
+        settings = replace(settings, public_paths=(*settings.public_paths, *missing))
     app = Starlette(
         routes=[
             Route("/", home),
@@ -117,8 +119,8 @@ def build_app(settings: Settings, extra_routes: list[Mount] | None = None) -> St
 
 def create_app(environ: Mapping[str, str] | None = None) -> Starlette:
     env = dict(os.environ if environ is None else environ)
-    # The protected API checks its bearer token itself: the consent gate is the app's.
-    public: dict[str, tuple[str, ...]] = {"public_paths": ("/", "/terms", api.RESOURCE_PATH)}
+    # The protected API checks its bearer token itself (build_app keeps it public).
+    public: dict[str, tuple[str, ...]] = {"public_paths": ("/", "/terms")}
     if env.get("AUTH0_DOMAIN"):
         for name, value in DEFAULTS.items():
             env.setdefault(name, value)

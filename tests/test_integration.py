@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from consent_middleware._management import MAX_ATTEMPTS
+from example_app.api import ORDERS_API
 from tests.flow import CLAIM, Browser, Live, live_example
 
 
@@ -231,3 +232,17 @@ def test_withdraw_delete_when_the_user_is_already_gone(live: Live) -> None:
     page = browser.submit(browser.go("/consent/withdraw"))
     assert str(page.url) == f"{live.base}/"
     assert browser.client.get(f"{live.base}/auth/profile").status_code == 401
+
+
+@pytest.mark.parametrize(("audience", "status"), [("", 401), (ORDERS_API, 200)])
+def test_the_dashboard_widget_calls_its_api_with_or_without_an_audience(
+    live: Live, audience: str, status: int
+) -> None:
+    # Without AUTH0_AUDIENCE the token is not one the API accepts: the widget says so (the
+    # API's own 401), it is never a 500; with it, the API answers the orders.
+    live.deploy(audience=audience)
+    browser = login_and_accept(live)
+    widget = browser.client.get(f"{live.base}/api/widget")
+    assert widget.status_code == 200, widget.text
+    assert widget.json()["status"] == status
+    assert ("orders" in widget.json()["api"]) is (status == 200)
