@@ -89,14 +89,23 @@ async def _run(ledger: Ledger, args: argparse.Namespace) -> int:
         result = await ledger.verify(args.head)
         if not result.ok:
             print(f"broken at seq {result.broken_seq}: {result.reason}")
-            print(f"{result.rows} rows intact before it, up to {result.head}")
+            if result.rows:
+                print(f"{result.rows} rows intact before it, up to {result.head}")
             return BROKEN
         print(f"ok: {result.rows} rows, head {result.head}")
     elif args.command == "head":
         print(await ledger.head())
     elif args.command == "export":
-        for entry in await ledger.history(args.user):
+        entries = await ledger.history(args.user)
+        for entry in entries:
             print(json.dumps(entry.as_record(), sort_keys=True))
+        if not entries:
+            # A user who never chose looks like a mistyped sub or another key: say so.
+            print(
+                "consent-middleware: no entries for this user (check the sub, and that "
+                f"{KEY_VARIABLE} is the key the app uses)",
+                file=sys.stderr,
+            )
     else:
         counts = await ledger.stats(args.version)
         print(json.dumps({"version": args.version, **counts}, sort_keys=True))

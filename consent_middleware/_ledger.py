@@ -165,14 +165,15 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _event(seq: int, text: str | None) -> ConsentEvent:
-    """The event a row holds; LedgerError if it holds none (a row edited by hand)."""
+def _event(seq: int, text: str | None) -> ConsentEvent | None:
+    """The event a row holds; None, with a warning, if it holds none (a row edited by
+    hand): the other rows still answer, and ``verify`` names what happened to it."""
     try:
         event = ConsentEvent.from_record(json.loads(text or "null"))
     except ValueError:
         event = None
     if event is None:
-        raise LedgerError(f"ledger row {seq} holds no valid consent event: run ledger verify")
+        logger.warning("ledger row %d holds no valid consent event: run ledger verify", seq)
     return event
 
 
@@ -349,7 +350,17 @@ class Ledger:
             if values["row_hash"] != computed:
                 return broken(seq, "row_hash does not match the row: the row was edited")
             if expected is not None and seq == expected.seq and computed != expected.row_hash:
-                return broken(seq, f"the chain differs from the expected head {expected}")
+                # A chain recomputed after an edit: the edit may be in any row up to here,
+                # so none of them is vouched for.
+                return Verification(
+                    False,
+                    0,
+                    EMPTY,
+                    seq,
+                    f"the chain up to seq {seq} differs from the expected head {expected}: "
+                    "a row at or before it was changed and the chain recomputed, or the head "
+                    "is another ledger's",
+                )
             last, rows = LedgerHead(seq, computed), rows + 1
         if expected is not None and last.seq < expected.seq:
             return broken(
@@ -370,9 +381,11 @@ class Ledger:
         entries: dict[str, LedgerEntry] = {}
         async for row in self._scan(query):
             if row.kind == EntryKind.EVENT:
-                entries[row.entry_id] = LedgerEntry(
-                    row.seq, row.entry_id, row.recorded_at, _event(row.seq, row.event)
-                )
+                event = _event(row.seq, row.event)
+                if event is not None:
+                    entries[row.entry_id] = LedgerEntry(
+                        row.seq, row.entry_id, row.recorded_at, event
+                    )
             elif (pending := entries.get(row.ref)) is not None:
                 entries[row.ref] = replace(
                     pending,
@@ -384,8 +397,9 @@ class Ledger:
 
     async def stats(self, version: str) -> dict[str, int]:
         """For the terms events of ``version``: ``given`` and ``withdrawn`` count the
-        confirmed ones (consents in effect and withdrawn), ``pending`` and ``abandoned``
-        the others."""
+        confirmed events (not users: one who accepted, withdrew and accepted again counts
+        twice in ``given``), ``pending`` and ``abandoned`` the others; ``malformed`` the
+        rows that hold no event, when there are any."""
         decision = LEDGER.alias("decision")
         query = (
             sa.select(LEDGER.c.seq, LEDGER.c.event, decision.c.kind)
@@ -394,8 +408,12 @@ class Ledger:
             .order_by(LEDGER.c.seq)
         )
         counts = {"given": 0, "withdrawn": 0, "pending": 0, "abandoned": 0}
+        malformed = 0
         async for row in self._scan(query):
             event = _event(row.seq, row.event)
+            if event is None:
+                malformed += 1
+                continue
             if event.version != version or not event.terms:
                 continue
             state = EntryState(row.kind or EntryState.PENDING)
@@ -403,4 +421,4 @@ class Ledger:
                 counts[event.action.value] += 1
             else:
                 counts[state.value] += 1
-        return counts
+        return {**counts, "malformed": malformed} if malformed else counts

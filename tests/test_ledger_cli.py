@@ -66,6 +66,10 @@ async def test_verify_head_export_and_stats(ledger_url: str) -> None:
     ]
     assert lines[0]["event"] == consent_event().as_record()
     assert lines[1]["reason"] == "Auth0 answered 503"
+    # Nobody under that sub (or another key): said on stderr, not an empty success.
+    done = ledger_cli(ledger_url, "export", "--user", "auth0|nobody")
+    assert (done.returncode, done.stdout) == (0, "")
+    assert "no entries for this user" in done.stderr and "CONSENT_LEDGER_KEY" in done.stderr
 
     done = ledger_cli(ledger_url, "stats", "--version", "v2")
     assert done.returncode == 0
