@@ -50,8 +50,6 @@ COOKIE_HEADER_LIMIT = 8 * 1024
 #: However small the tokens, no more than this many audiences are kept in one session.
 MAX_AUDIENCE_TOKENS = 16
 MAX_AUDIENCE_LENGTH = 512
-#: The path of Auth0's token endpoint (custom domains too), which takes ``audience``.
-AUTH0_TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path
 
 
 @dataclass(frozen=True)
@@ -202,11 +200,8 @@ def token_audiences(access_token: str) -> list[str] | None:
 
 
 async def parameter_name(refresher: SessionRefresher) -> str:
-    chosen = refresher.settings.audience_parameter
-    if chosen != "auto":
-        return chosen
     endpoint = (await refresher.oidc.metadata()).token_endpoint
-    return "audience" if urlsplit(endpoint).path.rstrip("/") == AUTH0_TOKEN_PATH else "resource"
+    return refresher.settings.audience_parameter_for(endpoint)
 
 
 def _granted(body: Mapping[str, Any], audience: str, parameter: str) -> bool:

@@ -321,6 +321,18 @@ class Settings:
     def management_audience(self) -> str:
         return f"{self.domain}/api/v2/"
 
+    def audience_parameter_for(self, token_endpoint: str) -> str:
+        """How a request names the API a token is for: Auth0's ``audience``, or RFC 8707's
+        ``resource``; on ``auto``, ``audience`` for a token endpoint at Auth0's path."""
+        if self.audience_parameter != "auto":
+            return self.audience_parameter
+        auth0 = urlsplit(token_endpoint).path.rstrip("/") == AUTH0_TOKEN_PATH
+        return "audience" if auth0 else "resource"
+
+
+#: The path of Auth0's token endpoint (custom domains too), which takes ``audience``.
+AUTH0_TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path
+
 
 def _split_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())

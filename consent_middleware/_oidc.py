@@ -12,7 +12,6 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -22,6 +21,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from . import _jose
 from ._config import Settings
+from ._discovery import ProviderMetadata
 from ._exceptions import IdentityProviderError, IdTokenError, TokenEndpointError
 from ._tokens import AccessToken, TokenResponse, token_set_from
 
@@ -38,7 +38,8 @@ LOGOUT_TOKEN_MAX_AGE = 300
 # those about how the user signs in, as nextjs-auth0 forwards them. Anything else is
 # dropped, so a link cannot replace what the client sets itself (client_id, redirect_uri,
 # scope, state, nonce, PKCE) or what the tokens are for (Auth0's ``audience``, RFC 8707's
-# ``resource``): the configured ``AUTH0_AUDIENCE`` is the only audience ever sent.
+# ``resource``): the configured ``AUTH0_AUDIENCE`` is the only audience ever sent, under
+# the name the provider takes (``Settings.audience_parameter_for``).
 CALLER_AUTHORIZE_PARAMS = frozenset(
     {
         "screen_hint",  # Auth0 Universal Login: "signup" opens the sign-up form
@@ -71,45 +72,6 @@ def caller_authorize_params(extra: Mapping[str, str]) -> dict[str, str]:
             continue
         params[name] = value
     return params
-
-
-@dataclass(frozen=True)
-class ProviderMetadata:
-    issuer: str
-    authorization_endpoint: str
-    token_endpoint: str
-    jwks_uri: str
-    end_session_endpoint: str | None
-    revocation_endpoint: str | None
-    token_auth_methods: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, document: Any, expected_issuer: str) -> ProviderMetadata:
-        if not isinstance(document, dict):
-            raise IdentityProviderError("the discovery document is not a JSON object")
-        try:
-            issuer = str(document["issuer"])
-            meta = cls(
-                issuer=issuer,
-                authorization_endpoint=str(document["authorization_endpoint"]),
-                token_endpoint=str(document["token_endpoint"]),
-                jwks_uri=str(document["jwks_uri"]),
-                end_session_endpoint=document.get("end_session_endpoint") or None,
-                revocation_endpoint=document.get("revocation_endpoint") or None,
-                # RFC 8414: absent means client_secret_basic.
-                token_auth_methods=tuple(
-                    document.get("token_endpoint_auth_methods_supported")
-                    or ("client_secret_basic",)
-                ),
-            )
-        except KeyError as exc:
-            raise IdentityProviderError(f"the discovery document lacks {exc.args[0]!r}") from exc
-        # OIDC Discovery 4.3: the issuer must be the URL the document was fetched from.
-        if issuer.rstrip("/") != expected_issuer.rstrip("/"):
-            raise IdentityProviderError(
-                f"the discovery document names issuer {issuer!r}, expected {expected_issuer!r}"
-            )
-        return meta
 
 
 class OIDCClient:
@@ -188,7 +150,10 @@ class OIDCClient:
         meta = await self.metadata()
         params = caller_authorize_params(extra or {})
         if self.settings.audience:
-            params["audience"] = self.settings.audience
+            # RFC 8707 2.1: a resource asked for here is one the refresh token may serve.
+            params[self.settings.audience_parameter_for(meta.token_endpoint)] = (
+                self.settings.audience
+            )
         if prompt is not None:
             params["prompt"] = prompt
         uri: str = prepare_grant_uri(
@@ -329,6 +294,14 @@ class OIDCClient:
             "redirect_uri": self.settings.callback_url,
             "code_verifier": code_verifier,
         }
+        audience = self.settings.audience
+        if (
+            audience
+            and self.settings.audience_parameter_for((await self.metadata()).token_endpoint)
+            == "resource"
+        ):
+            # RFC 8707 2.2: the access token is for this resource, not the userinfo one.
+            form["resource"] = audience
         return await self._user_grant(form, nonce)
 
     async def refresh_token_grant(self, refresh_token: str, *, sub: str) -> TokenResponse:

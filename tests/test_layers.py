@@ -58,7 +58,7 @@ def test_no_import_cycles(package: str) -> None:
 
 def test_the_protocol_layer_knows_no_session() -> None:
     graph = import_graph("consent_middleware")
-    for module in ("_jose", "_oidc", "_tokens", "_management"):
+    for module in ("_jose", "_oidc", "_discovery", "_tokens", "_management"):
         assert not graph[module] & {"_session", "_middleware", "_routes", "_engine"}, module
 
 

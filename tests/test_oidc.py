@@ -49,6 +49,37 @@ async def test_authorization_url_has_pkce_state_nonce_and_forwarded_params(
     assert params["prompt"] == "login" and params["screen_hint"] == "signup"
 
 
+@pytest.mark.parametrize(
+    ("parameter", "token_path", "sent"),
+    [
+        ("auto", "/oauth/token", "audience"),  # Auth0
+        ("auto", "/token", "resource"),  # an RFC 8707 provider (oidc-provider's path)
+        ("resource", "/oauth/token", "resource"),
+        ("audience", "/token", "audience"),
+    ],
+)
+async def test_the_api_is_named_as_the_provider_takes_it(
+    signing_key: SigningKey, http: httpx.AsyncClient, parameter: str, token_path: str, sent: str
+) -> None:
+    # RFC 8707 2.1: a resource the login asked for is one its refresh token may serve, and
+    # 2.2: the code exchange names it too, or the access token is only for userinfo.
+    api = "https://orders.example.com"
+    oidc = OIDCClient(make_settings(audience=api, audience_parameter=parameter), http)
+    tx = Transaction("https://app.example.com/")
+    id_token = signing_key.sign(id_token_claims(ISSUER, "client-1", nonce=tx.nonce))
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key], token_endpoint=f"{DOMAIN}{token_path}")
+        token = mock.post(f"{DOMAIN}{token_path}").respond(
+            json={"access_token": "at", "id_token": id_token}
+        )
+        url = httpx.URL(await oidc.authorization_url(**authorize_params(tx)))
+        await oidc.authorization_code_grant("c", code_verifier=tx.code_verifier, nonce=tx.nonce)
+    other = "resource" if sent == "audience" else "audience"
+    assert url.params[sent] == api and other not in url.params
+    form = dict(httpx.QueryParams(token.calls.last.request.content.decode()))
+    assert form.get("resource") == (api if sent == "resource" else None)
+
+
 async def test_prompt_none_wins_over_a_forwarded_prompt(
     signing_key: SigningKey, oidc: OIDCClient
 ) -> None:
