@@ -7,8 +7,11 @@ lock in the shared state, and each leaves a record of what it spent and what it 
 - a request that arrived while a grant ran (it waited on the lock) takes that grant's
   result, or its failure, instead of spending the token again;
 - a request that arrives later holding the token a grant rotated away takes that result for
-  a short while (its cookie was sent before the new one reached the browser), and when the
-  result is too old for it, continues from the token that grant handed out;
+  ``RECORD_TTL`` (its cookie was sent before the new one reached the browser); after that
+  the record is gone and the spent token is refused by the provider (a rotated token
+  replayed later is what refresh-token reuse detection exists for);
+- a request whose token an earlier grant for another audience rotated continues from the
+  token that grant handed out;
 - otherwise it makes its own grant. ``not_before`` lets a caller that just changed the
   user's record refuse any result of a grant sent before the change.
 

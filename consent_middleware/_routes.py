@@ -220,8 +220,8 @@ class AuthRoutes:
         if current is not session:
             cookies = await self.sessions.save(current, request.cookies)
         answer = {"token": token.token, "expires_at": token.expires_at, "scope": token.scope}
-        if token.audience:
-            answer["audience"] = token.audience
+        if audience:  # the API asked for, the session's own included
+            answer["audience"] = audience
         return with_cookies(JSONResponse(answer, headers=NO_STORE), cookies)
 
     async def backchannel_logout(self, request: Request) -> Response:

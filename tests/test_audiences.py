@@ -243,6 +243,11 @@ def test_the_browser_route_and_rfc_8707_resource() -> None:
         assert answer.status_code == 200, answer.text
         assert answer.json()["audience"] == REPORTS
         assert live.claims(answer.json()["token"], REPORTS)
+        # The session's own API, named: its token, with the audience in the answer too.
+        own = browser.client.get(
+            live.base + "/auth/access-token", params={"audience": ORDERS}, headers=headers
+        )
+        assert own.json()["audience"] == ORDERS and live.claims(own.json()["token"], ORDERS)
         bad = browser.client.get(
             live.base + "/auth/access-token", params={"audience": "not a uri"}, headers=headers
         )
