@@ -526,11 +526,8 @@ async def test_a_write_applied_whose_answer_was_lost_stands(
 ) -> None:
     # A gateway that timed out after Auth0 committed: the user is read back, the event is
     # in its history, so the choice stands (the grant follows) and the ledger confirms it.
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    engine = build(ledger_url=url, ledger_key=LEDGER_KEY)
-    cookies = await cookies_for(engine, session())
+    engine, url, cookies, form = await ledgered(build, tmp_path)
     tenant.lost_answer_status = 502
-    form = await accept_form(engine, cookies)
     response = await call(engine, "POST", "/consent", cookies=cookies, form=form)
     assert response.status_code == 303 and tenant.refresh_grants() == 1
     assert tenant.app_metadata["consent"]["version"] == "v2"
@@ -540,10 +537,7 @@ async def test_a_write_applied_whose_answer_was_lost_stands(
 async def test_a_write_whose_outcome_cannot_be_read_is_not_called_unchanged(
     build: Build, tenant: Tenant, tmp_path: Path
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    engine = build(ledger_url=url, ledger_key=LEDGER_KEY)
-    cookies = await cookies_for(engine, session())
-    form = await accept_form(engine, cookies)
+    engine, url, cookies, form = await ledgered(build, tmp_path)
     # Not applied, and then the user cannot be read back: the page says so, the row waits.
     tenant.patch_status, tenant.read_back_status = 503, 503
     unknown = await call(engine, "POST", "/consent", cookies=cookies, form=form)
@@ -556,6 +550,16 @@ async def test_a_write_whose_outcome_cannot_be_read_is_not_called_unchanged(
     states = [entry.state for entry in await ledger_history(url)]
     assert states == [EntryState.PENDING, EntryState.ABANDONED]
     assert tenant.refresh_grants() == 0 and tenant.app_metadata["consent"] == ACCEPTED
+
+
+async def ledgered(
+    build: Build, tmp_path: Path
+) -> tuple[Engine, str, dict[str, str], dict[str, str]]:
+    """An engine with a SQLite ledger, its URL, a session's cookies and its terms form."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    engine = build(ledger_url=url, ledger_key=LEDGER_KEY)
+    cookies = await cookies_for(engine, session())
+    return engine, url, cookies, await accept_form(engine, cookies)
 
 
 async def ledger_history(url: str) -> list[LedgerEntry]:

@@ -72,7 +72,7 @@ async def test_the_api_is_named_as_the_provider_takes_it(
         token = mock.post(f"{DOMAIN}{token_path}").respond(
             json={"access_token": "at", "id_token": id_token}
         )
-        url = httpx.URL(await oidc.authorization_url(**authorize_params(tx)))
+        url = httpx.URL(await oidc.authorization_url(**authorize_params(tx), extra=None))
         await oidc.authorization_code_grant("c", code_verifier=tx.code_verifier, nonce=tx.nonce)
     other = "resource" if sent == "audience" else "audience"
     assert url.params[sent] == api and other not in url.params
