@@ -209,7 +209,10 @@ class ChoiceRoutes:
             settings=settings,
             user=session.user,
             events=[(_when(e.date), e) for e in reversed(events)],
-            purposes=[(p, p.id in given, shown_sha256([p])) for p in settings.purposes],
+            purposes=[(p, p.id in given) for p in settings.purposes],
+            # Each purpose's "allow" form carries what it showed (an app's own template of
+            # this page, written before, still unpacks the pairs above).
+            shown={p.id: shown_sha256([p]) for p in settings.purposes},
             state=state_of(record),
             csrf_token=consent.csrf.token(session),
             return_to=consent.pages.path(f"{settings.consent_path}/history"),

@@ -24,6 +24,8 @@ WITHDRAW_MODES: tuple[str, ...] = ("revoke", "flag", "delete")
 SessionStoreName = Literal["cookie", "redis"]
 SESSION_STORES: tuple[str, ...] = ("cookie", "redis")
 AudienceParameter = Literal["auto", "audience", "resource"]
+#: The path of Auth0's token endpoint (custom domains too), which takes ``audience``.
+AUTH0_TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path
 AUDIENCE_PARAMETERS: tuple[str, ...] = ("auto", "audience", "resource")
 MIN_SECRET_LENGTH = 32
 
@@ -223,6 +225,12 @@ class Settings:
             raise ConfigurationError(
                 f"{_name('audience_parameter')} must be one of {', '.join(AUDIENCE_PARAMETERS)}"
             )
+        if self.audience_parameter == "resource" and self.audience:
+            if not is_resource_uri(self.audience):
+                raise ConfigurationError(
+                    f"{_name('audience')} must be an absolute URI without a fragment to be "
+                    f"sent as RFC 8707's resource ({_name('audience_parameter')}=resource)"
+                )
         if "openid" not in self.scope.split():
             raise ConfigurationError(f"{_name('scope')} must include 'openid'")
         if self.inactivity_duration <= 0 or self.absolute_duration < self.inactivity_duration:
@@ -321,17 +329,24 @@ class Settings:
     def management_audience(self) -> str:
         return f"{self.domain}/api/v2/"
 
-    def audience_parameter_for(self, token_endpoint: str) -> str:
-        """How a request names the API a token is for: Auth0's ``audience``, or RFC 8707's
-        ``resource``; on ``auto``, ``audience`` for a token endpoint at Auth0's path."""
+    def audience_parameter_for(self, token_endpoint: str, audience: str = "") -> str:
+        """How a request names the API a token is for (``audience``, when known): Auth0's
+        ``audience``, or RFC 8707's ``resource``. On ``auto``: ``audience`` for a token
+        endpoint at Auth0's path, and for a value that cannot be a resource (RFC 8707 2:
+        an absolute URI without a fragment), which other providers ignore as they did."""
         if self.audience_parameter != "auto":
             return self.audience_parameter
+        if audience and not is_resource_uri(audience):
+            return "audience"
         auth0 = urlsplit(token_endpoint).path.rstrip("/") == AUTH0_TOKEN_PATH
         return "audience" if auth0 else "resource"
 
 
-#: The path of Auth0's token endpoint (custom domains too), which takes ``audience``.
-AUTH0_TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path
+def is_resource_uri(value: str) -> bool:
+    """Whether ``value`` may be sent as an RFC 8707 resource: an absolute URI (a scheme and
+    a host) without a fragment."""
+    parts = urlsplit(value)
+    return bool(parts.scheme and parts.netloc) and "#" not in value
 
 
 def _split_list(raw: str) -> tuple[str, ...]:

@@ -126,7 +126,9 @@ class Engine:
         methods = self.routes.get(path)
         endpoint = methods.get(scope["method"]) if methods else None
         if methods is None or endpoint is None:
-            as_json = wants_json(path, Headers(scope=scope), self.settings)
+            as_json = path in self.json_routes or wants_json(
+                path, Headers(scope=scope), self.settings
+            )
             response = self.pages.status(404 if methods is None else 405, as_json)
             if methods is not None:
                 response.headers["Allow"] = ", ".join(sorted(methods))

@@ -196,7 +196,10 @@ async def schema_version(engine: AsyncEngine) -> int:
     database without a ledger, or with another schema version than this code's."""
     async with engine.connect() as conn:
         exists = await conn.run_sync(lambda sync: sa.inspect(sync).has_table(SCHEMA.name))
-        found = (await conn.execute(sa.select(SCHEMA.c.version))).scalar_one() if exists else 0
+        row = (
+            (await conn.execute(sa.select(SCHEMA.c.version))).scalar_one_or_none() if exists else 0
+        )
+    found = row or 0
     if not found:
         raise LedgerError("there is no consent ledger in that database")
     if found != LATEST:

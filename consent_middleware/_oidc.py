@@ -151,9 +151,8 @@ class OIDCClient:
         params = caller_authorize_params(extra or {})
         if self.settings.audience:
             # RFC 8707 2.1: a resource asked for here is one the refresh token may serve.
-            params[self.settings.audience_parameter_for(meta.token_endpoint)] = (
-                self.settings.audience
-            )
+            audience = self.settings.audience
+            params[self.settings.audience_parameter_for(meta.token_endpoint, audience)] = audience
         if prompt is not None:
             params["prompt"] = prompt
         uri: str = prepare_grant_uri(
@@ -297,7 +296,9 @@ class OIDCClient:
         audience = self.settings.audience
         if (
             audience
-            and self.settings.audience_parameter_for((await self.metadata()).token_endpoint)
+            and self.settings.audience_parameter_for(
+                (await self.metadata()).token_endpoint, audience
+            )
             == "resource"
         ):
             # RFC 8707 2.2: the access token is for this resource, not the userinfo one.

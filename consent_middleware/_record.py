@@ -13,8 +13,8 @@ The Management API has no conditional update, so the caller serialises a user's 
 Order of writes: ledger "pending" → Auth0 PATCH → ledger "confirmed", or "abandoned" when
 Auth0 refused the write. A PATCH that got no answer (or a server error) may have been
 applied all the same: the user is read back, and the event found in its history confirms
-the row (the choice stands), an event not found abandons it; only when the read fails too
-does the row stay pending, and the user is told the outcome is not known. A ledger that is
+the row (the choice stands); not found (Auth0 may still apply it) or not readable, the row
+stays pending and the user is told the outcome is not known. A ledger that is
 down fails the choice before Auth0 is touched (the page says nothing changed, the user
 tries again: no choice is lost), and the ledger never claims a consent Auth0 does not
 have: a pending row with no confirmation is not a consent.
@@ -241,18 +241,18 @@ class ConsentWriter:
             await self.management.update_user(sub, body)
         except ManagementAPIError as exc:
             refused = exc.status_code is not None and 400 <= exc.status_code < 500
-            # Auth0 answered no (4xx): not applied. No answer, or a server error after
-            # retries (a gateway that timed out after Auth0 committed): read it back.
-            found = False if refused else await self._applied(sub, event)
-            if found:
+            if refused:  # Auth0 answered no (4xx): not applied
+                if entry is not None:
+                    await self._settle(entry, f"Auth0 refused: {exc}", confirmed=False)
+                raise
+            # No answer, or a server error after retries (a gateway that timed out after
+            # Auth0 committed): read it back. Found, the choice stands.
+            if await self._applied(sub, event):
                 logger.warning("Auth0 applied the consent write its answer lost: %s", exc)
                 if entry is not None:
                     await self._settle(entry, "", confirmed=True)
                 return consent
-            if found is False:
-                if entry is not None:
-                    await self._settle(entry, f"not applied by Auth0: {exc}", confirmed=False)
-                raise
+            # Not found (or not readable) is not proof either: Auth0 may still apply it.
             # Neither a consent the ledger claims, nor one it denies: the row stays pending.
             if entry is not None:
                 logger.warning("ledger entry %s left pending: Auth0 did not answer", entry)
@@ -263,13 +263,13 @@ class ConsentWriter:
             await self._settle(entry, "", confirmed=True)
         return consent
 
-    async def _applied(self, sub: str, event: ConsentEvent) -> bool | None:
+    async def _applied(self, sub: str, event: ConsentEvent) -> bool:
         """Whether ``event`` is in the user's stored history (each event carries its own
-        millisecond and choices); None when the user cannot be read either."""
+        millisecond and choices); False when the user cannot be read either."""
         try:
             user = await self.management.get_user(sub)
         except ManagementAPIError:
-            return None
+            return False
         return event in history_of(stored_consent(user))
 
     async def _settle(self, entry: str, reason: str, *, confirmed: bool) -> None:

@@ -129,17 +129,17 @@ class SessionRefresher:
     async def current_session(
         self, cookies: Mapping[str, str]
     ) -> tuple[Session | None, list[bytes]]:
-        """The request's session with the marks applied and its consent claim read as the
-        gate reads it (``with_consent_claim``), and the ``Set-Cookie`` values that record
-        what changed (the refreshed session, or the ended one's deletion)."""
+        """The request's session with the marks applied, and the ``Set-Cookie`` values that
+        record what changed (the refreshed session, or the ended one's deletion)."""
         loaded = await self.sessions.load(cookies)
         if loaded is None:
             return None, []
         settled = await self.settle(loaded)
         if settled is None:
             return None, await self.sessions.clear(cookies)
-        written = [] if settled is loaded else await self.sessions.save(settled, cookies)
-        return await self.with_consent_claim(settled), written
+        if settled is loaded:
+            return loaded, []
+        return settled, await self.sessions.save(settled, cookies)
 
     async def refresh_and_continue(
         self,
@@ -185,12 +185,15 @@ async def refresh_session(connection: HTTPConnection) -> Session:
     """Refresh the current user's session with the refresh-token grant.
 
     For apps that change ``user_metadata`` themselves and want the new claims at once.
-    Call it from a route behind the gate; the new cookie is set on the response.
-    Raises ``RefreshError`` when the session has no usable refresh token.
+    Call it from a route behind the gate, before answering: the new cookie is set on the
+    response. Raises ``RefreshError`` when the session has no usable refresh token, or
+    once the response has started (a rotated refresh token could not reach the browser).
     """
     gated = await gated_session(connection.scope)
     if gated is None:
         raise RefreshError("refresh_session() needs a request that passed ConsentMiddleware")
+    if RESPONSE_STARTED_SCOPE_KEY in connection.scope:
+        raise RefreshError("the response has started: a refreshed session could not be written")
     refresher, session = gated
     refreshed = await refresher.refresh(session)
     connection.scope[SESSION_SCOPE_KEY] = refreshed

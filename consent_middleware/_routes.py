@@ -192,7 +192,10 @@ class AuthRoutes:
             # spending the user's refresh token too.
             return self.pages.json_error("forbidden", 403)
         session, cookies = await self.refresher.current_session(request.cookies)
-        verdict = decide(session, self.settings)
+        # Decided as the gate decides (the claim from the ID token when nextjs-auth0 filtered
+        # it); the session itself, written again after a grant, stays as it was.
+        decided = await self.refresher.with_consent_claim(session) if session else None
+        verdict = decide(decided, self.settings)
         if session is None or verdict is not Verdict.ALLOW:
             # A token for the APIs is what the consent gates: none without it.
             status, body = refusal_body(verdict, self.pages.path("/"), self.settings)

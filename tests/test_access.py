@@ -22,9 +22,11 @@ from consent_middleware import (
     AccessTokenError,
     AccessTokenErrorCode,
     ConsentMiddleware,
+    RefreshError,
     Session,
     TokenSet,
     get_access_token,
+    refresh_session,
 )
 from consent_middleware._session import CookieSessionStore
 from tests.conftest import CLAIM, DOMAIN, ISSUER, idp, make_settings
@@ -94,6 +96,8 @@ async def streamed_token(request: Request) -> Response:
     async def body() -> AsyncIterator[bytes]:
         yield b"token: "
         # After the start, as a streaming body or a background task asks.
+        if request.query_params.get("refresh_session"):
+            await refresh_session(request)
         token = await get_access_token(request, min_ttl=60)
         yield token.token.encode()
 
@@ -119,6 +123,8 @@ def test_a_token_asked_for_after_the_response_started_is_never_renewed(
             with pytest.raises(AccessTokenError) as raised:
                 test.get("/stream")
             assert raised.value.code == AccessTokenErrorCode.RESPONSE_STARTED.value
+        with pytest.raises(RefreshError, match="the response has started"):
+            test.get("/stream", params={"refresh_session": "1"})
     assert not grant.called
 
 

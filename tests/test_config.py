@@ -78,6 +78,16 @@ def test_invalid_value_fails_with_the_variable_name(name: str, value: str, messa
     assert message in str(info.value)
 
 
+def test_an_audience_sent_as_a_resource_must_be_an_absolute_uri() -> None:
+    # RFC 8707 2: a provider answers anything else with invalid_target, every login failing.
+    env = {**ENV, "CONSENT_AUDIENCE_PARAMETER": "resource"}
+    with pytest.raises(ConfigurationError, match=r"AUTH0_AUDIENCE.*absolute URI"):
+        Settings.from_env({**env, "AUTH0_AUDIENCE": "my-api"})
+    assert Settings.from_env({**env, "AUTH0_AUDIENCE": "https://api.example.com"}).audience
+    # auto sends such a value as audience instead (see test_oidc): no error.
+    assert Settings.from_env({**ENV, "AUTH0_AUDIENCE": "my-api"}).audience == "my-api"
+
+
 @pytest.mark.parametrize(
     "domain", ["http://localhost:3000", "http://127.0.0.5:8000/dev", "http://[::1]:9000"]
 )

@@ -49,21 +49,30 @@ async def test_authorization_url_has_pkce_state_nonce_and_forwarded_params(
     assert params["prompt"] == "login" and params["screen_hint"] == "signup"
 
 
+ORDERS = "https://orders.example.com"
+
+
 @pytest.mark.parametrize(
-    ("parameter", "token_path", "sent"),
+    ("parameter", "token_path", "api", "sent"),
     [
-        ("auto", "/oauth/token", "audience"),  # Auth0
-        ("auto", "/token", "resource"),  # an RFC 8707 provider (oidc-provider's path)
-        ("resource", "/oauth/token", "resource"),
-        ("audience", "/token", "audience"),
+        ("auto", "/oauth/token", ORDERS, "audience"),  # Auth0
+        ("auto", "/token", ORDERS, "resource"),  # an RFC 8707 provider (oidc-provider's path)
+        # Not a URI, so never a resource: sent as before, which such a provider ignores.
+        ("auto", "/token", "my-api", "audience"),
+        ("resource", "/oauth/token", ORDERS, "resource"),
+        ("audience", "/token", ORDERS, "audience"),
     ],
 )
 async def test_the_api_is_named_as_the_provider_takes_it(
-    signing_key: SigningKey, http: httpx.AsyncClient, parameter: str, token_path: str, sent: str
+    signing_key: SigningKey,
+    http: httpx.AsyncClient,
+    parameter: str,
+    token_path: str,
+    api: str,
+    sent: str,
 ) -> None:
     # RFC 8707 2.1: a resource the login asked for is one its refresh token may serve, and
     # 2.2: the code exchange names it too, or the access token is only for userinfo.
-    api = "https://orders.example.com"
     oidc = OIDCClient(make_settings(audience=api, audience_parameter=parameter), http)
     tx = Transaction("https://app.example.com/")
     id_token = signing_key.sign(id_token_claims(ISSUER, "client-1", nonce=tx.nonce))

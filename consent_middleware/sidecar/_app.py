@@ -267,6 +267,8 @@ class Sidecar:
         refresher = self.engine.refresher
         try:
             session, cookies = await refresher.current_session(request.cookies)
+            if session is not None:
+                session = await refresher.with_consent_claim(session)
             # Refreshed (or ended) by a revocation mark: the content changed.
             changed = bool(cookies)
             if session is not None and not cookies and self.engine.sessions.needs_roll(session):

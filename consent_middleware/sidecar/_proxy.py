@@ -186,8 +186,8 @@ def relative_locations(headers: Headers, origin: bytes, path: bytes) -> Headers:
             and value[start:end] == path
             and (len(value) == end or value[end : end + 1] in _URL_CONTINUES)
         ):
-            rest = value[end:]
-            value = rest if rest.startswith(b"/") else b"/" + rest
+            # One leading slash: "//host" or "/\\host" would be another site to a browser.
+            value = b"/" + value[end:].lstrip(b"/\\")
         rewritten.append((name, value))
     return rewritten
 

@@ -265,6 +265,9 @@ def test_a_redirect_to_the_upstreams_own_address_becomes_a_path() -> None:
         "/other-port": (302, "{own}0/x"),
         "/provider": (302, "https://idp.example/authorize?client_id=a"),
         "/path": (303, "/already/a/path"),
+        # A path echoed into the URL (a trailing-slash redirect): never another site.
+        "/slashes": (301, "{own}//evil.example/x"),
+        "/backslash": (301, "{own}/\\evil.example/x"),
     }
 
     def handle(conn: socket.socket) -> None:
@@ -289,4 +292,6 @@ def test_a_redirect_to_the_upstreams_own_address_becomes_a_path() -> None:
         "/other-port": (302, f"http://127.0.0.1:{port}0/x"),
         "/provider": (302, "https://idp.example/authorize?client_id=a"),
         "/path": (303, "/already/a/path"),
+        "/slashes": (301, "/evil.example/x"),
+        "/backslash": (301, "/evil.example/x"),
     }
