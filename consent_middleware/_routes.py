@@ -48,13 +48,18 @@ class AuthRoutes:
 
     def routes(self) -> list[Route]:
         prefix = self.settings.routes_prefix
+        token = Route(f"{prefix}/access-token", self.access_token, methods=["GET"])
+        # GET only: Starlette adds HEAD to a GET route, and a HEAD here could spend the
+        # refresh token for an answer nobody reads.
+        assert token.methods is not None
+        token.methods.discard("HEAD")
         return [
             Route(f"{prefix}/login", self.login, methods=["GET"]),
             Route(f"{prefix}/callback", self.callback, methods=["GET"]),
             Route(f"{prefix}/logout", self.logout, methods=["GET"]),
             Route(f"{prefix}/profile", self.profile, methods=["GET"]),
             Route(f"{prefix}/backchannel-logout", self.backchannel_logout, methods=["POST"]),
-            Route(f"{prefix}/access-token", self.access_token, methods=["GET"]),
+            token,
         ]
 
     def json_paths(self) -> frozenset[str]:

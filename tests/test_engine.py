@@ -81,6 +81,16 @@ def test_a_wrong_method_is_a_405_page_with_allow(method: str, path: str, allow: 
     assert (unknown.status_code, unknown.json()) == (404, {"error": "not_found"})
 
 
+def test_a_head_for_the_access_token_spends_nothing() -> None:
+    # Starlette answers HEAD on a GET route by running it: here that could spend the
+    # refresh token for an answer nobody reads.
+    with gated_app() as (mock, client):
+        token = mock.post(f"{DOMAIN}/oauth/token")
+        response = client.head("/auth/access-token", headers={"sec-fetch-site": "same-origin"})
+    assert (response.status_code, response.headers["allow"]) == (405, "GET")
+    assert not token.called
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
