@@ -177,8 +177,8 @@ class ChoiceRoutes:
                     message = not_saved(exc, "choice")
                     return self._purposes_view(session, chosen, return_to, 503, message)
                 written_ms = await consent.recorded(sub, flag)
-            return await consent.refresher.refresh_and_continue(
-                request, session, return_to, Expectation.CONSENT, not_before=written_ms / 1000
+            return await consent.continued(
+                request, session, return_to, Expectation.CONSENT, written_ms
             )
 
     async def _session_and_record(

@@ -229,9 +229,36 @@ class ConsentRoutes:
                     logger.warning("saving consent failed: %s", exc)
                     return self._page(session, return_to, 503, not_saved(exc, "consent"))
                 written_ms = await self.recorded(sub, accepted)
-            return await self.refresher.refresh_and_continue(
-                request, session, return_to, Expectation.CONSENT, not_before=written_ms / 1000
+            return await self.continued(
+                request, session, return_to, Expectation.CONSENT, written_ms
             )
+
+    async def continued(
+        self,
+        request: Request,
+        session: Session,
+        return_to: str,
+        expect: Expectation,
+        written_ms: int,
+    ) -> Response:
+        """After a saved choice: the session refreshed to show it, then ``return_to``. A
+        shared store that went away meanwhile (the grant takes its lock) undoes nothing:
+        the page says the choice is saved, and the session catches up on a later visit
+        (this worker already honours a withdrawal's mark)."""
+        try:
+            return await self.refresher.refresh_and_continue(
+                request, session, return_to, expect, not_before=written_ms / 1000
+            )
+        except SharedStateError as exc:
+            logger.warning("shared store unavailable after a saved choice: %s", exc)
+            response = self.pages.error(
+                "Your choice is saved",
+                "Your choice is saved, but the site could not bring your session up to date "
+                "just now. It will on your next visit; please try again in a moment.",
+                503,
+            )
+            response.headers["Retry-After"] = "5"
+            return response
 
     async def folded(self, sub: str, flag: str) -> int | None:
         """When the same choice (``flag``) was this user's last recorded one, less than a
@@ -305,8 +332,8 @@ class ConsentRoutes:
             if settings.withdraw_mode == "revoke":
                 home = self.pages.path("/")
                 terms = self.pages.url(f"{settings.consent_path}?{urlencode({'returnTo': home})}")
-                return await self.refresher.refresh_and_continue(
-                    request, session, terms, Expectation.WITHDRAWAL, not_before=written_ms / 1000
+                return await self.continued(
+                    request, session, terms, Expectation.WITHDRAWAL, written_ms
                 )
         # flag and delete: the account may no longer sign in; end both sessions.
         url = await self.oidc.logout_url(session.token_set.id_token, self.pages.home_url)

@@ -10,6 +10,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ from consent_middleware import Session, TokenSet
 from consent_middleware._csrf import CSRF
 from consent_middleware._engine import Engine
 from consent_middleware._events import CollectionMethod, ConsentAction, ConsentEvent
+from consent_middleware._exceptions import SharedStateError
 from consent_middleware._ledger import EntryState, Ledger, LedgerEntry
 from consent_middleware._management import MAX_ATTEMPTS
 from consent_middleware._purposes import Purpose as ConsentPurpose
 from consent_middleware._record import ConsentWriter, applied, iso_date, patch_body, terms_statement
 from consent_middleware._revocation import Revocation
+from consent_middleware._state import LocalState
 from consent_middleware._transactions import Purpose
 from tests.conftest import CLAIM, DOMAIN, ISSUER, Sleeps, idp, make_settings
 from tests.keys import SigningKey, id_token_claims
@@ -507,6 +510,36 @@ async def test_a_text_changed_while_the_page_was_open_is_never_recorded(
     assert hidden(response, "shown") != form["shown"]
     again = {**form, "shown": hidden(response, "shown")}
     assert (await call(after, "POST", "/consent", cookies=cookies, form=again)).status_code == 303
+
+
+class GrantLockAway(LocalState):
+    """A shared store that goes away between the saved choice and its grant."""
+
+    @asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[None]:
+        if key.startswith("grant:"):
+            raise SharedStateError("the shared store did not answer")
+        async with super().lock(key):
+            yield
+
+
+async def test_a_saved_choice_whose_refresh_meets_an_outage_says_it_is_saved(
+    tenant: Tenant,
+) -> None:
+    settings = make_settings(mgmt_client_id="m2m", mgmt_client_secret="m2m-secret")
+    engine = Engine.create(settings, shared_state=GrantLockAway())
+    engine.management.sleep = Sleeps()
+    try:
+        cookies = await cookies_for(engine, session())
+        form = await accept_form(engine, cookies)
+        response = await call(engine, "POST", "/consent", cookies=cookies, form=form)
+    finally:
+        await engine.aclose()
+    # Written, so never "unavailable" as if nothing happened: saved, and the session
+    # catches up later.
+    assert tenant.app_metadata["consent"]["version"] == "v2"
+    assert response.status_code == 503 and "Your choice is saved" in response.text
+    assert response.headers["retry-after"] == "5" and tenant.refresh_grants() == 0
 
 
 async def test_a_template_of_the_apps_own_without_the_digest_still_records(
