@@ -24,11 +24,13 @@ from consent_middleware import (
     current_user,
 )
 from consent_middleware._gate import (
+    _every_spelling,
     is_public,
     judged,
     judged_claim,
     matches_every_spelling,
     missing_purposes,
+    path_spellings,
     sent_path,
 )
 from consent_middleware._models import Consent
@@ -315,6 +317,17 @@ def test_no_path_as_sent_passes_as_public_where_a_server_reads_it_elsewhere(sent
     assert is_public(path, settings)  # decoded alone, the path looks public
     assert not is_public(path, settings, sent)
     assert not matches_every_spelling(path, ("/static/*",), sent)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/newsletter", "/newsletter/", "/a/b.c/d", "/café/x", "/a-b_c~d/e", "/x.", "/..x/y"],
+)
+def test_a_path_every_server_reads_alike_is_its_own_only_spelling(path: str) -> None:
+    # The shortcut taken on every gated request with CONSENT_REQUIRE gives what the full
+    # reading gives.
+    assert path_spellings(path, path) == path_spellings(path) == {path}
+    assert _every_spelling(path, path) == {path}
 
 
 def test_a_path_is_read_as_decoded_once_too() -> None:
