@@ -126,28 +126,25 @@ class Engine:
         methods = self.routes.get(path)
         endpoint = methods.get(scope["method"]) if methods else None
         if methods is None or endpoint is None:
-            as_json = path in self.json_routes or wants_json(
-                path, Headers(scope=scope), self.settings
-            )
-            response = self.pages.status(404 if methods is None else 405, as_json)
+            response = self.pages.status(404 if methods is None else 405, self._json(path, scope))
             if methods is not None:
                 response.headers["Allow"] = ", ".join(sorted(methods))
         else:
             try:
                 response = await endpoint(Request(scope, receive))
             except ConsentMiddlewareError as exc:
-                # The routes that answer JSON (the token, the profile, the receipt, the
-                # provider's logout call) answer their errors in JSON too, as any route
-                # does for an API client.
-                as_json = path in self.json_routes or wants_json(
-                    path, Headers(scope=scope), self.settings
-                )
-                response = self.pages.for_error(exc, as_json)
+                response = self.pages.for_error(exc, self._json(path, scope))
         if "set-cookie" in response.headers:
             # A response that sets a cookie (a session, a login's transaction) is for this
             # browser alone: no shared cache may keep it, whatever the route said.
             response.headers["cache-control"] = PRIVATE.decode()
         await response(scope, receive, send)
+
+    def _json(self, path: str, scope: Scope) -> bool:
+        """Whether an own route's error is answered in JSON: always on the routes that
+        answer JSON (the token, the profile, the receipt, the provider's logout call), as
+        on any route for an API client."""
+        return path in self.json_routes or wants_json(path, Headers(scope=scope), self.settings)
 
     async def start(self) -> None:
         """Begin following the shared state (idempotent; done before the first request)."""
