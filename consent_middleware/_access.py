@@ -26,6 +26,7 @@ from ._refresh import (
     gated_session,
 )
 from ._session import Session
+from ._tokens import renewal_leeway
 
 DEFAULT_MIN_TTL = 60
 
@@ -41,11 +42,17 @@ class UserAccessToken:
 
 
 def usable(session: Session, min_ttl: float, now: float) -> bool:
-    """Whether the session's access token is good for ``min_ttl`` more seconds."""
+    """Whether the session's access token is good for ``min_ttl`` more seconds (or for
+    half its life, when it was issued for less than twice that)."""
     token_set = session.token_set
     if not token_set.access_token:
         return False
-    return token_set.expires_at == 0 or token_set.expires_at - now > min_ttl
+    left = token_set.expires_at - now
+    return (
+        token_set.expires_at == 0
+        or left > min_ttl
+        or left > renewal_leeway(min_ttl, token_set.expires_at, session.issued_at)
+    )
 
 
 async def renewed(

@@ -40,6 +40,7 @@ from ._exceptions import (
 )
 from ._refresh import SessionRefresher, check_renewable
 from ._session import CookieSessionStore, Session, SessionStore
+from ._tokens import renewal_leeway
 
 logger = logging.getLogger("consent_middleware")
 
@@ -65,8 +66,20 @@ class AudienceToken:
     requested_scope: str | None = None
     token_type: str | None = None
 
-    def usable(self, min_ttl: float, now: float) -> bool:
-        return bool(self.access_token) and (self.expires_at == 0 or self.expires_at - now > min_ttl)
+    def expired(self, now: float) -> bool:
+        return not self.access_token or 0 < self.expires_at <= now
+
+    def usable(self, min_ttl: float, now: float, issued_at_ms: int) -> bool:
+        """Good for ``min_ttl`` more seconds, or for half its life when shorter-lived
+        (``issued_at_ms``: the session's last grant, this one's or a later one)."""
+        if not self.access_token:
+            return False
+        left = self.expires_at - now
+        return (
+            self.expires_at == 0
+            or left > min_ttl
+            or left > renewal_leeway(min_ttl, self.expires_at, issued_at_ms)
+        )
 
     def to_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -284,7 +297,7 @@ async def audience_token(
     check_audience(audience)
     scope = refresher.settings.scope
     found = find(session, audience, scope)
-    if found is not None and not refresh and found.usable(min_ttl, time.time()):
+    if found is not None and not refresh and found.usable(min_ttl, time.time(), session.issued_at):
         return session, found
     check_renewable(session, renewable)
 
@@ -342,7 +355,7 @@ def bounded(session: Session, store: SessionStore, cookies: Mapping[str, str]) -
     its cookie is an id."""
     now = time.time()
     kept = entries(session)
-    live = [e for e in kept if (t := AudienceToken.from_entry(e)) and t.usable(0, now)]
+    live = [e for e in kept if (t := AudienceToken.from_entry(e)) and not t.expired(now)]
     if len(live) != len(kept):
         kept = live
     kept = kept[-MAX_AUDIENCE_TOKENS:]

@@ -6,6 +6,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+#: The least time before expiry a token is renewed at, however short-lived it is.
+MIN_LEEWAY = 5
+
 
 @dataclass(frozen=True, slots=True)
 class TokenSet:
@@ -49,3 +52,13 @@ def token_set_from(body: dict[str, Any], previous_refresh_token: str | None = No
         expires_at=expires_at,
         scope=body.get("scope"),
     )
+
+
+def renewal_leeway(min_ttl: float, expires_at: int, issued_at_ms: int) -> float:
+    """How long before ``expires_at`` a token is renewed: ``min_ttl``, but never more than
+    half the token's life (from ``issued_at_ms``, when the grant that got it was sent).
+    A provider that issues tokens for no longer than ``min_ttl`` (30 s against the default
+    60) would otherwise have every call renew the token, a grant per request: no caller
+    could ever get the time asked for, and the provider's rate limit would soon answer."""
+    lifetime = expires_at - issued_at_ms / 1000
+    return min(min_ttl, max(lifetime / 2, MIN_LEEWAY))

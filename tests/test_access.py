@@ -39,18 +39,34 @@ TOKEN_URL = f"{DOMAIN}/oauth/token"
 
 
 def cookies(
-    expires_in: int, refresh_token: str | None = "rt-1", claims: dict[str, Any] | None = None
+    expires_in: int,
+    refresh_token: str | None = "rt-1",
+    claims: dict[str, Any] | None = None,
+    lifetime: int = 3600,
 ) -> dict[str, str]:
-    session = Session.from_claims(
-        {"sub": "auth0|user1", **(CONSENTED if claims is None else claims)},
-        TokenSet("at-1", "idt", refresh_token, int(time.time()) + expires_in, "openid"),
-    )
+    session = _session(expires_in, refresh_token, claims, lifetime)
     return jar(asyncio.run(CookieSessionStore(SETTINGS).save(session, {})))
 
 
-def grant_answer(key: SigningKey, token: str = "at-2") -> dict[str, Any]:
+def _session(
+    expires_in: int,
+    refresh_token: str | None = "rt-1",
+    claims: dict[str, Any] | None = None,
+    lifetime: int = 3600,
+) -> Session:
+    """A session whose access token was issued for ``lifetime`` seconds and has
+    ``expires_in`` of them left."""
+    now = time.time()
+    return Session.from_claims(
+        {"sub": "auth0|user1", **(CONSENTED if claims is None else claims)},
+        TokenSet("at-1", "idt", refresh_token, int(now) + expires_in, "openid"),
+        issued_at=int((now + expires_in - lifetime) * 1000),
+    )
+
+
+def grant_answer(key: SigningKey, token: str = "at-2", expires_in: int = 3600) -> dict[str, Any]:
     claims = id_token_claims(ISSUER, "client-1", nonce=None, **CONSENTED)
-    return {"access_token": token, "id_token": key.sign(claims), "expires_in": 3600,
+    return {"access_token": token, "id_token": key.sign(claims), "expires_in": expires_in,
             "scope": "openid offline_access", "refresh_token": "rt-2"}  # fmt: skip
 
 
@@ -90,6 +106,26 @@ def test_an_expiring_token_is_renewed_and_the_session_written(signing_key: Signi
             assert grant.call_count == 1
             assert test.get("/api/call", params={"refresh": "1"}).status_code == 200
             assert grant.call_count == 2
+
+
+def test_tokens_shorter_lived_than_min_ttl_are_used_for_half_their_life(
+    signing_key: SigningKey,
+) -> None:
+    # The provider issues 30 s tokens; callers ask for 60 s. No token can ever have that
+    # long left, so renewing on every call would be a grant per request: each token is
+    # renewed once half its life has gone instead.
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        answer = grant_answer(signing_key, expires_in=30)
+        grant = mock.post(TOKEN_URL).respond(json=answer)
+        with client(cookies(25, lifetime=30)) as test:
+            assert test.get("/api/call").json()["token"] == "at-1"
+            assert not grant.called
+        with client(cookies(10, lifetime=30)) as test:
+            assert test.get("/api/call").json()["token"] == "at-2"
+            for _ in range(5):
+                assert test.get("/api/call").json()["token"] == "at-2"
+            assert grant.call_count == 1
 
 
 async def streamed_token(request: Request) -> Response:
@@ -210,11 +246,7 @@ async def test_callers_that_waited_on_a_failed_grant_get_its_answer(
 
 
 async def _cookies_async(expires_in: int) -> dict[str, str]:
-    session = Session.from_claims(
-        {"sub": "auth0|user1", **CONSENTED},
-        TokenSet("at-1", "idt", "rt-1", int(time.time()) + expires_in, "openid"),
-    )
-    return jar(await CookieSessionStore(SETTINGS).save(session, {}))
+    return jar(await CookieSessionStore(SETTINGS).save(_session(expires_in), {}))
 
 
 def test_the_browser_route(signing_key: SigningKey) -> None:

@@ -181,6 +181,7 @@ def test_the_json_routes_answer_their_errors_in_json(path: str, headers: dict[st
     session = Session.from_claims(
         {"sub": "auth0|user1", CLAIM: {"given": True, "version": "v2"}},
         TokenSet("at", "idt", "rt", expires_at=int(time.time()) + 10),
+        issued_at=int((time.time() - 3590) * 1000),  # an hour's token about to run out
     )
     cookies = jar(asyncio.run(CookieSessionStore(settings).save(session, {})))
     with gated_app(shared_state=LocksAway()) as (mock, client):
