@@ -217,6 +217,20 @@ def session_cookie_map(own: bytes, cookie_header: bytes) -> dict[str, str]:
     return found
 
 
+def canonical_session_pairs(own: bytes, cookie_header: bytes) -> list[bytes] | None:
+    """The session's cookies as the gate reads them (``name=value``, one per name), when
+    the header holds them another way: a name padded with spaces, or given twice. An app
+    behind the sidecar parses cookies its own way (Next.js neither strips names nor keeps
+    the last of a repeated one): it must be handed these, never the ambiguous header, or
+    it could act on another session than the one the gate admitted. None when the
+    header's session pairs are already exactly these."""
+    found = session_cookie_map(own, cookie_header)
+    pairs = [f"{name}={value}".encode("latin-1") for name, value in found.items()]
+    if not own.startswith(_PARSED) and own == b";".join(pairs):
+        return None
+    return pairs
+
+
 def session_value(own: bytes) -> bytes | None:
     """The session cookie's value from ``session_cookies``'s key, in bytes, when it is the
     usual one unchunked cookie and its value is what Starlette's parser reads (nothing its

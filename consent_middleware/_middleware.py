@@ -353,6 +353,11 @@ async def answer_handshake(scope: Scope, receive: Receive, send: Send, response:
     message = await receive()
     if message["type"] != "websocket.connect":
         return
+    await answer_connect(scope, receive, send, response)
+
+
+async def answer_connect(scope: Scope, receive: Receive, send: Send, response: Response) -> None:
+    """``answer_handshake`` once its ``websocket.connect`` was received."""
     if _DENIAL_EXTENSION in scope.get("extensions", {}):
         # The ASGI websocket denial-response extension: a real HTTP answer (Starlette's
         # responses send it so for a websocket scope).

@@ -12,6 +12,7 @@ Both use the one engine the middleware uses (``Engine.create``), through the mid
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -28,7 +29,12 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from .._access import DEFAULT_MIN_TTL, get_access_token, usable
 from .._admissions import USER_SCOPE_KEY
 from .._config import Settings
-from .._cookies import SESSION_COOKIE
+from .._cookies import (
+    SESSION_COOKIE,
+    canonical_session_pairs,
+    joined_cookie_header,
+    session_cookies,
+)
 from .._exceptions import IdentityProviderError, SharedStateError
 from .._gate import (
     Verdict,
@@ -58,7 +64,7 @@ from ._assertion import RECENT_ASSERTIONS, AssertionSigner
 from ._identity import identity_headers, identity_headers_until
 from ._options import SidecarOptions
 from ._proxy import Upstream, forwarded_headers
-from ._requests import is_preflight, is_websocket_handshake, original_request
+from ._requests import is_origin_form, is_preflight, is_websocket_handshake, original_request
 
 logger = logging.getLogger("consent_middleware.sidecar")
 
@@ -95,9 +101,21 @@ class Sidecar:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
+            if not is_origin_form(scope):
+                await self._bad_target(scope, receive, send)
+                return
             # Who really connected, before X-Forwarded-For (from a trusted proxy) replaces it.
             scope[PEER_SCOPE_KEY] = scope.get("client")
         await self._trusted(scope, receive, send)
+
+    async def _bad_target(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request target that is not a path ("*", "http://host/x", "@host/x"): 400.
+        Appended to the upstream's address, the last would name another host."""
+        body = {"error": "invalid_request", "error_description": "the request target is no path"}
+        if scope["type"] == "websocket":
+            await deny_websocket(scope, receive, send, 400, body)
+        else:
+            await JSONResponse(body, 400, headers=NO_STORE)(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -205,13 +223,14 @@ class Sidecar:
             identity.append((b"x-forwarded-access-token", token.encode("latin-1")))
         headers = forwarded_headers(scope, self._peer_trusted(scope), identity)
         pending = scope.get(SESSION_COOKIES_SCOPE_KEY)
+        written: list[bytes] = []
         if pending is not None:
             # A roll or refresh during the gate: the upstream reads the session it will
             # write back (a Next.js app rolling the stale one would undo the refresh).
-            try:
-                headers = with_new_session(headers, await pending(scope))
-            except SharedStateError:
-                pass  # the store is away: the request goes on with the cookie it came with
+            with contextlib.suppress(SharedStateError):
+                # The store is away: the request goes on with the cookie it came with.
+                written = await pending(scope)
+        headers = with_new_session(headers, written or as_admitted(scope))
         if scope["type"] == "websocket":
             await self.upstream.websocket(scope, receive, send, headers)
         else:
@@ -248,7 +267,9 @@ class Sidecar:
             return Response(status_code=200, headers=NO_STORE)
         # The path as the proxy will route it and the app may read it: never urlsplit on a
         # path ("//x" is a host there), and public only when each way of reading it is too.
-        sent = target.split("?", 1)[0].split("#", 1)[0] or "/"
+        # A "#" is no fragment here: browsers never send one, and nginx passes it on to the
+        # app as part of the path ("/public/a#/../private" reaches the app whole).
+        sent = target.split("?", 1)[0] or "/"
         path = unquote(sent)
         settings = self.settings
         if is_public(path, settings, sent):
@@ -286,17 +307,25 @@ class Sidecar:
             response = Response(status_code=200, headers=NO_STORE)
             for name, value in identity_headers(user, settings, self.signer, origin):
                 response.raw_headers.append((name, value))
-            if changed:
-                # What the upstream must read instead of the request's Cookie header (the
-                # session was just refreshed; a mere roll changes only its expiry).
-                forward = with_new_session([(b"cookie", _cookie_header(request))], cookies)
-                response.raw_headers.append((b"x-consent-forward-cookie", forward[-1][1]))
+            # What the upstream must read instead of the request's Cookie header: the
+            # session just refreshed (a mere roll changes only its expiry), or the one the
+            # gate read where the header holds it ambiguously.
+            forward = cookies if changed else as_admitted(request.scope)
+            if forward:
+                rewritten = with_new_session(
+                    [(b"cookie", joined_cookie_header(request.scope))], forward
+                )
+                response.raw_headers.append((b"x-consent-forward-cookie", rewritten[-1][1]))
             return with_cookie_copies(with_cookies(response, cookies), cookies)
         url = settings.app_base_url + refusal_url(verdict, target, settings, "", missing)
         status_code, body = refusal_json(verdict, url, missing)
         # The proxy passes the original request's headers on to the check: an API call
         # or fetch gets the JSON the middleware would answer, never a redirect to a page.
-        as_json = wants_json(path, request.headers, settings)
+        # A websocket handshake cannot follow a redirect either: the 401/403, as the
+        # reverse proxy answers it.
+        as_json = wants_json(path, request.headers, settings) or is_websocket_handshake(
+            request.headers
+        )
         if request.query_params.get("mode") == "redirect" and not as_json:
             # As the gate answers pages: a GET may come back to the login, a form post
             # is sent on with 303 (the browser must not re-post it to the provider).
@@ -321,9 +350,11 @@ def with_cookie_copies(response: Response, cookies: list[bytes]) -> Response:
     return response
 
 
-def _cookie_header(request: Request) -> bytes:
-    values = [v for n, v in request.scope["headers"] if n == b"cookie"]
-    return b"; ".join(values)
+def as_admitted(scope: Scope) -> list[bytes]:
+    """The session's cookies as the gate read them, when the request's Cookie header holds
+    them ambiguously (``canonical_session_pairs``); none otherwise."""
+    raw = joined_cookie_header(scope)
+    return canonical_session_pairs(session_cookies(raw), raw) or []
 
 
 def with_new_session(
@@ -333,18 +364,19 @@ def with_new_session(
     old chunks gone, new ones in, other cookies untouched."""
     if not set_cookies:
         return headers
-    prefix = SESSION_COOKIE.encode()
     fresh = []
     for value in set_cookies:
         pair = value.split(b";", 1)[0]
         if b"max-age=0" not in value.lower() and pair.split(b"=", 1)[1]:
             fresh.append(pair)
+    # Every pair the gate counts as the session's (its name stripped as Starlette strips
+    # it, non-ASCII spaces too) goes: the upstream reads only the session's new pairs.
     kept = [
         part.strip()
         for name, value in headers
         if name == b"cookie"
         for part in value.split(b";")
-        if part.strip() and not part.strip().startswith(prefix)
+        if part.strip() and not part.decode("latin-1").strip().startswith(SESSION_COOKIE)
     ]
     others = [(n, v) for n, v in headers if n != b"cookie"]
     return [*others, (b"cookie", b"; ".join([*kept, *fresh]))]

@@ -23,9 +23,15 @@ import websockets
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
+from .._middleware import answer_connect
 from .._redirects import origin_of
 
 logger = logging.getLogger("consent_middleware.sidecar")
+
+# The largest websocket message relayed from the upstream: uvicorn's own limit for the
+# client's side (ws_max_size), so a message one side takes, the other takes too. The
+# websockets library's default of 1 MiB would end the relay on a larger one.
+WEBSOCKET_MAX_SIZE = 16 * 1024 * 1024
 
 HOP_BY_HOP = frozenset(
     {
@@ -265,7 +271,9 @@ class Upstream:
             await self.error_page(502, scope)(scope, receive, send)
             return
         try:
-            response_headers = end_to_end(list(response.raw_headers))
+            # The server sends its own Date on every answer: the upstream's would be a
+            # second one (nginx, too, replaces it).
+            response_headers = _without_named(end_to_end(list(response.raw_headers)), [b"date"])
             if response.status in _NO_BODY:
                 # RFC 9110 8.6: a 304's Content-Length is the representation's, not of a
                 # body it has; the server would wait for those bytes and fail.
@@ -310,9 +318,12 @@ class Upstream:
                 additional_headers=extra,
                 subprotocols=[websockets.Subprotocol(p) for p in subprotocols] or None,
                 open_timeout=10,
+                max_size=WEBSOCKET_MAX_SIZE,
             )
-        except (OSError, websockets.WebSocketException, TimeoutError):
-            await send({"type": "websocket.close", "code": 1011})
+        except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+            # A 502, as for a request: not the 403 a close before accepting would become.
+            logger.warning("upstream websocket failed: %s", type(exc).__name__)
+            await answer_connect(scope, receive, send, self.error_page(502, scope))
             return
         await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
         async with upstream:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
 
 from .._pages import NO_STORE
 
@@ -28,10 +29,33 @@ def is_preflight(method: str, headers: Headers) -> bool:
     )
 
 
+def is_origin_form(scope: Scope) -> bool:
+    """Whether the request target is a path (RFC 9112 3.2.1's origin-form), what the gate
+    decides on and the proxy appends to the upstream's address. An HTTP/1.1 server may hand
+    over the target as the client wrote it: "*", an absolute URL, or "@host/x"."""
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes) and raw[:1] != b"/":
+        return False
+    return str(scope["path"])[:1] == "/"
+
+
 def is_websocket_handshake(headers: Headers) -> bool:
     """A websocket opening handshake (RFC 6455 4.1). ``Sec-WebSocket-Key`` is end-to-end,
     so it reaches the check even where a proxy drops ``Upgrade`` as hop-by-hop."""
     return "sec-websocket-key" in headers or headers.get("upgrade", "").lower() == "websocket"
+
+
+# What names the original request, each under the names it may come by.
+_SAID_TWICE = (
+    ("X-Forwarded-Uri / X-Original-URI", ("x-forwarded-uri", "x-original-uri")),
+    ("X-Forwarded-Method", ("x-forwarded-method",)),
+    ("X-Forwarded-Host", ("x-forwarded-host",)),
+    ("X-Forwarded-Proto", ("x-forwarded-proto",)),
+)
+
+
+def _values(headers: Headers, names: tuple[str, ...]) -> set[str]:
+    return {value for name in names for value in headers.getlist(name)}
 
 
 def original_request(request: Request, check_path: str) -> tuple[str, str, str] | Response:
@@ -42,6 +66,18 @@ def original_request(request: Request, check_path: str) -> tuple[str, str, str] 
     its ``path_prefix`` (the check path).
     """
     headers = Headers(scope=request.scope)
+    # The proxy passes the client's own headers on to the check: one it does not set
+    # itself may be the client's. Two that disagree (the proxy's X-Original-URI beside a
+    # client's X-Forwarded-Uri, or a copy of either) cannot be told apart: refused.
+    conflicting = [label for label, names in _SAID_TWICE if len(_values(headers, names)) > 1]
+    if conflicting:
+        body = {
+            "error": "invalid_request",
+            "error_description": "the check's headers disagree: "
+            + ", ".join(conflicting)
+            + " (the proxy must set one and clear any other)",
+        }
+        return JSONResponse(body, status_code=400, headers=NO_STORE)
     target = headers.get("x-forwarded-uri") or headers.get("x-original-uri")
     method = headers.get("x-forwarded-method")
     # As sent (escapes kept), as the X-Forwarded-Uri of the other proxies: the gate

@@ -261,9 +261,11 @@ def test_the_check_answers_a_handshake_passed_on_to_it(stack: Stack) -> None:
     assert foreign.status_code == 403 and foreign.json() == {"error": "forbidden_origin"}
     # nginx reads a refusal's JSON from a header: it has no page to send anyone to.
     assert json.loads(foreign.headers["x-consent-json"]) == {"error": "forbidden_origin"}
+    # A websocket cannot follow a redirect: the 401 the reverse proxy answers, in either
+    # mode, with the login a page would be sent to.
     signed_out = httpx.get(f"{check}?mode=redirect", headers=handshake)
-    assert signed_out.status_code == 302
-    assert "returnTo=%2Fws" in signed_out.headers["location"]
+    assert signed_out.status_code == 401 and signed_out.json()["error"] == "login_required"
+    assert "returnTo=%2Fws" in signed_out.headers["x-consent-redirect"]
     browser.client.close()
 
 
