@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -98,6 +100,10 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+# A DNS name or an IP address (IPv6 without its brackets, as urlsplit hands it over).
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+")
+
+
 def _normalise_url(field_name: str, value: str, *, bare_host_ok: bool) -> str:
     """Return scheme://host[:port][/path] without a trailing slash.
 
@@ -108,20 +114,21 @@ def _normalise_url(field_name: str, value: str, *, bare_host_ok: bool) -> str:
     if bare_host_ok and "://" not in value:
         value = "https://" + value
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    hostname = parts.hostname
+    if parts.scheme not in ("http", "https") or not hostname or not _HOST.fullmatch(hostname):
         raise ConfigurationError(f"{_name(field_name)} must be an http(s) URL, got {value!r}")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigurationError(
             f"{_name(field_name)} must not contain credentials, a query or a fragment"
         )
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(hostname):
         raise ConfigurationError(
-            f"{_name(field_name)} uses plain http:// for {parts.hostname!r}; "
+            f"{_name(field_name)} uses plain http:// for {hostname!r}; "
             "only loopback hosts (localhost, 127.0.0.0/8, [::1]) may use http"
         )
     # As browsers serialise an origin (RFC 6454 6.2): lower-case host, no default port, so
     # comparing it with a request's Origin header is a plain string comparison.
-    host = parts.hostname.lower()
+    host = hostname.lower()
     host = f"[{host}]" if ":" in host else host
     try:
         number = parts.port
@@ -268,6 +275,19 @@ class Settings:
         check_requirements(self.require, self.purposes, _name("require"))
         if self.history_limit < 1:
             raise ConfigurationError(f"{_name('history_limit')} must be at least 1")
+        _check_backends(self)
+        if self.templates_directory and not os.path.isdir(self.templates_directory):
+            raise ConfigurationError(
+                f"{_name('templates_directory')}: {self.templates_directory!r} is no directory"
+            )
+        terms = urlsplit(self.terms_url)
+        if not (terms.scheme in ("http", "https") and terms.netloc) and not (
+            self.terms_url.startswith("/") and not self.terms_url.startswith("//")
+        ):
+            raise ConfigurationError(
+                f"{_name('terms_url')} must be an http(s) URL or a path on the site, "
+                f"got {self.terms_url!r}"
+            )
         if self.ledger_url and len(self.ledger_key) < MIN_SECRET_LENGTH:
             raise ConfigurationError(
                 f"{_name('ledger_key')} must be set, at least {MIN_SECRET_LENGTH} characters, "
@@ -340,6 +360,29 @@ class Settings:
             return "audience"
         auth0 = urlsplit(token_endpoint).path.rstrip("/") == AUTH0_TOKEN_PATH
         return "audience" if auth0 else "resource"
+
+
+def _check_backends(settings: Settings) -> None:
+    """What the Redis and ledger URLs need installed, and a ledger URL that can work: found
+    wrong here, at start-up (Starlette builds middleware lazily, at its first event, where
+    uvicorn's default lifespan handling would hide the error behind 500s)."""
+    for field_name, module, extra in (
+        ("redis_url", "redis", "redis"),
+        ("ledger_url", "sqlalchemy", "ledger"),
+    ):
+        if getattr(settings, field_name) and importlib.util.find_spec(module) is None:
+            raise ConfigurationError(
+                f"{_name(field_name)} needs the {extra} extra: "
+                f"pip install 'consent-middleware[{extra}]'"
+            )
+    if settings.ledger_url:
+        from ._ledger_schema import engine_url
+
+        driver = engine_url(settings.ledger_url).drivername.partition("+")[2]
+        if importlib.util.find_spec(driver) is None:
+            raise ConfigurationError(
+                f"{_name('ledger_url')} needs {driver}: pip install 'consent-middleware[ledger]'"
+            )
 
 
 def is_resource_uri(value: str) -> bool:

@@ -160,14 +160,8 @@ class Engine:
 def _ledger_opener(settings: Settings) -> LedgerOpener | None:
     if not settings.ledger_url:
         return None
-    try:
-        from ._ledger import Ledger
-        from ._ledger_schema import engine_url
-    except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
-        raise ConfigurationError(
-            "CONSENT_LEDGER_URL needs the ledger extra: pip install 'consent-middleware[ledger]'"
-        ) from exc
-    engine_url(settings.ledger_url)  # a URL that cannot work stops start-up, not an accept
+    # Settings found the extra installed and the URL one that can work.
+    from ._ledger import Ledger
 
     async def open_ledger() -> EventLedger:
         return await Ledger.open(settings.ledger_url, settings.ledger_key)
@@ -178,12 +172,8 @@ def _ledger_opener(settings: Settings) -> LedgerOpener | None:
 def _shared_state(settings: Settings) -> SharedState:
     if not settings.redis_url:
         return LocalState()
-    try:
-        from ._redis_state import RedisState
-    except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
-        raise ConfigurationError(
-            "CONSENT_REDIS_URL needs the redis extra: pip install 'consent-middleware[redis]'"
-        ) from exc
+    from ._redis_state import RedisState  # Settings found the extra installed
+
     return RedisState(settings.redis_url)
 
 

@@ -92,8 +92,10 @@ class OIDCClient:
         try:
             response = await self.http.get(url, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
+            # The URL said: AUTH0_DOMAIN given without its scheme becomes https://, which a
+            # provider on plain http on loopback never answers.
             raise IdentityProviderError(
-                f"could not fetch the {what}: {type(exc).__name__}"
+                f"could not fetch the {what} at {url}: {type(exc).__name__}"
             ) from exc
         if response.status_code != 200:
             raise IdentityProviderError(f"the {what} answered HTTP {response.status_code}")

@@ -69,6 +69,10 @@ def test_missing_variable_is_named(missing: str) -> None:
         ("CONSENT_SESSION_INACTIVITY", "soon", "whole number"),
         ("CONSENT_PUBLIC_PATHS", "static", "must start with"),
         ("CONSENT_ADMISSION_CACHE_MB", "-1", "0 (none) or more"),
+        ("AUTH0_DOMAIN", "not a url", "http(s) URL"),
+        ("CONSENT_TERMS_URL", "javascript:alert(1)", "http(s) URL or a path"),
+        ("CONSENT_TERMS_URL", "not a url", "http(s) URL or a path"),
+        ("CONSENT_TERMS_URL", "//evil.example/terms", "http(s) URL or a path"),
     ],
 )
 def test_invalid_value_fails_with_the_variable_name(name: str, value: str, message: str) -> None:
@@ -120,3 +124,45 @@ def test_urls_are_kept_as_browsers_serialise_origins() -> None:
     )
     with pytest.raises(ConfigurationError, match="invalid port"):
         make_settings(app_base_url="https://app.example.com:http")
+
+
+def test_templates_must_be_a_directory() -> None:
+    # Not silently the package's own templates, with the app's left unread.
+    with pytest.raises(ConfigurationError, match="is no directory"):
+        make_settings(templates_directory="/no/such/directory")
+
+
+def test_a_terms_path_on_the_site_is_a_terms_url() -> None:
+    assert Settings.from_env({**ENV, "CONSENT_TERMS_URL": "/terms"}).terms_url == "/terms"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "module", "extra"),
+    [
+        ("CONSENT_REDIS_URL", "redis://127.0.0.1:6379/0", "redis", "redis"),
+        ("CONSENT_LEDGER_URL", "sqlite:///ledger.db", "sqlalchemy", "ledger"),
+        ("CONSENT_LEDGER_URL", "sqlite:///ledger.db", "aiosqlite", "ledger"),
+        ("CONSENT_LEDGER_URL", "postgresql://db/consent", "asyncpg", "ledger"),
+    ],
+)
+def test_a_backend_without_its_extra_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, module: str, extra: str
+) -> None:
+    # Found at Settings, not when Starlette first builds the middleware: there, uvicorn's
+    # default lifespan handling would log "lifespan unsupported" and answer 500s.
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda m, *a: None if m == module else found(m, *a)
+    )
+    env = {**ENV, name: value, "CONSENT_LEDGER_KEY": "k" * 32}
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env(env)
+    assert name in str(info.value) and f"consent-middleware[{extra}]" in str(info.value)
+
+
+def test_a_ledger_url_that_cannot_work_stops_start_up() -> None:
+    env = {**ENV, "CONSENT_LEDGER_URL": "mysql://x/db", "CONSENT_LEDGER_KEY": "k" * 32}
+    with pytest.raises(ConfigurationError, match="CONSENT_LEDGER_URL must look like"):
+        Settings.from_env(env)

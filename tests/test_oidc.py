@@ -318,6 +318,8 @@ async def test_translated_errors_keep_their_cause(oidc: OIDCClient) -> None:
         with pytest.raises(IdentityProviderError) as info:
             await oidc.metadata()
     assert isinstance(info.value.__cause__, httpx.ConnectError)
+    # Where it looked: AUTH0_DOMAIN given without "http://" is asked over https.
+    assert f"at {DOMAIN}/.well-known/openid-configuration: ConnectError" in str(info.value)
 
 
 async def test_logout_urls(signing_key: SigningKey, http: httpx.AsyncClient) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from .._config import ENV_NAMES, REQUIRED, Settings
 from .._exceptions import ConfigurationError
+from ._assertion import AssertionSigner
 from ._logging import log_config
 from ._options import ENV_NAMES as SIDECAR_ENV_NAMES
 from ._options import SidecarOptions
@@ -62,6 +63,9 @@ def options_and_settings(argv: Sequence[str] | None = None) -> tuple[SidecarOpti
         trusted_proxies=trusted,
     )
     settings = Settings.from_env()
+    # What each worker builds first, checked once here: a bad key in a worker would have
+    # uvicorn start it again and again, never exiting.
+    AssertionSigner.from_setting(options.assertion_key, settings.secret)
     if options.workers > 1 and not settings.redis_url:
         raise ConfigurationError(
             "--workers above 1 needs CONSENT_REDIS_URL: workers share locks, refresh results "

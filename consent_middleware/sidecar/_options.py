@@ -58,7 +58,7 @@ class SidecarOptions:
             raise ConfigurationError(f"CONSENT_SIDECAR_PORT must be a TCP port, got {self.port}")
         if self.workers < 1:
             raise ConfigurationError("CONSENT_SIDECAR_WORKERS must be at least 1")
-        if self.upstream_timeout <= 0:
+        if not self.upstream_timeout > 0:  # NaN too
             raise ConfigurationError("CONSENT_UPSTREAM_TIMEOUT must be more than 0 seconds")
         for entry in self.trusted_proxies:
             try:

@@ -362,6 +362,17 @@ def test_cli_help_and_one_line_errors() -> None:
     bad = run_cli("--trusted-proxies", "not-an-address", env=env)
     assert bad.returncode == 1 and "CONSENT_TRUSTED_PROXIES" in bad.stderr
     assert json.dumps(bad.stderr).count("Traceback") == 0
+    # What each worker builds is checked before any starts: uvicorn would start a worker
+    # that fails again and again, never exiting.
+    shared = {**env, "CONSENT_REDIS_URL": "redis://127.0.0.1:1/0"}
+    for name, value in (("CONSENT_ASSERTION_KEY", "garbage"), ("CONSENT_LEDGER_URL", "mysql://x")):
+        failed = run_cli(
+            "--workers", "2", env={**shared, name: value, "CONSENT_LEDGER_KEY": "k" * 32}
+        )
+        assert failed.returncode == 1 and name in failed.stderr, failed.stderr
+        assert failed.stderr.strip().count("\n") == 0
+    nan = run_cli(env={**env, "CONSENT_UPSTREAM_TIMEOUT": "nan"})
+    assert nan.returncode == 1 and "CONSENT_UPSTREAM_TIMEOUT" in nan.stderr
 
 
 @pytest.mark.parametrize(
