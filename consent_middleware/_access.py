@@ -29,6 +29,9 @@ from ._session import Session
 from ._tokens import renewal_leeway
 
 DEFAULT_MIN_TTL = 60
+#: Tokens from a grant this recent (seconds) come from a login just made: if they cannot be
+#: renewed, the login the middleware would answer with would end the same way.
+JUST_SIGNED_IN = 60
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,12 @@ def usable(session: Session, min_ttl: float, now: float) -> bool:
         or left > min_ttl
         or left > renewal_leeway(min_ttl, token_set.expires_at, session.issued_at)
     )
+
+
+def signed_in_just_now(session: object, now: float) -> bool:
+    """Whether ``session`` (what a request holds under its session key, if anything) got
+    its tokens in the last ``JUST_SIGNED_IN`` seconds."""
+    return isinstance(session, Session) and now - session.issued_at / 1000 < JUST_SIGNED_IN
 
 
 async def renewed(

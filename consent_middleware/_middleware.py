@@ -12,6 +12,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._access import signed_in_just_now
 from ._admission_cache import Admitted
 from ._admissions import Admissions
 from ._config import Settings
@@ -36,6 +37,7 @@ from ._refresh import (
     REFRESHED_SCOPE_KEY,
     REFRESHER_SCOPE_KEY,
     RESPONSE_STARTED_SCOPE_KEY,
+    SESSION_SCOPE_KEY,
     with_cookies,
 )
 from ._responses import PRIVATE, ROLL_SCOPE_KEY, session_cookie_values, with_vary_cookie
@@ -216,7 +218,8 @@ class ConsentMiddleware:
         (401 JSON for API calls), a 503 while the provider is unreachable, a 502 for a
         token issued for another API (whose grant's new session is still written)."""
         as_json = wants_json(app_path(scope), Headers(scope=scope), self.settings)
-        response = self.engine.pages.access_token_error(exc.code, as_json)
+        fresh = signed_in_just_now(scope.get(SESSION_SCOPE_KEY), time.time())
+        response = self.engine.pages.access_token_error(exc.code, as_json, fresh)
         if response is None:
             response = self._refusal(Verdict.LOGIN, scope)
         elif exc.code == AccessTokenErrorCode.AUDIENCE_MISMATCH.value:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ._access import DEFAULT_MIN_TTL, token_for
+from ._access import DEFAULT_MIN_TTL, signed_in_just_now, token_for
 from ._audiences import AudienceMismatch
 from ._config import Settings
 from ._exceptions import AccessTokenError, ConsentMiddlewareError, IdTokenError
@@ -216,7 +217,8 @@ class AuthRoutes:
                 audience=audience,
             )
         except AccessTokenError as exc:
-            response = self.pages.access_token_error(exc.code, as_json=True)
+            fresh = signed_in_just_now(session, time.time())
+            response = self.pages.access_token_error(exc.code, True, fresh)
             if response is None:
                 response = self.pages.json_error(
                     "login_required", 401, code=exc.code, login_url=self.pages.login_url
