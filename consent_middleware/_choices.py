@@ -11,6 +11,7 @@ the record as a receipt after ISO/IEC TS 27560 and the Kantara consent receipt.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 import uuid
@@ -31,6 +32,8 @@ from ._purposes import Purpose, purpose_by_id
 from ._record import history_of, not_saved, shown_sha256, state_of, stored_consent
 from ._session import Session, now_ms
 from ._transactions import Expectation
+
+logger = logging.getLogger("consent_middleware")
 
 RECEIPT_VERSION = "consent_middleware-receipt/1"
 
@@ -191,8 +194,10 @@ class ChoiceRoutes:
             return session
         try:
             user = await self.consent.management.get_user(str(session.user["sub"]))
-        except ManagementAPIError:
-            return self.consent.pages.unavailable(as_json)
+        except ManagementAPIError as exc:
+            logger.warning("reading the consent record failed: %s", exc)
+            message = "Your consent record cannot be read just now. Nothing was changed."
+            return self.consent.pages.unavailable(as_json, message)
         return session, dict(stored_consent(user))
 
     async def history(self, request: Request) -> Response:

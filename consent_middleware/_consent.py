@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -23,7 +23,7 @@ from ._management import ManagementClient
 from ._models import Consent
 from ._oidc import OIDCClient
 from ._pages import Pages
-from ._record import ConsentWriter, not_saved, shown_sha256, terms_statement
+from ._record import ConsentWriter, not_saved, shown_sha256, stored_consent, terms_statement
 from ._redirects import return_to_or_home
 from ._refresh import SessionRefresher, with_cookies
 from ._revocation import Revocations
@@ -109,11 +109,16 @@ class ConsentRoutes:
             return await self.login.redirect(
                 self.pages.url(request.url.path + query), cookies=request.cookies
             )
+        # Back, after signing in, to where the form would have led (the terms page's
+        # return_to: the deep link first asked for), not to the home page.
+        form = await self._form(request)
+        back = self.return_to(form.get("return_to") if form is not None else None)
         return self.pages.sign_in_again(
             "Session expired",
             "Your session ended before the form was sent. Please sign in and try again.",
             401,
             "Sign in",
+            f"{self.pages.login_url}?{urlencode({'returnTo': back})}",
         )
 
     def _page(
@@ -296,6 +301,8 @@ class ConsentRoutes:
             status_code,
             settings=settings,
             user=session.user,
+            # What this session's claim says was accepted, never the current version.
+            consent=Consent.from_claim(session.user.get(settings.consent_claim)),
             csrf_token=self.csrf.token(session),
             mode=settings.withdraw_mode,
             error=error,
@@ -314,6 +321,10 @@ class ConsentRoutes:
             # Never refused, however often: a repeat within a minute of a recorded
             # withdrawal (and no other choice since) is folded into it, not written again.
             written_ms = await self.folded(sub, withdrawn)
+            if written_ms is None and not await self._anything_to_withdraw(session):
+                # Nothing given, by the claim nor by the record: no "withdrawn" event for a
+                # consent that never was. The terms page, as after a withdrawal.
+                return RedirectResponse(self._terms_page(), status_code=303)
             if written_ms is None:
                 try:
                     await self._record_withdrawal(session)
@@ -330,15 +341,39 @@ class ConsentRoutes:
                     )
                 written_ms = await self.recorded(sub, withdrawn)
             if settings.withdraw_mode == "revoke":
-                home = self.pages.path("/")
-                terms = self.pages.url(f"{settings.consent_path}?{urlencode({'returnTo': home})}")
                 return await self.continued(
-                    request, session, terms, Expectation.WITHDRAWAL, written_ms
+                    request, session, self._terms_page(), Expectation.WITHDRAWAL, written_ms
                 )
         # flag and delete: the account may no longer sign in; end both sessions.
         url = await self.oidc.logout_url(session.token_set.id_token, self.pages.home_url)
         response = RedirectResponse(url, status_code=303)
         return with_cookies(response, await self.sessions.clear(request.cookies))
+
+    def _terms_page(self) -> str:
+        """The terms page, to return home from: where a withdrawal leaves the user."""
+        home = self.pages.path("/")
+        return self.pages.url(f"{self.settings.consent_path}?{urlencode({'returnTo': home})}")
+
+    async def _anything_to_withdraw(self, session: Session) -> bool:
+        """Whether the terms or a purpose stand given: by the session's claim, or (when it
+        says nothing is, and may be older than a choice made elsewhere) by the record.
+        Where the mode closes the account, or the record cannot be read, the withdrawal
+        goes ahead: it is never held back on a doubt."""
+        settings = self.settings
+        consent = Consent.from_claim(session.user.get(settings.consent_claim))
+        if settings.withdraw_mode != "revoke" or (
+            consent is not None and (consent.given or consent.given_purposes(settings.purposes))
+        ):
+            return True
+        try:
+            user = await self.management.get_user(str(session.user["sub"]))
+        except ManagementAPIError:
+            return True
+        record = stored_consent(user)
+        purposes = record.get("purposes")
+        return bool(record.get("given")) or (
+            isinstance(purposes, Mapping) and any(v is True for v in purposes.values())
+        )
 
     async def _record_withdrawal(self, session: Session) -> None:
         settings = self.settings

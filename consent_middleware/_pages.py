@@ -32,8 +32,9 @@ logger = logging.getLogger("consent_middleware")
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
+    # The package's templates style inline; an app's own may link its stylesheet.
     "Content-Security-Policy": (
-        "default-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
     ),
     "Referrer-Policy": "same-origin",
 }
@@ -112,10 +113,13 @@ class Pages:
             action_label=action_label,
         )
 
-    def sign_in_again(self, title: str, message: str, status_code: int, label: str) -> Response:
-        """An error page whose way out is a fresh sign-in."""
+    def sign_in_again(
+        self, title: str, message: str, status_code: int, label: str, login_url: str = ""
+    ) -> Response:
+        """An error page whose way out is a fresh sign-in (at ``login_url``, which may say
+        where to return; the plain login otherwise)."""
         return self.error(
-            title, message, status_code, action_url=self.login_url, action_label=label
+            title, message, status_code, action_url=login_url or self.login_url, action_label=label
         )
 
     def for_error(self, exc: ConsentMiddlewareError, as_json: bool = False) -> Response:
@@ -134,16 +138,18 @@ class Pages:
             return self.sign_in_again(told.title, told.message, told.status, told.sign_in)
         return self.error(told.title, told.message, told.status)
 
-    def unavailable(self, as_json: bool = False) -> Response:
-        """The shared store (sessions, locks) is away: try again, nothing was lost."""
+    def unavailable(
+        self,
+        as_json: bool = False,
+        message: str = "The site cannot check your session just now.",
+    ) -> Response:
+        """The shared store (sessions, locks) is away, or what ``message`` says: try
+        again, nothing was lost."""
         if as_json:
             response: Response = self.json_error("temporarily_unavailable", 503)
         else:
-            response = self.error(
-                "Temporarily unavailable",
-                "The site cannot check your session just now. Please try again in a moment.",
-                503,
-            )
+            message += " Please try again in a moment."
+            response = self.error("Temporarily unavailable", message, 503)
         response.headers["Retry-After"] = "5"
         return response
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import re
 import time
@@ -14,7 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -383,11 +384,17 @@ async def test_head_without_a_session_is_answered_like_get(build: Build, tenant:
 
 async def test_accept_without_a_session_is_a_401_page(build: Build, tenant: Tenant) -> None:
     engine = build()
-    form = {"csrf_token": "x", "version": "v2", "agree": "yes", "return_to": "/"}
+    form = {"csrf_token": "x", "version": "v2", "agree": "yes", "return_to": "/dash?deep=1"}
     response = await call(engine, "POST", "/consent", form=form)
     assert response.status_code == 401
-    assert "Session expired" in response.text and f"{APP}/auth/login" in response.text
+    # Signing in again leads back to the deep link the terms page was to return to.
+    back = f"{APP}/auth/login?returnTo=" + quote(f"{APP}/dash?deep=1", safe="")
+    assert "Session expired" in response.text and html.escape(back) in response.text
     assert not tenant.patch.called and not tenant.token.called
+    # Never anywhere else: a foreign return_to signs in to the home page.
+    form["return_to"] = "https://evil.example/x"
+    response = await call(engine, "POST", "/consent", form=form)
+    assert "evil.example" not in response.text
 
 
 @pytest.mark.parametrize(
@@ -724,6 +731,45 @@ async def test_withdraw_in_revoke_mode(build: Build, tenant: Tenant) -> None:
     # The session goes on, with a claim that no longer lets it past the gate.
     new = await engine.sessions.load(jar([c.encode() for c in session_cookies(response)]))
     assert new is not None and new.sid == before.sid and new.user[CLAIM] == record
+
+
+async def test_the_withdraw_page_says_what_was_accepted_and_withdraws_no_consent_never_given(
+    build: Build, tenant: Tenant
+) -> None:
+    # The version this user accepted, not the one the site asks for now.
+    engine = build(terms_version="v3")
+    older = await cookies_for(engine, session(consent={**ACCEPTED, "version": "v2"}))
+    page = await call(engine, "GET", "/consent/withdraw", cookies=older)
+    assert "accepted version v2 of the" in page.text and "v3" not in page.text
+    # A user who never accepted: no claim that they did, and no "withdrawn" event for a
+    # consent that never was, by the session's claim nor by the record.
+    tenant.user_metadata = tenant.app_metadata = {}
+    never = await cookies_for(engine, session(consent=None))
+    page = await call(engine, "GET", "/consent/withdraw", cookies=never)
+    assert "accepted version" not in page.text and "there may be nothing to withdraw" in page.text
+    form = await withdraw_form(engine, never)
+    response = await call(engine, "POST", "/consent/withdraw", cookies=never, form=form)
+    assert response.status_code == 303
+    assert response.headers["location"] == f"{APP}/consent?returnTo=%2F"
+    assert tenant.get.called and not tenant.patch.called
+    # The session's claim may be older than a choice made elsewhere: the record decides.
+    tenant.app_metadata = {"consent": ACCEPTED}
+    response = await call(engine, "POST", "/consent/withdraw", cookies=never, form=form)
+    assert response.status_code == 303 and tenant.patch.call_count == 1
+
+
+async def test_a_record_that_cannot_be_read_says_so_and_is_logged(
+    build: Build, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = build()
+    cookies = await cookies_for(engine, session(consent=ACCEPTED))
+    tenant.get.mock(return_value=httpx.Response(500))
+    page = await call(engine, "GET", "/consent/history", cookies=cookies)
+    assert page.status_code == 503 and "consent record cannot be read" in page.text
+    assert page.headers["retry-after"] == "5"
+    receipt = await call(engine, "GET", "/consent/receipt.json", cookies=cookies)
+    assert receipt.json() == {"error": "temporarily_unavailable"}
+    assert "reading the consent record failed" in caplog.text
 
 
 async def test_withdraw_in_flag_mode_closes_the_account_and_the_session(

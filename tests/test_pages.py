@@ -69,3 +69,12 @@ def test_an_app_overrides_a_template_by_name(tmp_path: Path) -> None:
             withdraw_url="/consent/withdraw", shown="d",
         ).body
     )  # fmt: skip
+
+
+def test_an_apps_own_template_may_link_its_stylesheet() -> None:
+    # Content-Security-Policy style-src: the site's own sheets too, not inline styles only.
+    page = Pages(make_settings()).status(404)
+    policy = dict(
+        part.strip().split(" ", 1) for part in page.headers["content-security-policy"].split(";")
+    )
+    assert "'self'" in policy["style-src"].split() and policy["frame-ancestors"] == "'none'"
