@@ -49,10 +49,6 @@ _STATUSES = {
     ),
 }
 # Tokens the provider would not issue for the API asked for, and the status each gets.
-_NOT_RENEWABLE = (
-    AccessTokenErrorCode.MISSING_REFRESH_TOKEN.value,
-    AccessTokenErrorCode.FAILED_TO_REFRESH_TOKEN.value,
-)
 _REFUSED_TOKENS = {
     AccessTokenErrorCode.AUDIENCE_MISMATCH.value: 502,
     AccessTokenErrorCode.AUDIENCE_REFUSED.value: 403,
@@ -157,19 +153,20 @@ class Pages:
         self, code: str, as_json: bool, signed_in_just_now: bool = False
     ) -> Response | None:
         """An ``AccessTokenError`` that a new login would not cure, as its answer; None for
-        the others (the caller sends the login). A token that cannot be renewed right after
-        a login (no refresh token: ``offline_access`` not granted; or one the provider
-        refuses at once) is one: the next login would end the same way, and loop."""
+        the others (the caller sends the login). A token that needs renewing right after a
+        login that gave no refresh token (``offline_access`` not granted) is one: the next
+        login would end the same way, and loop. (A refused refresh token is not: it may
+        have been revoked since, and a login brings a new one.)"""
         if code == AccessTokenErrorCode.PROVIDER_UNAVAILABLE.value:
             return self.unavailable(as_json)
-        if signed_in_just_now and code in _NOT_RENEWABLE:
+        if signed_in_just_now and code == AccessTokenErrorCode.MISSING_REFRESH_TOKEN.value:
             if as_json:
                 return self.json_error(code, 502)
             return self.error(
                 "Access could not be renewed",
                 "You have just signed in, but the identity provider gave the site no way to "
-                "renew access for this page (no refresh token, or one it refused). Signing in "
-                "again would not help: the site's configuration needs attention.",
+                "renew access for this page (no refresh token). Signing in again would not "
+                "help: the site's configuration needs attention.",
                 502,
             )
         if code in _REFUSED_TOKENS:
