@@ -6,6 +6,9 @@ clients, stores or routes, so each is made exactly once per gate and wired the s
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -32,6 +35,8 @@ from ._routes import AuthRoutes
 from ._session import CookieSessionStore, SessionStore
 from ._state import LocalState, SharedState
 from ._transactions import TransactionStore
+
+logger = logging.getLogger("consent_middleware")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -171,10 +176,29 @@ def _ledger_opener(settings: Settings) -> LedgerOpener | None:
 
 def _shared_state(settings: Settings) -> SharedState:
     if not settings.redis_url:
+        if _one_of_several_processes():
+            # Nothing fails: other workers keep admitting a session logged out or withdrawn
+            # here, and may each spend one refresh token. Say so, once, at start-up.
+            logger.warning(
+                "this process looks like one of several workers and CONSENT_REDIS_URL is "
+                "unset: logouts, withdrawals and refresh locks stay in this process; "
+                "set CONSENT_REDIS_URL when several processes serve the app"
+            )
         return LocalState()
     from ._redis_state import RedisState  # Settings found the extra installed
 
     return RedisState(settings.redis_url)
+
+
+def _one_of_several_processes() -> bool:
+    """Whether this server process was started by another (uvicorn's ``--workers`` and
+    ``--reload`` spawn them) or ``WEB_CONCURRENCY`` asks for several."""
+    if multiprocessing.parent_process() is not None:
+        return True
+    try:
+        return int(os.environ.get("WEB_CONCURRENCY") or 1) > 1
+    except ValueError:
+        return False
 
 
 def _session_store(settings: Settings, state: SharedState) -> SessionStore:

@@ -224,3 +224,32 @@ def test_a_non_ascii_csrf_token_is_refused_not_a_500() -> None:
         client.cookies.update(cookies)
         response = client.post("/consent", data=form, headers={"origin": APP})
     assert response.status_code == 403 and "Request refused" in response.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("spawned", "concurrency", "redis", "warned"),
+    [
+        (True, "", "", True),  # uvicorn --workers: each worker is a spawned process
+        (False, "4", "", True),
+        (False, "1", "", False),
+        (False, "", "", False),
+        (True, "", "redis://127.0.0.1:1/0", False),
+    ],
+)
+async def test_several_workers_without_redis_are_warned_of(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    spawned: bool,
+    concurrency: str,
+    redis: str,
+    warned: bool,
+) -> None:
+    # Nothing fails then: a logout or withdrawal in one worker is not seen by the others.
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: object() if spawned else None)
+    monkeypatch.setenv("WEB_CONCURRENCY", concurrency)
+    engine = Engine.create(make_settings(redis_url=redis))
+    await engine.aclose()
+    assert ("CONSENT_REDIS_URL is unset" in caplog.text) is warned

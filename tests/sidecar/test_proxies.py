@@ -376,3 +376,18 @@ def test_with_the_sidecar_unreachable_nginx_answers_a_503_that_says_so() -> None
     assert response.status_code == 503
     assert "unavailable" in response.text
     assert response.headers["retry-after"] == "5"
+
+
+def test_nginx_tells_the_sidecars_own_routes_the_client_it_saw() -> None:
+    # A sidecar that trusts nginx (CONSENT_TRUSTED_PROXIES) would otherwise log, and count,
+    # the client a request claims to come from. An echo stands in for the sidecar.
+    listen = free_port()
+    forged = {"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https"}
+    with serve(UPSTREAM) as stand_in:
+        port = int(stand_in.rsplit(":", 1)[1])
+        with nginx(port, port, listen):
+            for path in ("/auth/login", "/auth/callback", "/consent", "/consent/history"):
+                url = f"http://127.0.0.1:{listen}{path}"
+                seen = httpx.get(url, headers=forged).json()["headers"]
+                assert seen["x-forwarded-for"] == "127.0.0.1", path
+                assert seen["x-forwarded-proto"] == "http", path
