@@ -248,8 +248,15 @@ def matches(path: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
+# What a browser fetches as a page (Fetch's navigation request destinations): anything else
+# it fetches on a page's behalf (an image, a script, a favicon) cannot show a login.
+_PAGE_DESTINATIONS = frozenset({"document", "iframe", "frame", "embed", "object"})
+
+
 def wants_json(path: str, headers: Headers, settings: Settings) -> bool:
-    """True for fetch/XHR and API clients, which must never get an HTML redirect."""
+    """True for fetch/XHR and API clients, which must never get an HTML redirect; and for a
+    page's subresources (``Sec-Fetch-Dest: image``, ``script``, ...): redirected, a
+    signed-out browser's favicon would start a sign-in at the provider nobody sees."""
     if any(path == p or path.startswith(p.rstrip("/") + "/") for p in settings.api_prefixes):
         return True
     if headers.get("x-requested-with", "").lower() == "xmlhttprequest":
@@ -259,9 +266,16 @@ def wants_json(path: str, headers: Headers, settings: Settings) -> bool:
     accept = headers.get("accept", "").lower()
     if ("/json" in accept or "+json" in accept) and "text/html" not in accept:
         return True
-    # Browsers mark their own navigations; anything else they send (fetch) is an API call.
+    # Browsers mark their own navigations; anything else they send is fetch (an API call)
+    # or a subresource.
     mode = headers.get("sec-fetch-mode")
-    return mode is not None and mode != "navigate" and headers.get("sec-fetch-dest") == "empty"
+    dest = headers.get("sec-fetch-dest")
+    return (
+        mode is not None
+        and mode != "navigate"
+        and dest is not None
+        and (dest not in _PAGE_DESTINATIONS)
+    )
 
 
 def refusal_url(

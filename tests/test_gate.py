@@ -105,6 +105,10 @@ def test_no_session_post_uses_303() -> None:
         ("/dashboard", {"accept": "Application/Problem+JSON, */*;q=0.1"}),
         ("/dashboard", {"x-requested-with": "XMLHttpRequest"}),
         ("/dashboard", {"sec-fetch-mode": "cors", "sec-fetch-dest": "empty", "accept": "*/*"}),
+        # A page's own subresources: a redirect would start a sign-in nobody sees (a
+        # signed-out browser's favicon would go to the provider's /authorize).
+        ("/favicon.ico", {"sec-fetch-mode": "no-cors", "sec-fetch-dest": "image"}),
+        ("/app.js", {"sec-fetch-mode": "no-cors", "sec-fetch-dest": "script"}),
     ],
 )
 def test_no_session_api_gets_401_json(path: str, headers: dict[str, str]) -> None:
@@ -113,6 +117,13 @@ def test_no_session_api_gets_401_json(path: str, headers: dict[str, str]) -> Non
     body = response.json()
     assert body["error"] == "login_required"
     assert body["login_url"].startswith("https://app.example.com/auth/login?returnTo=")
+
+
+@pytest.mark.parametrize("dest", ["document", "iframe"])
+def test_a_navigation_goes_to_the_login(dest: str) -> None:
+    headers = {"sec-fetch-mode": "navigate", "sec-fetch-dest": dest, "accept": "*/*"}
+    response = client().get("/dashboard", headers=headers)
+    assert response.status_code == 307 and "/auth/login" in response.headers["location"]
 
 
 @pytest.mark.parametrize(
