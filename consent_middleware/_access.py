@@ -26,7 +26,7 @@ from ._refresh import (
     gated_session,
 )
 from ._session import Session
-from ._tokens import renewal_leeway
+from ._tokens import still_good
 
 DEFAULT_MIN_TTL = 60
 #: Tokens from a grant this recent (seconds) come from a login just made: if they cannot be
@@ -47,15 +47,8 @@ class UserAccessToken:
 def usable(session: Session, min_ttl: float, now: float) -> bool:
     """Whether the session's access token is good for ``min_ttl`` more seconds (or for
     half its life, when it was issued for less than twice that)."""
-    token_set = session.token_set
-    if not token_set.access_token:
-        return False
-    left = token_set.expires_at - now
-    return (
-        token_set.expires_at == 0
-        or left > min_ttl
-        or left > renewal_leeway(min_ttl, token_set.expires_at, session.issued_at)
-    )
+    tokens = session.token_set
+    return still_good(tokens.access_token, tokens.expires_at, session.issued_at, min_ttl, now)
 
 
 def signed_in_just_now(session: object, now: float) -> bool:

@@ -40,7 +40,7 @@ from ._exceptions import (
 )
 from ._refresh import SessionRefresher, check_renewable
 from ._session import CookieSessionStore, Session, SessionStore
-from ._tokens import renewal_leeway
+from ._tokens import still_good
 
 logger = logging.getLogger("consent_middleware")
 
@@ -72,14 +72,7 @@ class AudienceToken:
     def usable(self, min_ttl: float, now: float, issued_at_ms: int) -> bool:
         """Good for ``min_ttl`` more seconds, or for half its life when shorter-lived
         (``issued_at_ms``: the session's last grant, this one's or a later one)."""
-        if not self.access_token:
-            return False
-        left = self.expires_at - now
-        return (
-            self.expires_at == 0
-            or left > min_ttl
-            or left > renewal_leeway(min_ttl, self.expires_at, issued_at_ms)
-        )
+        return still_good(self.access_token, self.expires_at, issued_at_ms, min_ttl, now)
 
     def to_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {

@@ -62,3 +62,18 @@ def renewal_leeway(min_ttl: float, expires_at: int, issued_at_ms: int) -> float:
     could ever get the time asked for, and the provider's rate limit would soon answer."""
     lifetime = expires_at - issued_at_ms / 1000
     return min(min_ttl, max(lifetime / 2, MIN_LEEWAY))
+
+
+def still_good(
+    access_token: str, expires_at: int, issued_at_ms: int, min_ttl: float, now: float
+) -> bool:
+    """Whether a token (``expires_at`` 0: the provider did not say) is good for ``min_ttl``
+    more seconds, or for as long as ``renewal_leeway`` asks of a shorter-lived one."""
+    if not access_token:
+        return False
+    left = expires_at - now
+    return (
+        expires_at == 0
+        or left > min_ttl
+        or left > renewal_leeway(min_ttl, expires_at, issued_at_ms)
+    )
