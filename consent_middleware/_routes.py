@@ -13,7 +13,7 @@ from starlette.routing import Route
 from ._access import DEFAULT_MIN_TTL, signed_in_just_now, token_for
 from ._audiences import AudienceMismatch
 from ._config import Settings
-from ._exceptions import AccessTokenError, ConsentMiddlewareError, IdTokenError
+from ._exceptions import AccessTokenError, ConsentMiddlewareError, IdTokenError, SharedStateError
 from ._gate import Verdict, decide, refusal_body
 from ._login import Login
 from ._oidc import LOGOUT_TOKEN_MAX_AGE, OIDCClient
@@ -248,19 +248,29 @@ class AuthRoutes:
         except IdTokenError as exc:
             logger.warning("logout token refused: %s", exc.reason)
             return _logout_refused(exc.reason)
-        # 2.6 step 10: a jti seen before is a replay. Counted in the shared state, so a
-        # token replayed to another replica is refused there too.
-        seen, _ = await self.state.incr(f"logout-jti:{claims['jti']}", LOGOUT_TOKEN_MAX_AGE)
+        # The provider sends a logout once (Auth0 does not retry): with the shared store
+        # away, it is still taken. The mark holds here at once and reaches the other
+        # replicas when the store answers again (RedisState sends it again until then).
+        try:
+            # 2.6 step 10: a jti seen before is a replay. Counted in the shared state, so a
+            # token replayed to another replica is refused there too.
+            seen, _ = await self.state.incr(f"logout-jti:{claims['jti']}", LOGOUT_TOKEN_MAX_AGE)
+        except SharedStateError:
+            seen = 1  # a replay could only end the sessions this token names, again
         if seen > 1:
             return _logout_refused("this logout token was already used")
         sid, sub = claims.get("sid"), claims.get("sub")
-        # 2.7: a sid ends that login session; a sub alone ends all of the user's.
-        if isinstance(sid, str) and sid:
-            await self.revocations.end_session(sid)
-            ended = await self.sessions.delete_by(sid=sid)
-        else:
-            await self.revocations.end_user(str(sub))
-            ended = await self.sessions.delete_by(sub=str(sub))
+        ended = 0
+        try:
+            # 2.7: a sid ends that login session; a sub alone ends all of the user's.
+            if isinstance(sid, str) and sid:
+                await self.revocations.end_session(sid)
+                ended = await self.sessions.delete_by(sid=sid)
+            else:
+                await self.revocations.end_user(str(sub))
+                ended = await self.sessions.delete_by(sub=str(sub))
+        except SharedStateError as exc:
+            logger.warning("back-channel logout taken while the shared store is away: %s", exc)
         logger.info("back-channel logout ended %d stored session(s)", ended)
         return Response(status_code=200, headers=NO_STORE)
 

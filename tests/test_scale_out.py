@@ -254,6 +254,31 @@ def forged(running: Cluster, **claims: Any) -> str:
     return key.sign(body)
 
 
+def test_a_back_channel_logout_while_redis_is_away_still_ends_the_session(
+    running: Cluster,
+) -> None:
+    # The provider sends it once (Auth0 does not retry): a 503 would lose it for good.
+    browser = signed_in(running)
+    user = running.tenant.users.by_email("dev@example.com")
+    assert user is not None
+    try:
+        running.redis.stop()
+        token = running.logout_token(sub=user["user_id"])
+        sent = httpx.post(f"{running.a}/auth/backchannel-logout", data={"logout_token": token})
+        assert sent.status_code == 200, sent.text
+        if running.store == "cookie":
+            # Ended at once where it was taken, shared store or not.
+            assert browser.client.get(f"{running.a}/dashboard").status_code == 307
+    finally:
+        running.redis.start()
+    # The other replica learns it once Redis answers again (the mark is sent again).
+    deadline = time.monotonic() + 10
+    while browser.client.get(f"{running.b}/dashboard").status_code == 200:
+        assert time.monotonic() < deadline, "the other replica still serves the session"
+        time.sleep(0.1)
+    browser.client.close()
+
+
 def test_redis_stopped_is_a_503_and_comes_back_without_restart(running: Cluster) -> None:
     browser = signed_in(running)
     try:
