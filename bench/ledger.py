@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from consent_middleware._events import CollectionMethod, ConsentAction, ConsentEvent
-from consent_middleware._ledger import GENESIS, HASHED, EntryKind, Ledger, canonical, chain_hash
+from consent_middleware._ledger import Ledger
+from consent_middleware._ledger_chain import GENESIS, HASHED, EntryKind, canonical, chain_hash
 
 KEY = "bench-ledger-key-" + "k" * 32
 CHUNK = 20_000

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 from ._exceptions import ConfigurationError, LedgerError
 
 if TYPE_CHECKING:
-    from ._ledger import Ledger, LedgerHead
+    from ._ledger import Ledger
+    from ._ledger_chain import LedgerHead
 
 URL_VARIABLE = "CONSENT_LEDGER_URL"
 KEY_VARIABLE = "CONSENT_LEDGER_KEY"
@@ -44,7 +45,7 @@ to `ledger verify --head`: only then are rows deleted from the end detected.
 
 
 def _head(text: str) -> LedgerHead:
-    from ._ledger import LedgerHead
+    from ._ledger_chain import LedgerHead
 
     try:
         return LedgerHead.parse(text)

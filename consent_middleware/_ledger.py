@@ -22,8 +22,9 @@ reconcile against Auth0's history).
 
 Each row's ``row_hash`` is SHA-256 over the previous row's hash and the canonical JSON of
 the row's other columns, one chain through the whole table from 64 zeros. ``verify`` walks
-it and finds an edited, reordered or deleted row; rows deleted from the end, or a chain
-recomputed from an edit onwards, leave a valid chain behind, which only a head recorded
+it (``_ledger_chain``) and finds an edited, reordered or deleted row, and a row of a shape
+these writes never make; rows deleted from the end, or a chain recomputed from an edit
+that keeps that shape, leave a valid chain behind, which only a head recorded
 elsewhere exposes: operators keep ``consent-middleware ledger head`` outside the database
 (a ticket, a log shipped off the host) and pass it to ``verify``.
 
@@ -43,10 +44,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -54,6 +55,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._events import ConsentEvent
 from ._exceptions import ConfigurationError, LedgerError
+from ._ledger_chain import (
+    EMPTY,
+    HASHED,
+    ChainWalk,
+    EntryKind,
+    LedgerHead,
+    Verification,
+    canonical,
+    chain_hash,
+)
 from ._ledger_schema import (
     LEDGER,
     create_engine,
@@ -68,19 +79,10 @@ logger = logging.getLogger("consent_middleware")
 
 KEY_VARIABLE = "CONSENT_LEDGER_KEY"
 MIN_KEY_LENGTH = 32
-GENESIS = "0" * 64
 # Rows per query while scanning (verify, stats): memory stays flat however long the ledger.
 BATCH = 5000
-# Every column but the hashes, in the order rows are read back.
-HASHED = ("seq", "recorded_at", "entry_id", "kind", "ref", "user_key", "event", "reason")
 # Database and network failures, as SQLAlchemy and the drivers raise them.
 DB_ERRORS = (SQLAlchemyError, OSError)
-
-
-class EntryKind(enum.StrEnum):
-    EVENT = "event"
-    CONFIRMED = "confirmed"
-    ABANDONED = "abandoned"
 
 
 class EntryState(enum.StrEnum):
@@ -89,52 +91,6 @@ class EntryState(enum.StrEnum):
     PENDING = "pending"
     CONFIRMED = "confirmed"
     ABANDONED = "abandoned"
-
-
-def canonical(value: object) -> str:
-    """The one JSON text of a value: sorted keys, no spaces (what the hashes cover)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def chain_hash(prev_hash: str, columns: Mapping[str, object]) -> str:
-    return hashlib.sha256((prev_hash + canonical(columns)).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class LedgerHead:
-    """The last row: its seq and row_hash, written ``seq:hash``."""
-
-    seq: int
-    row_hash: str
-
-    def __str__(self) -> str:
-        return f"{self.seq}:{self.row_hash}"
-
-    @classmethod
-    def parse(cls, text: str) -> Self:
-        seq, _, row_hash = text.strip().partition(":")
-        if not (seq.isdigit() and len(row_hash) == 64):
-            raise ValueError("a ledger head is written SEQ:HASH (64 hex digits)")
-        try:
-            bytes.fromhex(row_hash)
-        except ValueError:
-            raise ValueError("a ledger head is written SEQ:HASH (64 hex digits)") from None
-        return cls(int(seq), row_hash.lower())
-
-
-EMPTY = LedgerHead(0, GENESIS)
-
-
-@dataclass(frozen=True)
-class Verification:
-    """The outcome of ``verify``: ``rows`` checked, the ``head`` reached, and where the
-    chain first breaks (``broken_seq``) and why."""
-
-    ok: bool
-    rows: int
-    head: LedgerHead
-    broken_seq: int | None = None
-    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -326,49 +282,22 @@ class Ledger:
             after = int(rows[-1][0])
 
     async def verify(self, expected_head: str | LedgerHead | None = None) -> Verification:
-        """Walk the chain from the first row. Finds an edited row (any column), reordered
-        rows and a row deleted from the middle. With ``expected_head`` (a head printed
-        earlier), also rows deleted from the end and a chain recomputed after an edit."""
+        """Walk the chain from the first row (``ChainWalk``). Finds an edited row (any
+        column), reordered rows, a row deleted from the middle, and rows the ledger's own
+        writes never make (a decision naming another user's event, or none). With
+        ``expected_head`` (a head printed earlier), also rows deleted from the end and a
+        chain recomputed after an edit."""
         expected = (
             LedgerHead.parse(expected_head) if isinstance(expected_head, str) else expected_head
         )
         columns = [LEDGER.c[name] for name in HASHED]
         query = sa.select(*columns, LEDGER.c.prev_hash, LEDGER.c.row_hash).order_by(LEDGER.c.seq)
-        last, rows = EMPTY, 0
-
-        def broken(seq: int, reason: str) -> Verification:
-            return Verification(False, rows, last, seq, reason)
-
+        walk = ChainWalk(expected)
         async for row in self._scan(query):
-            values = row._mapping
-            seq = values["seq"]
-            if seq != last.seq + 1:
-                return broken(seq, f"seq {last.seq + 1} is missing: a row was deleted")
-            if values["prev_hash"] != last.row_hash:
-                return broken(seq, "prev_hash is not the previous row's hash: rows reordered")
-            computed = chain_hash(last.row_hash, {name: values[name] for name in HASHED})
-            if values["row_hash"] != computed:
-                return broken(seq, "row_hash does not match the row: the row was edited")
-            if expected is not None and seq == expected.seq and computed != expected.row_hash:
-                # A chain recomputed after an edit: the edit may be in any row up to here,
-                # so none of them is vouched for.
-                return Verification(
-                    False,
-                    0,
-                    EMPTY,
-                    seq,
-                    f"the chain up to seq {seq} differs from the expected head {expected}: "
-                    "a row at or before it was changed and the chain recomputed, or the head "
-                    "is another ledger's",
-                )
-            last, rows = LedgerHead(seq, computed), rows + 1
-        if expected is not None and last.seq < expected.seq:
-            return broken(
-                last.seq + 1,
-                f"the ledger ends at seq {last.seq}, before the expected head {expected}: "
-                "rows were deleted from the end",
-            )
-        return Verification(True, rows, last)
+            broken = walk.step(row._mapping)
+            if broken is not None:
+                return broken
+        return walk.end()
 
     async def history(self, sub: str) -> list[LedgerEntry]:
         """The user's events, oldest first, each with its state."""

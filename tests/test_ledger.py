@@ -24,13 +24,13 @@ from consent_middleware._events import (
     PurposeChoice,
 )
 from consent_middleware._exceptions import ConfigurationError, LedgerError
-from consent_middleware._ledger import (
+from consent_middleware._ledger import EntryState, Ledger
+from consent_middleware._ledger_chain import (
     EMPTY,
     GENESIS,
     HASHED,
-    EntryState,
-    Ledger,
     LedgerHead,
+    canonical,
     chain_hash,
 )
 from consent_middleware._ledger_schema import (
@@ -141,9 +141,7 @@ async def test_the_first_row_links_to_64_zeros_and_hashes_its_columns(
     assert (
         rows[0].row_hash
         == hashlib.sha256(
-            (
-                GENESIS + _ledger.canonical({name: rows[0]._mapping[name] for name in HASHED})
-            ).encode()
+            (GENESIS + canonical({name: rows[0]._mapping[name] for name in HASHED})).encode()
         ).hexdigest()
     )
     # The event is the canonical JSON of the record Auth0 gets too.
@@ -207,7 +205,7 @@ async def swap_rows(url: str, a: int, b: int) -> None:
 
 TAMPERING: dict[str, tuple[Callable[[str], Awaitable[object]], int, str]] = {
     "event edited": (
-        lambda url: raw(url, row_update(5, event=_ledger.canonical({"action": "withdrawn"}))),
+        lambda url: raw(url, row_update(5, event=canonical({"action": "withdrawn"}))),
         5,
         "edited",
     ),
@@ -246,30 +244,65 @@ async def test_a_deleted_tail_is_found_only_against_a_kept_head(
     assert "deleted from the end" in (result.reason or "")
 
 
+async def recomputed(url: str, edits: dict[int, dict[str, object]]) -> None:
+    """Apply ``edits`` (seq -> columns) and recompute every hash from the first edited row
+    on, as someone with write access to the database would to hide them."""
+    rows = await raw(url, sa.select(LEDGER).order_by(LEDGER.c.seq))
+    first = min(edits)
+    prev = rows[first - 2].row_hash if first > 1 else GENESIS
+    updates = []
+    for row in rows[first - 1 :]:
+        columns = {name: row._mapping[name] for name in HASHED} | edits.get(row.seq, {})
+        row_hash = chain_hash(prev, columns)
+        changed = {k: v for k, v in columns.items() if k != "seq"}
+        updates.append(row_update(row.seq, **changed, prev_hash=prev, row_hash=row_hash))
+        prev = row_hash
+    await raw(url, *updates)
+
+
 async def test_a_recomputed_chain_is_found_only_against_a_kept_head(
     ledger: Ledger, ledger_url: str
 ) -> None:
     await fill(ledger, 8)
     kept = await ledger.head()
-    rows = await raw(ledger_url, sa.select(LEDGER).order_by(LEDGER.c.seq))
-    # Rewrite row 3's user_key and recompute every hash from there on.
-    prev = rows[1].row_hash
-    updates = []
-    for row in rows[2:]:
-        columns = {name: row._mapping[name] for name in HASHED}
-        if row.seq == 3:
-            columns["user_key"] = "f" * 64
-        row_hash = chain_hash(prev, columns)
-        changed = {k: v for k, v in columns.items() if k != "seq"}
-        updates.append(row_update(row.seq, **changed, prev_hash=prev, row_hash=row_hash))
-        prev = row_hash
-    await raw(ledger_url, *updates)
+    # Row 4 (an event) and row 5 (its confirmation) moved to another user, consistently.
+    await recomputed(ledger_url, {4: {"user_key": "f" * 64}, 5: {"user_key": "f" * 64}})
     assert (await ledger.verify()).ok
     result = await ledger.verify(kept)
     assert not result.ok and result.broken_seq == kept.seq
     assert "differs from the expected head" in (result.reason or "")
     # The edit could be in any row up to the head: none is reported intact.
     assert (result.rows, result.head) == (0, EMPTY)
+
+
+# Rows the ledger's own writes never make, the chain recomputed over them: found without
+# a kept head. fill(4) writes: 1 event (confirmed by 2), 3 event, 4 event (confirmed by 5),
+# 6 event; ``ids`` are the events' entry ids. (The schema itself refuses an unknown kind,
+# and a second decision of one event.)
+MISSHAPEN: dict[str, tuple[Callable[[list[str]], dict[int, dict[str, object]]], int, str]] = {
+    "a confirmation moved to another user": (
+        lambda ids: {2: {"user_key": "f" * 64}}, 2, "naming another user's event"),
+    "an event moved to another user": (
+        lambda ids: {1: {"user_key": "f" * 64}}, 2, "naming another user's event"),
+    "a confirmation naming nothing": (
+        lambda ids: {2: {"ref": "no-such-event"}}, 2, "no earlier undecided"),
+    "an event emptied": (lambda ids: {3: {"event": None}}, 3, "without its event"),
+    "an event naming a row": (lambda ids: {3: {"ref": "x"}}, 3, "naming another row"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", MISSHAPEN)
+async def test_verify_finds_rows_the_ledger_never_writes(
+    ledger: Ledger, ledger_url: str, case: str
+) -> None:
+    edits, seq, reason = MISSHAPEN[case]
+    ids = await fill(ledger, 4)
+    assert (await ledger.verify()).ok
+    await recomputed(ledger_url, edits(ids))
+    result = await ledger.verify()
+    assert not result.ok and result.broken_seq == seq, result
+    assert reason in (result.reason or "") and "never writes such a row" in (result.reason or "")
+    assert result.rows == seq - 1
 
 
 # ---- states, history, stats ---------------------------------------------------------------
