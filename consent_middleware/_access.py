@@ -29,8 +29,8 @@ from ._session import Session
 from ._tokens import still_good
 
 DEFAULT_MIN_TTL = 60
-#: Tokens from a grant this recent (seconds) come from a login just made: if they cannot be
-#: renewed, the login the middleware would answer with would end the same way.
+#: Tokens got this recently (seconds) come from a login just made, as far as a missing
+#: refresh token goes: the login the middleware would answer with would end the same way.
 JUST_SIGNED_IN = 60
 
 
@@ -48,13 +48,22 @@ def usable(session: Session, min_ttl: float, now: float) -> bool:
     """Whether the session's access token is good for ``min_ttl`` more seconds (or for
     half its life, when it was issued for less than twice that)."""
     tokens = session.token_set
-    return still_good(tokens.access_token, tokens.expires_at, session.issued_at, min_ttl, now)
+    return still_good(tokens.access_token, tokens.expires_at, tokens.issued_at, min_ttl, now)
 
 
-def signed_in_just_now(session: object, now: float) -> bool:
+def renewal_not_for_age(session: object, now: float) -> bool:
     """Whether ``session`` (what a request holds under its session key, if anything) got
-    its tokens in the last ``JUST_SIGNED_IN`` seconds."""
-    return isinstance(session, Session) and now - session.issued_at / 1000 < JUST_SIGNED_IN
+    its own token so lately (``JUST_SIGNED_IN``, and the first half of the token's life)
+    that a renewal asked for now was not for the token's age: forced, or for another API.
+    When there is no refresh token, a new login would then end the same way."""
+    if not isinstance(session, Session):
+        return False
+    tokens = session.token_set
+    got = tokens.issued_at or session.issued_at / 1000
+    window = float(JUST_SIGNED_IN)
+    if tokens.expires_at:
+        window = min(window, (tokens.expires_at - got) / 2)
+    return now - got < window
 
 
 async def renewed(

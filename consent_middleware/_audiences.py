@@ -65,14 +65,15 @@ class AudienceToken:
     #: The scope asked for: what nextjs-auth0 matches a later request against.
     requested_scope: str | None = None
     token_type: str | None = None
+    #: Unix seconds this server got it; 0 when unknown (nextjs-auth0 wrote the entry).
+    issued_at: int = 0
 
     def expired(self, now: float) -> bool:
         return not self.access_token or 0 < self.expires_at <= now
 
-    def usable(self, min_ttl: float, now: float, issued_at_ms: int) -> bool:
-        """Good for ``min_ttl`` more seconds, or for half its life when shorter-lived
-        (``issued_at_ms``: the session's last grant, this one's or a later one)."""
-        return still_good(self.access_token, self.expires_at, issued_at_ms, min_ttl, now)
+    def usable(self, min_ttl: float, now: float) -> bool:
+        """Good for ``min_ttl`` more seconds, or for half its life when shorter-lived."""
+        return still_good(self.access_token, self.expires_at, self.issued_at, min_ttl, now)
 
     def to_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -84,6 +85,7 @@ class AudienceToken:
             ("scope", self.scope),
             ("requestedScope", self.requested_scope),
             ("token_type", self.token_type),
+            ("issuedAt", self.issued_at),
         ):
             if value:
                 entry[key] = value
@@ -94,7 +96,7 @@ class AudienceToken:
         if not isinstance(entry, Mapping):
             return None
         token, audience = entry.get("accessToken"), entry.get("audience")
-        expires_at = entry.get("expiresAt")
+        expires_at, issued_at = entry.get("expiresAt"), entry.get("issuedAt")
         if not (isinstance(token, str) and isinstance(audience, str)):
             return None
         return cls(
@@ -104,6 +106,7 @@ class AudienceToken:
             scope=_text(entry.get("scope")),
             requested_scope=_text(entry.get("requestedScope")),
             token_type=_text(entry.get("token_type")),
+            issued_at=int(issued_at) if isinstance(issued_at, int | float) else 0,
         )
 
 
@@ -273,6 +276,7 @@ async def _grant(
         scope=_text(body.get("scope")),
         requested_scope=settings.scope,
         token_type=_text(body.get("token_type")),
+        issued_at=int(requested_at),
     )
     return stored(current, token)
 
@@ -290,7 +294,7 @@ async def audience_token(
     check_audience(audience)
     scope = refresher.settings.scope
     found = find(session, audience, scope)
-    if found is not None and not refresh and found.usable(min_ttl, time.time(), session.issued_at):
+    if found is not None and not refresh and found.usable(min_ttl, time.time()):
         return session, found
     check_renewable(session, renewable)
 

@@ -12,7 +12,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._access import signed_in_just_now
+from ._access import renewal_not_for_age
 from ._admission_cache import Admitted
 from ._admissions import Admissions
 from ._config import Settings
@@ -218,8 +218,8 @@ class ConsentMiddleware:
         (401 JSON for API calls), a 503 while the provider is unreachable, a 502 for a
         token issued for another API (whose grant's new session is still written)."""
         as_json = wants_json(app_path(scope), Headers(scope=scope), self.settings)
-        fresh = signed_in_just_now(scope.get(SESSION_SCOPE_KEY), time.time())
-        response = self.engine.pages.access_token_error(exc.code, as_json, fresh)
+        fresh = renewal_not_for_age(scope.get(SESSION_SCOPE_KEY), time.time())
+        response = self.engine.pages.access_token_error(exc.code, as_json, login_helps=not fresh)
         if response is None:
             response = self._refusal(Verdict.LOGIN, scope)
         elif exc.code == AccessTokenErrorCode.AUDIENCE_MISMATCH.value:

@@ -150,7 +150,7 @@ class Pages:
         return response
 
     def access_token_error(
-        self, code: str, as_json: bool, signed_in_just_now: bool = False
+        self, code: str, as_json: bool, login_helps: bool = True
     ) -> Response | None:
         """An ``AccessTokenError`` that a new login would not cure, as its answer; None for
         the others (the caller sends the login). A token that needs renewing right after a
@@ -159,7 +159,7 @@ class Pages:
         have been revoked since, and a login brings a new one.)"""
         if code == AccessTokenErrorCode.PROVIDER_UNAVAILABLE.value:
             return self.unavailable(as_json)
-        if signed_in_just_now and code == AccessTokenErrorCode.MISSING_REFRESH_TOKEN.value:
+        if not login_helps and code == AccessTokenErrorCode.MISSING_REFRESH_TOKEN.value:
             if as_json:
                 return self.json_error(code, 502)
             return self.error(

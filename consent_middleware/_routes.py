@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ._access import DEFAULT_MIN_TTL, signed_in_just_now, token_for
+from ._access import DEFAULT_MIN_TTL, renewal_not_for_age, token_for
 from ._audiences import AudienceMismatch
 from ._config import Settings
 from ._exceptions import AccessTokenError, ConsentMiddlewareError, IdTokenError, SharedStateError
@@ -217,8 +217,8 @@ class AuthRoutes:
                 audience=audience,
             )
         except AccessTokenError as exc:
-            fresh = signed_in_just_now(session, time.time())
-            response = self.pages.access_token_error(exc.code, True, fresh)
+            fresh = renewal_not_for_age(session, time.time())
+            response = self.pages.access_token_error(exc.code, as_json=True, login_helps=not fresh)
             if response is None:
                 response = self.pages.json_error(
                     "login_required", 401, code=exc.code, login_url=self.pages.login_url

@@ -106,6 +106,8 @@ class Session:
         for key, value in (
             ("refreshToken", self.token_set.refresh_token),
             ("scope", self.token_set.scope),
+            # Not nextjs-auth0's: when the access token was got, for how early to renew it.
+            ("issuedAt", self.token_set.issued_at),
         ):
             if value:
                 token_set[key] = value
@@ -139,6 +141,7 @@ class Session:
                 refresh_token=_optional_str(tokens.get("refreshToken")),
                 expires_at=int(tokens.get("expiresAt", 0)),
                 scope=_optional_str(tokens.get("scope")),
+                issued_at=_whole_seconds(tokens.get("issuedAt")),
             ),
             sid=summary.sid,
             created_at=summary.created_at,
@@ -390,3 +393,8 @@ class CookieSessionStore(RollingExpiry):
     async def delete_by(self, *, sid: str | None = None, sub: str | None = None) -> int:
         # The sessions live in browsers: nothing to delete here. Revocation marks end them.
         return 0
+
+
+def _whole_seconds(value: object) -> int:
+    """A number of seconds another writer may have left out or spelled otherwise: 0 then."""
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0

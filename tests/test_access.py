@@ -57,10 +57,11 @@ def _session(
     """A session whose access token was issued for ``lifetime`` seconds and has
     ``expires_in`` of them left."""
     now = time.time()
+    got = now + expires_in - lifetime
     return Session.from_claims(
         {"sub": "auth0|user1", **(CONSENTED if claims is None else claims)},
-        TokenSet("at-1", "idt", refresh_token, int(now) + expires_in, "openid"),
-        issued_at=int((now + expires_in - lifetime) * 1000),
+        TokenSet("at-1", "idt", refresh_token, int(now) + expires_in, "openid", int(got)),
+        issued_at=int(got * 1000),
     )
 
 
@@ -126,6 +127,39 @@ def test_tokens_shorter_lived_than_min_ttl_are_used_for_half_their_life(
             for _ in range(5):
                 assert test.get("/api/call").json()["token"] == "at-2"
             assert grant.call_count == 1
+
+
+def test_a_tokens_life_is_its_own_not_the_sessions_last_grant() -> None:
+    # A grant for another API moves the session's issued_at, never its own token's age:
+    # an hour-old token with 20 s left is no good for 60 s, however fresh the session.
+    from consent_middleware._access import usable
+    from consent_middleware._audiences import AudienceToken
+
+    now = time.time()
+    tokens = TokenSet("at", "idt", "rt", int(now) + 20, "openid", int(now) - 3580)
+    session = Session.from_claims({"sub": "u"}, tokens, issued_at=int(now * 1000))
+    assert not usable(session, 60, now)
+    # Kept in the cookie, and read back (nextjs-auth0 leaves it be; without it, min_ttl).
+    payload = session.to_payload()
+    assert payload["tokenSet"]["issuedAt"] == int(now) - 3580
+    parsed = Session.from_payload({**payload, "exp": int(now) + 600})
+    assert parsed is not None and parsed.token_set.issued_at == int(now) - 3580
+    unknown = {**payload["tokenSet"], "issuedAt": "yesterday"}
+    parsed = Session.from_payload({**payload, "tokenSet": unknown, "exp": int(now) + 600})
+    assert parsed is not None and parsed.token_set.issued_at == 0
+    assert not usable(parsed, 60, now)
+    # A short-lived token of another API: half its life, by its own issue time.
+    entry = {"accessToken": "x", "audience": "https://api", "expiresAt": int(now) + 20}
+    fresh = AudienceToken.from_entry({**entry, "issuedAt": int(now) - 10})
+    old = AudienceToken.from_entry({**entry, "issuedAt": int(now) - 3580})
+    assert (
+        fresh is not None
+        and fresh.usable(60, now)
+        and fresh.to_entry() == {**entry, "issuedAt": int(now) - 10}
+    )
+    assert old is not None and not old.usable(60, now)
+    written_elsewhere = AudienceToken.from_entry(entry)
+    assert written_elsewhere is not None and not written_elsewhere.usable(60, now)
 
 
 async def streamed_token(request: Request) -> Response:
@@ -199,12 +233,20 @@ def test_a_token_that_cannot_be_renewed_right_after_a_login_is_no_new_login(
         refused = client(cookies(3600, refresh_token="rt-x", lifetime=3600))
         again = refused.get("/api/call", params={"refresh": "1"})
         assert again.status_code == 307 and "/auth/login" in again.headers["location"]
-        # Browser code asking for its token gets the same, not a 401 it would log in on.
-        route = client(cookies(0, refresh_token=None, lifetime=30)).get("/auth/access-token")
+        # Browser code asking for a token for another API (a grant with the refresh token,
+        # whatever the session's own token's age) gets the same, not a 401 to log in on.
+        just_signed_in = client(cookies(3600, refresh_token=None, lifetime=3600))
+        route = just_signed_in.get(
+            "/auth/access-token", params={"audience": "https://reports.example.com"}
+        )
         assert route.status_code == 502 and route.json()["error"] == "missing_refresh_token"
         # A session signed in a while ago: a login may well bring a refresh token.
         older = client(cookies(0, refresh_token=None)).get("/api/call")
         assert older.status_code == 307 and "/auth/login" in older.headers["location"]
+        # A 100 s token 55 s after the login needs renewing for its age: a login brings a
+        # new one, good for as long again.
+        aged = client(cookies(45, refresh_token=None, lifetime=100)).get("/api/call")
+        assert aged.status_code == 307 and "/auth/login" in aged.headers["location"]
 
 
 @pytest.mark.anyio
