@@ -116,7 +116,8 @@ def _normalise_url(field_name: str, value: str, *, bare_host_ok: bool) -> str:
     parts = urlsplit(value)
     hostname = parts.hostname
     if parts.scheme not in ("http", "https") or not hostname or not _HOST.fullmatch(hostname):
-        raise ConfigurationError(f"{_name(field_name)} must be an http(s) URL, got {value!r}")
+        hint = " (an international name in its xn-- form)" if not value.isascii() else ""
+        raise ConfigurationError(f"{_name(field_name)} must be an http(s) URL{hint}, got {value!r}")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigurationError(
             f"{_name(field_name)} must not contain credentials, a query or a fragment"
@@ -281,8 +282,10 @@ class Settings:
                 f"{_name('templates_directory')}: {self.templates_directory!r} is no directory"
             )
         terms = urlsplit(self.terms_url)
+        # A path, or an absolute http(s) URL: never "//host" or "/\host", which browsers
+        # read as another site.
         if not (terms.scheme in ("http", "https") and terms.netloc) and not (
-            self.terms_url.startswith("/") and not self.terms_url.startswith("//")
+            self.terms_url[:1] == "/" and self.terms_url[1:2] not in ("/", "\\")
         ):
             raise ConfigurationError(
                 f"{_name('terms_url')} must be an http(s) URL or a path on the site, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -349,8 +349,7 @@ class ConsentRoutes:
         response = RedirectResponse(url, status_code=303)
         return with_cookies(response, await self.sessions.clear(request.cookies))
 
-    def _terms_page(self) -> str:
-        """The terms page, to return home from: where a withdrawal leaves the user."""
+    def _terms_page(self) -> str:  # where a withdrawal leaves the user
         home = self.pages.path("/")
         return self.pages.url(f"{self.settings.consent_path}?{urlencode({'returnTo': home})}")
 
@@ -360,19 +359,20 @@ class ConsentRoutes:
         Where the mode closes the account, or the record cannot be read, the withdrawal
         goes ahead: it is never held back on a doubt."""
         settings = self.settings
-        consent = Consent.from_claim(session.user.get(settings.consent_claim))
-        if settings.withdraw_mode != "revoke" or (
-            consent is not None and (consent.given or consent.given_purposes(settings.purposes))
+        if settings.withdraw_mode != "revoke" or self._gives_any(
+            session.user.get(settings.consent_claim)
         ):
             return True
         try:
             user = await self.management.get_user(str(session.user["sub"]))
         except ManagementAPIError:
             return True
-        record = stored_consent(user)
-        purposes = record.get("purposes")
-        return bool(record.get("given")) or (
-            isinstance(purposes, Mapping) and any(v is True for v in purposes.values())
+        return self._gives_any(stored_consent(user))  # the claim's shape, as the Action copies
+
+    def _gives_any(self, claim: object) -> bool:
+        consent = Consent.from_claim(claim)
+        return consent is not None and bool(
+            consent.given or consent.given_purposes(self.settings.purposes)
         )
 
     async def _record_withdrawal(self, session: Session) -> None:

@@ -220,15 +220,27 @@ def session_cookie_map(own: bytes, cookie_header: bytes) -> dict[str, str]:
 def canonical_session_pairs(own: bytes, cookie_header: bytes) -> list[bytes] | None:
     """The session's cookies as the gate reads them (``name=value``, one per name), when
     the header holds them another way: a name padded with spaces, or given twice. An app
-    behind the sidecar parses cookies its own way (Next.js neither strips names nor keeps
-    the last of a repeated one): it must be handed these, never the ambiguous header, or
-    it could act on another session than the one the gate admitted. None when the
-    header's session pairs are already exactly these."""
+    behind the sidecar parses cookies its own way (Next.js keeps names as sent; Express
+    and Go keep the first of a repeated name, where Starlette keeps the last): it must be
+    handed these, never the ambiguous header, or it could act on another session than the
+    one the gate admitted. None when the header's session pairs are already these."""
     found = session_cookie_map(own, cookie_header)
     pairs = [f"{name}={value}".encode("latin-1") for name, value in found.items()]
     if not own.startswith(_PARSED) and own == b";".join(pairs):
         return None
     return pairs
+
+
+def has_padded_session_name(cookie_header: bytes) -> bool:
+    """Whether a cookie's name is the session's only once spaces around it are stripped
+    (``__session =``, a non-ASCII space before it): what Starlette reads as the session and
+    a parser that keeps names as sent (Next.js's) as another cookie. Browsers strip cookie
+    names, so only a hand-made request carries one."""
+    for part in cookie_header.decode("latin-1").split(";"):
+        name = part.partition("=")[0].lstrip(" ")
+        if name != name.strip() and name.strip().startswith(SESSION_COOKIE):
+            return True
+    return False
 
 
 def session_value(own: bytes) -> bytes | None:

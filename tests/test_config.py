@@ -73,6 +73,8 @@ def test_missing_variable_is_named(missing: str) -> None:
         ("CONSENT_TERMS_URL", "javascript:alert(1)", "http(s) URL or a path"),
         ("CONSENT_TERMS_URL", "not a url", "http(s) URL or a path"),
         ("CONSENT_TERMS_URL", "//evil.example/terms", "http(s) URL or a path"),
+        ("CONSENT_TERMS_URL", "/\\evil.example/terms", "http(s) URL or a path"),
+        ("AUTH0_DOMAIN", "bücher.example", "xn-- form"),
     ],
 )
 def test_invalid_value_fails_with_the_variable_name(name: str, value: str, message: str) -> None:

@@ -32,6 +32,7 @@ from .._config import Settings
 from .._cookies import (
     SESSION_COOKIE,
     canonical_session_pairs,
+    has_padded_session_name,
     joined_cookie_header,
     session_cookies,
 )
@@ -230,7 +231,10 @@ class Sidecar:
             with contextlib.suppress(SharedStateError):
                 # The store is away: the request goes on with the cookie it came with.
                 written = await pending(scope)
-        headers = with_new_session(headers, written or as_admitted(scope))
+        if written:
+            headers = with_new_session(headers, written)
+        elif admitted := as_admitted(joined_cookie_header(scope)):
+            headers = with_session_pairs(headers, admitted)
         if scope["type"] == "websocket":
             await self.upstream.websocket(scope, receive, send, headers)
         else:
@@ -260,6 +264,15 @@ class Sidecar:
         if isinstance(original, Response):
             return original
         method, target, origin = original
+        held = joined_cookie_header(request.scope)
+        admitted = as_admitted(held)
+        if admitted and has_padded_session_name(held):
+            # A name no browser sends (browsers strip cookie names), read as the session by
+            # this gate and as another cookie by the app's parser: the proxy may not hand
+            # the app the session the gate admitted (Traefik and Envoy cannot).
+            body = {"error": "invalid_request", "error_description": "a session cookie's "
+                    "name is padded with spaces"}  # fmt: skip
+            return JSONResponse(body, status_code=400, headers=NO_STORE)
         # The method a proxy reports is the client's own word unless the proxy set it:
         # only a trusted proxy's (or Envoy's, on the check itself) lets a preflight by.
         vouched = request.method == method or self._peer_trusted(request.scope)
@@ -310,11 +323,12 @@ class Sidecar:
             # What the upstream must read instead of the request's Cookie header: the
             # session just refreshed (a mere roll changes only its expiry), or the one the
             # gate read where the header holds it ambiguously.
-            forward = cookies if changed else as_admitted(request.scope)
-            if forward:
-                rewritten = with_new_session(
-                    [(b"cookie", joined_cookie_header(request.scope))], forward
-                )
+            rewritten = None
+            if changed:
+                rewritten = with_new_session([(b"cookie", held)], cookies)
+            elif admitted:
+                rewritten = with_session_pairs([(b"cookie", held)], admitted)
+            if rewritten is not None:
                 response.raw_headers.append((b"x-consent-forward-cookie", rewritten[-1][1]))
             return with_cookie_copies(with_cookies(response, cookies), cookies)
         url = settings.app_base_url + refusal_url(verdict, target, settings, "", missing)
@@ -350,18 +364,17 @@ def with_cookie_copies(response: Response, cookies: list[bytes]) -> Response:
     return response
 
 
-def as_admitted(scope: Scope) -> list[bytes]:
-    """The session's cookies as the gate read them, when the request's Cookie header holds
-    them ambiguously (``canonical_session_pairs``); none otherwise."""
-    raw = joined_cookie_header(scope)
-    return canonical_session_pairs(session_cookies(raw), raw) or []
+def as_admitted(cookie_header: bytes) -> list[bytes]:
+    """The session's cookies as the gate read them, when the Cookie header holds them
+    ambiguously (``canonical_session_pairs``); none otherwise."""
+    return canonical_session_pairs(session_cookies(cookie_header), cookie_header) or []
 
 
 def with_new_session(
     headers: list[tuple[bytes, bytes]], set_cookies: list[bytes]
 ) -> list[tuple[bytes, bytes]]:
-    """The request's Cookie header with the session replaced by what is being set:
-    old chunks gone, new ones in, other cookies untouched."""
+    """The request's Cookie header with the session replaced by what is being set
+    (``Set-Cookie`` values): old chunks gone, new ones in, other cookies untouched."""
     if not set_cookies:
         return headers
     fresh = []
@@ -369,6 +382,14 @@ def with_new_session(
         pair = value.split(b";", 1)[0]
         if b"max-age=0" not in value.lower() and pair.split(b"=", 1)[1]:
             fresh.append(pair)
+    return with_session_pairs(headers, fresh)
+
+
+def with_session_pairs(
+    headers: list[tuple[bytes, bytes]], pairs: list[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """The request's Cookie header with the session's pairs replaced by ``pairs``
+    (``name=value``), the other cookies untouched."""
     # Every pair the gate counts as the session's (its name stripped as Starlette strips
     # it, non-ASCII spaces too) goes: the upstream reads only the session's new pairs.
     kept = [
@@ -379,7 +400,7 @@ def with_new_session(
         if part.strip() and not part.decode("latin-1").strip().startswith(SESSION_COOKIE)
     ]
     others = [(n, v) for n, v in headers if n != b"cookie"]
-    return [*others, (b"cookie", b"; ".join([*kept, *fresh]))]
+    return [*others, (b"cookie", b"; ".join([*kept, *pairs]))]
 
 
 def create_app() -> Sidecar:

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import websockets
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
@@ -320,6 +321,17 @@ class Upstream:
                 open_timeout=10,
                 max_size=WEBSOCKET_MAX_SIZE,
             )
+        except websockets.InvalidStatus as refused:
+            # The upstream answered the handshake itself (401, 404, ...): its answer.
+            answer = refused.response
+            kind = answer.headers.get("Content-Type")
+            await answer_connect(
+                scope,
+                receive,
+                send,
+                Response(bytes(answer.body), answer.status_code, media_type=kind),
+            )
+            return
         except (OSError, websockets.WebSocketException, TimeoutError) as exc:
             # A 502, as for a request: not the 403 a close before accepting would become.
             logger.warning("upstream websocket failed: %s", type(exc).__name__)

@@ -50,8 +50,16 @@ async def big_echo(websocket: WebSocket) -> None:
     await websocket.send_text(await websocket.receive_text())
 
 
+async def refusing(websocket: WebSocket) -> None:
+    await websocket.send_denial_response(JSONResponse({"error": "not here"}, status_code=404))
+
+
 UPSTREAM = Starlette(
-    routes=[WebSocketRoute("/ws", big_echo), Route("/{path:path}", echo, methods=["GET"])]
+    routes=[
+        WebSocketRoute("/ws", big_echo),
+        WebSocketRoute("/ws-refused", refusing),
+        Route("/{path:path}", echo, methods=["GET"]),
+    ]
 )
 
 
@@ -161,13 +169,11 @@ def test_a_hash_is_part_of_the_path_the_check_decides_on() -> None:
         assert asyncio.run(check(headers)).status_code == 401, target
 
 
-# A consented user holding another, unconsented session: Starlette strips cookie names
-# and keeps the last of a repeated one; Next.js does neither.
-AMBIGUOUS = [
-    "__session={bob}; __session ={alice}",
-    "__session={bob}; __session={alice}",
-    "__session={bob}; \xa0__session={alice}",
-]
+# A consented user holding another, unconsented session: Starlette strips cookie names and
+# keeps the last of a repeated one; Next.js keeps names as sent, Express and Go the first.
+PADDED = ["__session={bob}; __session ={alice}", "__session={bob}; \xa0__session={alice}"]
+REPEATED = ["__session={bob}; __session={alice}"]
+AMBIGUOUS = PADDED + REPEATED
 
 
 @pytest.mark.parametrize("shape", AMBIGUOUS)
@@ -184,7 +190,7 @@ def test_an_upstream_reads_only_the_session_the_gate_admitted(shape: str) -> Non
     assert pairs == ["theme=dark", f"__session={alice}"]
 
 
-@pytest.mark.parametrize("shape", AMBIGUOUS)
+@pytest.mark.parametrize("shape", REPEATED)
 def test_the_check_hands_the_proxy_the_session_it_admitted(shape: str) -> None:
     alice, bob = session_cookie("auth0|alice", True), session_cookie("auth0|bob", False)
     header = shape.format(alice=alice, bob=bob)
@@ -198,6 +204,16 @@ def test_the_check_hands_the_proxy_the_session_it_admitted(shape: str) -> None:
     # The usual header is left as it is: nothing for the proxy to replace.
     usual = asyncio.run(check([*original, ("Cookie", f"a=1; __session={alice}")]))
     assert usual.status_code == 200 and "x-consent-forward-cookie" not in usual.headers
+
+
+@pytest.mark.parametrize("shape", PADDED)
+def test_the_check_refuses_a_padded_session_name(shape: str) -> None:
+    # No browser sends one; a proxy that cannot replace the app's Cookie header (Traefik,
+    # Envoy) would hand the app the other session.
+    alice, bob = session_cookie("auth0|alice", True), session_cookie("auth0|bob", False)
+    original = [("X-Forwarded-Uri", "/x"), ("X-Forwarded-Host", "app.example")]
+    answer = asyncio.run(check([*original, ("Cookie", shape.format(alice=alice, bob=bob))]))
+    assert answer.status_code == 400 and "padded" in answer.json()["error_description"]
 
 
 def test_canonical_pairs_only_when_the_header_is_ambiguous() -> None:
@@ -228,6 +244,9 @@ def test_a_large_websocket_message_and_an_unreachable_upstream() -> None:
         sidecar = Sidecar(SETTINGS, SidecarOptions(upstream=upstream))
         with serve(sidecar) as base:
             assert asyncio.run(round_trip(base.replace("http", "ws") + "/ws")) == message
+            # The upstream's own refusal of a handshake is passed on as it answered it.
+            refused = asyncio.run(refused_status(base.replace("http", "ws") + "/ws-refused"))
+            assert refused == 404
     # The upstream is gone: a 502, as for a request, not a 403 that blames the Origin.
     down = Sidecar(SETTINGS, SidecarOptions(upstream=f"http://127.0.0.1:{free_port()}"))
     with serve(down) as base:
