@@ -1,10 +1,14 @@
 """A small protected API and the dashboard widget that calls it with the user's token.
 
 ``/resource/orders`` stands for an API of your own (served here so the example is one
-process): it trusts nothing but the bearer token, whose RS256 signature, issuer, audience
-and expiry it checks against the tenant's JWKS with python-jose. ``/api/widget`` is the
-app's side: behind the gate, it takes the user's token with ``get_access_token()`` (renewed
-with the refresh token when it runs out) and calls the API with it.
+process): it trusts nothing but the bearer token. With python-jose it checks the RS256
+signature against the provider's published keys and requires ``iss`` (from the provider's
+discovery document), ``aud`` (this API), ``exp`` and ``sub``: python-jose checks a claim
+only when the token has it, unless told to require it. Keys are cached; a token signed with
+a key not seen yet (a rotation) fetches them again, at most every ``REFETCH_INTERVAL``
+seconds; a failed fetch is a 503, never kept. ``/api/widget`` is the app's side: behind the
+gate, it takes the user's token with ``get_access_token()`` (renewed with the refresh token
+when it runs out) and calls the API with it.
 """
 
 from __future__ import annotations
@@ -23,19 +27,66 @@ from consent_middleware import Settings, get_access_token
 #: The API's identifier (Auth0: the API's "Identifier"; the app's AUTH0_AUDIENCE).
 ORDERS_API = "https://orders.example.com"
 RESOURCE_PATH = "/resource/orders"
-JWKS_TTL = 600
-_jwks: dict[str, tuple[dict[str, Any], float]] = {}
+KEYS_TTL = 600
+REFETCH_INTERVAL = 30
+REQUIRED = {"require_iss": True, "require_aud": True, "require_exp": True, "require_sub": True}
 
 
-async def tenant_jwks(settings: Settings) -> dict[str, Any]:
-    """The tenant's published keys, cached a while (a real API caches them too)."""
-    cached = _jwks.get(settings.domain)
-    if cached is not None and cached[1] > time.monotonic():
-        return cached[0]
-    async with httpx.AsyncClient(timeout=5) as client:
-        keys: dict[str, Any] = (await client.get(f"{settings.domain}/.well-known/jwks.json")).json()
-    _jwks[settings.domain] = (keys, time.monotonic() + JWKS_TTL)
-    return keys
+class KeysUnavailable(Exception):
+    """The provider's discovery document or keys could not be read."""
+
+
+class ProviderKeys:
+    """One provider's issuer and signing keys, as an API needs them to check tokens."""
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+        self.issuer = ""
+        self.keys: dict[str, dict[str, Any]] = {}
+        self.expires = self.fetched = 0.0
+
+    async def key(self, kid: object) -> dict[str, Any] | None:
+        """The key ``kid`` names (None when the provider has no such key)."""
+        now = time.monotonic()
+        unknown = kid not in self.keys and now - self.fetched > REFETCH_INTERVAL
+        if now > self.expires or unknown:
+            await self._fetch()
+        return self.keys.get(kid) if isinstance(kid, str) else None
+
+    async def _fetch(self) -> None:
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                found = await client.get(f"{self.domain}/.well-known/openid-configuration")
+                discovery = found.raise_for_status().json()
+                jwks = (await client.get(discovery["jwks_uri"])).raise_for_status().json()
+            keys = {key["kid"]: key for key in jwks["keys"] if isinstance(key.get("kid"), str)}
+            issuer = discovery["issuer"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise KeysUnavailable(type(exc).__name__) from exc
+        self.issuer, self.keys = str(issuer), keys
+        self.fetched = time.monotonic()
+        self.expires = self.fetched + KEYS_TTL
+
+
+_providers: dict[str, ProviderKeys] = {}
+
+
+async def verified_claims(token: str, settings: Settings) -> dict[str, Any]:
+    """The token's claims once every check holds; JWTError otherwise."""
+    keys = _providers.setdefault(settings.domain, ProviderKeys(settings.domain))
+    header = jwt.get_unverified_header(token)
+    key = await keys.key(header.get("kid")) if header.get("alg") == "RS256" else None
+    if key is None:
+        raise JWTError("the token is not signed with one of the provider's keys")
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        key,
+        algorithms=["RS256"],
+        audience=ORDERS_API,
+        issuer=keys.issuer,
+        options={**REQUIRED, "verify_at_hash": False},
+    )
+    return claims
 
 
 async def orders(request: Request) -> Response:
@@ -45,17 +96,13 @@ async def orders(request: Request) -> Response:
     try:
         if scheme.lower() != "bearer":
             raise JWTError("no bearer token")
-        claims = jwt.decode(
-            token,
-            await tenant_jwks(settings),
-            algorithms=["RS256"],
-            audience=ORDERS_API,
-            issuer=settings.domain + "/",
-            options={"verify_at_hash": False},
-        )
+        claims = await verified_claims(token, settings)
     except JWTError as exc:
         headers = {"www-authenticate": 'Bearer error="invalid_token"'}
         return JSONResponse({"error": "invalid_token", "detail": str(exc)}, 401, headers=headers)
+    except KeysUnavailable:
+        body = {"error": "temporarily_unavailable"}
+        return JSONResponse(body, 503, headers={"retry-after": "5"})
     return JSONResponse({"sub": claims["sub"], "orders": [{"id": 1, "item": "tea"}]})
 
 
@@ -64,11 +111,14 @@ async def widget(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     # min_ttl=1: the dev tenant can make tokens last seconds, to show the renewal.
     token = await get_access_token(request, min_ttl=1)
-    async with httpx.AsyncClient(timeout=5) as client:
-        answer = await client.get(
-            settings.app_base_url + RESOURCE_PATH,
-            headers={"authorization": f"Bearer {token.token}"},
-        )
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            answer = await client.get(
+                settings.app_base_url + RESOURCE_PATH,
+                headers={"authorization": f"Bearer {token.token}"},
+            )
+    except httpx.HTTPError as exc:  # the API unreachable: said so, not a 500
+        return JSONResponse({"status": 502, "api": {"error": type(exc).__name__}}, 502)
     try:
         body = answer.json()
     except ValueError:  # not the API's JSON (a proxy's error page, say): shown, not a 500

@@ -7,6 +7,7 @@ and points itself at it, so the whole flow runs with no Auth0 account.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -23,7 +25,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.templating import Jinja2Templates
 
-from consent_middleware import ConsentMiddleware, RedactedQuery, Settings, current_user
+from consent_middleware import (
+    ConfigurationError,
+    ConsentMiddleware,
+    RedactedQuery,
+    Settings,
+    current_user,
+)
 from example_app import api
 
 if TYPE_CHECKING:
@@ -120,7 +128,9 @@ def build_app(settings: Settings, extra_routes: list[Mount] | None = None) -> St
 def create_app(environ: Mapping[str, str] | None = None) -> Starlette:
     env = dict(os.environ if environ is None else environ)
     # The protected API checks its bearer token itself (build_app keeps it public).
-    public: dict[str, tuple[str, ...]] = {"public_paths": ("/", "/terms")}
+    # Added to CONSENT_PUBLIC_PATHS, not put in its place (a keyword wins over the variable).
+    listed = tuple(p.strip() for p in env.get("CONSENT_PUBLIC_PATHS", "").split(",") if p.strip())
+    public: dict[str, tuple[str, ...]] = {"public_paths": ("/", "/terms", *listed)}
     if env.get("AUTH0_DOMAIN"):
         for name, value in DEFAULTS.items():
             env.setdefault(name, value)
@@ -128,6 +138,13 @@ def create_app(environ: Mapping[str, str] | None = None) -> Starlette:
         env.setdefault("CONSENT_TERMS_URL", f"{base.rstrip('/')}/terms")
         return build_app(Settings.from_env(env, **public))
     return create_dev_app(env, public)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def dev_tenant(base: str, client_secret: str, consent_claim: str, **options: Any) -> DevTenant:
@@ -148,6 +165,13 @@ def dev_tenant(base: str, client_secret: str, consent_claim: str, **options: Any
 
 def create_dev_app(env: dict[str, str], public: dict[str, tuple[str, ...]]) -> Starlette:
     base = env.get("APP_BASE_URL", "http://localhost:8000").rstrip("/")
+    if not is_loopback(urlsplit(base).hostname or ""):
+        # Anyone may sign up at the dev tenant: a deployment that lost AUTH0_DOMAIN must not
+        # quietly serve it.
+        raise ConfigurationError(
+            f"AUTH0_DOMAIN is not set, and the embedded development tenant serves only a "
+            f"loopback APP_BASE_URL (localhost, 127.0.0.1, ::1), not {base!r}"
+        )
     for name, value in DEFAULTS.items():
         env.setdefault(name, value)
     env.setdefault("CONSENT_TERMS_URL", f"{base}/terms")

@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
 # Set up and run the example app. Without AUTH0_DOMAIN it runs against the embedded
 # development tenant: open http://localhost:8000 and sign in as dev@example.com / dev-password.
+# PORT and HOST choose where it listens (uvicorn's own --port would leave the app and its
+# dev tenant naming :8000); DEV_ACCESS_TOKEN_LIFETIME=5 makes access tokens last 5 s.
+for arg in "$@"; do
+  case "$arg" in
+    --port*|--host*|--uds*|--fd*)
+      echo "scripts/example.sh: set PORT=... and HOST=... instead of $arg: the app and its dev tenant must know their address" >&2
+      exit 2 ;;
+  esac
+done
 . "$(dirname "$0")/setup.sh" example
 # The app's public address follows the port it serves on, unless APP_BASE_URL says otherwise
 # (PORT=5901 scripts/example.sh is then http://localhost:5901 end to end).

@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from tests.live_server import free_port
 
@@ -46,3 +47,30 @@ def test_example_on_another_port_points_the_dev_tenant_at_that_port() -> None:
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+def test_uvicorns_own_port_option_is_refused_with_the_variable_to_use() -> None:
+    # --port alone would leave the app and its dev tenant at :8000: a 502 at the login.
+    run = subprocess.run(
+        ["bash", "scripts/example.sh", "--port", "5901"],  # noqa: S607 - the project's script
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode == 2 and "set PORT=" in run.stderr
+
+
+def test_the_example_keeps_the_public_paths_it_is_given_and_its_dev_tenant_on_loopback() -> None:
+
+    from consent_middleware import ConfigurationError
+    from example_app.app import create_app
+
+    app = create_app({"CONSENT_PUBLIC_PATHS": "/api/me, /newsletter"})
+    public = app.state.settings.public_paths
+    assert {"/", "/terms", "/api/me", "/newsletter"} <= set(public)
+    # Anyone may sign up at the dev tenant: never served on a public address.
+    with pytest.raises(ConfigurationError, match="loopback APP_BASE_URL"):
+        create_app({"APP_BASE_URL": "https://app.example.com"})
+    assert create_app({"APP_BASE_URL": "http://127.0.0.1:5901"}).state.dev_tenant is not None
