@@ -178,7 +178,9 @@ class ChoiceRoutes:
                     await consent.writer.write(sub, event)
                 except (ManagementAPIError, LedgerError) as exc:
                     message = not_saved(exc, "choice")
-                    return self._purposes_view(session, chosen, return_to, 503, message)
+                    return await consent.gone(request, exc) or self._purposes_view(
+                        session, chosen, return_to, 503, message
+                    )
                 written_ms = await consent.recorded(sub, flag)
             return await consent.continued(
                 request, session, return_to, Expectation.CONSENT, written_ms
@@ -197,7 +199,8 @@ class ChoiceRoutes:
         except ManagementAPIError as exc:
             logger.warning("reading the consent record failed: %s", exc)
             message = "Your consent record cannot be read just now. Nothing was changed."
-            return self.consent.pages.unavailable(as_json, message)
+            gone = await self.consent.gone(request, exc, as_json)
+            return gone or self.consent.pages.unavailable(as_json, message)
         return session, dict(stored_consent(user))
 
     async def history(self, request: Request) -> Response:

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ._config import Settings
@@ -23,7 +23,7 @@ from ._management import ManagementClient
 from ._models import Consent
 from ._oidc import OIDCClient
 from ._pages import Pages
-from ._record import ConsentWriter, not_saved, shown_sha256, stored_consent, terms_statement
+from ._record import ConsentWriter, not_saved, shown_sha256, terms_statement
 from ._redirects import return_to_or_home
 from ._refresh import SessionRefresher, with_cookies
 from ._revocation import Revocations
@@ -83,8 +83,6 @@ class ConsentRoutes:
         return [
             Route(path, self.terms, methods=["GET"]),
             Route(path, self.accept, methods=["POST"]),
-            Route(f"{path}/withdraw", self.withdraw_page, methods=["GET"]),
-            Route(f"{path}/withdraw", self.withdraw, methods=["POST"]),
         ]
 
     def return_to(self, value: object) -> str:
@@ -163,6 +161,26 @@ class ConsentRoutes:
         except Exception:  # any unparsable body is the client's mistake, never a 500
             return None
 
+    async def gone(
+        self, request: Request, exc: Exception, as_json: bool = False
+    ) -> Response | None:
+        """For a user the provider no longer has (the Management API's 404: deleted in
+        the dashboard, say), the sign-out a retry could never get past; None otherwise."""
+        if not (isinstance(exc, ManagementAPIError) and exc.status_code == 404):
+            return None
+        response = (
+            self.pages.json_error("login_required", 401, login_url=self.pages.login_url)
+            if as_json
+            else self.pages.sign_in_again(
+                "Account not found",
+                "This account no longer exists at the identity provider, so nothing could "
+                "be saved. You have been signed out.",
+                401,
+                "Sign in",
+            )
+        )
+        return with_cookies(response, await self.sessions.clear(request.cookies))
+
     def forged(self) -> Response:
         return self.pages.error(
             "Request refused",
@@ -232,7 +250,9 @@ class ConsentRoutes:
                     await self.writer.write(sub, event)
                 except (ManagementAPIError, LedgerError) as exc:
                     logger.warning("saving consent failed: %s", exc)
-                    return self._page(session, return_to, 503, not_saved(exc, "consent"))
+                    return await self.gone(request, exc) or self._page(
+                        session, return_to, 503, not_saved(exc, "consent")
+                    )
                 written_ms = await self.recorded(sub, accepted)
             return await self.continued(
                 request, session, return_to, Expectation.CONSENT, written_ms
@@ -285,118 +305,3 @@ class ConsentRoutes:
         await best_effort(self.state.put_flag(f"last:{sub}", written_ms, COALESCE_SECONDS))
         await best_effort(self.revocations.mark_user(sub))
         return written_ms
-
-    async def withdraw_page(self, request: Request) -> Response:
-        session = await self.session_or_login(request)
-        if isinstance(session, Response):
-            return session
-        return self._withdraw_page(session)
-
-    def _withdraw_page(
-        self, session: Session, status_code: int = 200, error: str | None = None
-    ) -> Response:
-        settings = self.settings
-        return self.pages.render(
-            "withdraw.html",
-            status_code,
-            settings=settings,
-            user=session.user,
-            # What this session's claim says was accepted, never the current version.
-            consent=Consent.from_claim(session.user.get(settings.consent_claim)),
-            csrf_token=self.csrf.token(session),
-            mode=settings.withdraw_mode,
-            error=error,
-            home_url=self.pages.home_url,
-        )
-
-    async def withdraw(self, request: Request) -> Response:
-        posted = await self.posted(request)
-        if isinstance(posted, Response):
-            return posted
-        session, _ = posted
-        settings = self.settings
-        sub = str(session.user["sub"])
-        withdrawn = f"withdrawn:{sub}"
-        async with self.state.lock(f"consent:{sub}"):
-            # Never refused, however often: a repeat within a minute of a recorded
-            # withdrawal (and no other choice since) is folded into it, not written again.
-            written_ms = await self.folded(sub, withdrawn)
-            if written_ms is None and not await self._anything_to_withdraw(session):
-                # Nothing given, by the claim nor by the record: no "withdrawn" event for a
-                # consent that never was. The terms page, as after a withdrawal.
-                return RedirectResponse(self._terms_page(), status_code=303)
-            if written_ms is None:
-                try:
-                    await self._record_withdrawal(session)
-                except (ManagementAPIError, LedgerError) as exc:
-                    logger.warning("withdrawal failed: %s", exc)
-                    # In delete mode the record may be written and the deletion not done
-                    # yet: a retry repeats both, so the message does not claim nothing
-                    # changed.
-                    return self._withdraw_page(
-                        session,
-                        503,
-                        "We could not complete your withdrawal just now. "
-                        "Please try again in a moment.",
-                    )
-                written_ms = await self.recorded(sub, withdrawn)
-            if settings.withdraw_mode == "revoke":
-                return await self.continued(
-                    request, session, self._terms_page(), Expectation.WITHDRAWAL, written_ms
-                )
-        # flag and delete: the account may no longer sign in; end both sessions.
-        url = await self.oidc.logout_url(session.token_set.id_token, self.pages.home_url)
-        response = RedirectResponse(url, status_code=303)
-        return with_cookies(response, await self.sessions.clear(request.cookies))
-
-    def _terms_page(self) -> str:  # where a withdrawal leaves the user
-        home = self.pages.path("/")
-        return self.pages.url(f"{self.settings.consent_path}?{urlencode({'returnTo': home})}")
-
-    async def _anything_to_withdraw(self, session: Session) -> bool:
-        """Whether the terms or a purpose stand given: by the session's claim, or (when it
-        says nothing is, and may be older than a choice made elsewhere) by the record.
-        Where the mode closes the account, or the record cannot be read, the withdrawal
-        goes ahead: it is never held back on a doubt."""
-        settings = self.settings
-        if settings.withdraw_mode != "revoke" or self._gives_any(
-            session.user.get(settings.consent_claim)
-        ):
-            return True
-        try:
-            user = await self.management.get_user(str(session.user["sub"]))
-        except ManagementAPIError:
-            return True
-        return self._gives_any(stored_consent(user))  # the claim's shape, as the Action copies
-
-    def _gives_any(self, claim: object) -> bool:
-        consent = Consent.from_claim(claim)
-        return consent is not None and bool(
-            consent.given or consent.given_purposes(self.settings.purposes)
-        )
-
-    async def _record_withdrawal(self, session: Session) -> None:
-        settings = self.settings
-        mode = settings.withdraw_mode
-        sub = str(session.user["sub"])
-        consent = Consent.from_claim(session.user.get(settings.consent_claim))
-        # Withdrawing the terms withdraws every optional purpose with them.
-        given = sorted(consent.given_purposes(settings.purposes)) if consent else []
-        at = now_ms()
-        event = self.writer.terms_event(
-            ConsentAction.WITHDRAWN,
-            CollectionMethod.WITHDRAW_PAGE,
-            at,
-            self.writer.choices([], given, at),
-        )
-        extra = {"deleted": True} if mode == "flag" else None
-        # The withdrawal is written first in every mode, so the record (and the tenant's
-        # logs, and the ledger) show it even when the account is deleted right after.
-        try:
-            await self.writer.write(sub, event, extra)
-        except ManagementAPIError as exc:
-            # An earlier attempt deleted the user but its answer was lost: go on.
-            if not (mode == "delete" and exc.status_code == 404):
-                raise
-        if mode == "delete":
-            await self.management.delete_user(sub)

@@ -35,6 +35,7 @@ from ._routes import AuthRoutes
 from ._session import CookieSessionStore, SessionStore
 from ._state import LocalState, SharedState
 from ._transactions import TransactionStore
+from ._withdrawal import WithdrawalRoutes
 
 logger = logging.getLogger("consent_middleware")
 
@@ -100,7 +101,13 @@ class Engine:
         )
         routes: dict[str, dict[str, Endpoint]] = {}
         choices = ChoiceRoutes(consent)
-        for route in (*auth.routes(), *consent.routes(), *choices.routes()):
+        withdrawals = WithdrawalRoutes(consent)
+        for route in (
+            *auth.routes(),
+            *consent.routes(),
+            *withdrawals.routes(),
+            *choices.routes(),
+        ):
             for method in route.methods or ():
                 routes.setdefault(route.path, {})[method] = route.endpoint
         return cls(

@@ -823,13 +823,30 @@ async def test_withdraw_in_delete_mode_goes_on_when_the_user_is_already_gone(
     assert_signed_out(response)
 
 
-async def test_a_404_in_flag_mode_is_a_failure(build: Build, tenant: Tenant) -> None:
-    engine = build(withdraw_mode="flag")
+@pytest.mark.parametrize(
+    ("path", "mode"), [("/consent", "revoke"), ("/consent/withdraw", "revoke"),
+                       ("/consent/withdraw", "flag"), ("/consent/purposes", "revoke")],
+)  # fmt: skip
+async def test_a_user_the_provider_no_longer_has_is_signed_out_not_asked_to_retry(
+    build: Build, tenant: Tenant, path: str, mode: str
+) -> None:
+    # Deleted in the dashboard, say: every retry would get the same 404.
+    news = ConsentPurpose("news", "Newsletter", "Send me the newsletter.", "1")
+    engine = build(withdraw_mode=mode, purposes=(news,))
     cookies = await cookies_for(engine, session(consent=ACCEPTED))
-    form = await withdraw_form(engine, cookies)
+    form = {**(await withdraw_form(engine, cookies)), "version": "v2", "agree": "yes",
+            "purpose": "news", "action": "give", "return_to": "/"}  # fmt: skip
     tenant.patch_status = 404
-    response = await call(engine, "POST", "/consent/withdraw", cookies=cookies, form=form)
-    assert response.status_code == 503 and session_cookies(response) == []
+    response = await call(engine, "POST", path, cookies=cookies, form=form)
+    assert response.status_code == 401 and "Account not found" in response.text
+    cleared = session_cookies(response)
+    assert cleared and all("Max-Age=0" in c for c in cleared)
+    # Reading the record, too: the same 404 signs the user out.
+    tenant.get.mock(return_value=httpx.Response(404, json={"message": "no such user"}))
+    history = await call(engine, "GET", "/consent/history", cookies=cookies)
+    assert history.status_code == 401 and "Account not found" in history.text
+    receipt = await call(engine, "GET", "/consent/receipt.json", cookies=cookies)
+    assert receipt.status_code == 401 and receipt.json()["error"] == "login_required"
 
 
 @pytest.mark.parametrize(
