@@ -226,6 +226,7 @@ class ChoiceRoutes:
             return_to=consent.pages.path(f"{settings.consent_path}/history"),
             withdraw_url=consent.pages.path(f"{settings.consent_path}/withdraw"),
             receipt_url=consent.pages.path(f"{settings.consent_path}/receipt.json"),
+            home_url=consent.pages.home_url,
         )
 
     async def receipt(self, request: Request) -> Response:

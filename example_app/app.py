@@ -80,23 +80,29 @@ async def terms(request: Request) -> Response:
     )
 
 
+# A page or answer about the signed-in user: for this browser only (the gate adds Vary:
+# Cookie; a shared cache must still not keep it), and never framed by another site.
+PRIVATE = {"Cache-Control": "private, no-store", "X-Frame-Options": "DENY"}
+
+
 async def dashboard(request: Request) -> Response:
     user = current_user(request)
-    return templates.TemplateResponse(
-        request, "dashboard.html", {"user": user, "settings": request.app.state.settings}
-    )
+    context = {"user": user, "settings": request.app.state.settings}
+    return templates.TemplateResponse(request, "dashboard.html", context, headers=PRIVATE)
 
 
 async def newsletter(request: Request) -> Response:
     # Behind CONSENT_REQUIRE=/newsletter*=marketing: only users who allowed it get here.
-    return templates.TemplateResponse(request, "newsletter.html", {"user": current_user(request)})
+    context = {"user": current_user(request)}
+    return templates.TemplateResponse(request, "newsletter.html", context, headers=PRIVATE)
 
 
 async def api_me(request: Request) -> Response:
     user = current_user(request)
     consent = user.consent
     return JSONResponse(
-        {"sub": user.sub, "email": user.email, "consent_version": consent and consent.version}
+        {"sub": user.sub, "email": user.email, "consent_version": consent and consent.version},
+        headers=PRIVATE,
     )
 
 

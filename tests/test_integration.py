@@ -246,3 +246,12 @@ def test_the_dashboard_widget_calls_its_api_with_or_without_an_audience(
     assert widget.status_code == 200, widget.text
     assert widget.json()["status"] == status
     assert ("orders" in widget.json()["api"]) is (status == 200)
+
+
+def test_the_example_keeps_pages_about_the_user_out_of_shared_caches(live: Live) -> None:
+    browser = login_and_accept(live)
+    for path in ("/dashboard", "/api/me"):
+        answer = browser.client.get(f"{live.base}{path}")
+        assert answer.status_code == 200 and "no-store" in answer.headers["cache-control"], path
+    history = browser.client.get(f"{live.base}/consent/history")
+    assert f'<a href="{live.base}/">Back to the site</a>' in history.text
