@@ -1,4 +1,4 @@
-"""The consent routes: the terms page, accept, and withdrawal."""
+"""The consent routes: the terms page and accept (withdrawal is _withdrawal.py)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ from ._state import SharedState
 from ._transactions import Expectation
 
 logger = logging.getLogger("consent_middleware")
+
+# The Management API's errorCode for a user it does not have.
+USER_GONE = "inexistent_user"
 
 # The same choice repeated within this many seconds of a recorded one is not written again.
 COALESCE_SECONDS = 60.0
@@ -164,9 +167,11 @@ class ConsentRoutes:
     async def gone(
         self, request: Request, exc: Exception, as_json: bool = False
     ) -> Response | None:
-        """For a user the provider no longer has (the Management API's 404: deleted in
-        the dashboard, say), the sign-out a retry could never get past; None otherwise."""
-        if not (isinstance(exc, ManagementAPIError) and exc.status_code == 404):
+        """For a user the provider no longer has (deleted in the dashboard, say), the
+        sign-out a retry could never get past; None otherwise. Only Auth0's own word for
+        it counts (``inexistent_user``): a 404 from a wrong API address or a gateway says
+        nothing of the user, and would sign everyone out."""
+        if not (isinstance(exc, ManagementAPIError) and exc.error_code == USER_GONE):
             return None
         response = (
             self.pages.json_error("login_required", 401, login_url=self.pages.login_url)

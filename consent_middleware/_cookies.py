@@ -224,8 +224,8 @@ def canonical_session_pairs(own: bytes, cookie_header: bytes) -> list[bytes] | N
     and Go keep the first of a repeated name, where Starlette keeps the last): it must be
     handed these, never the ambiguous header, or it could act on another session than the
     one the gate admitted. None when the header's session pairs are already these."""
-    if own.startswith(_WHOLE) and b";" not in own:
-        return None  # the usual header: one session cookie, its name as sent (no decoding)
+    if session_value(own) is not None:
+        return None  # the usual header: one session cookie, name and value as read
     found = session_cookie_map(own, cookie_header)
     pairs = [f"{name}={value}".encode("latin-1") for name, value in found.items()]
     if not own.startswith(_PARSED) and own == b";".join(pairs):

@@ -68,10 +68,17 @@ class ManagementAPIError(ConsentMiddlewareError):
     may have been applied all the same (no answer, and reading it back failed too)."""
 
     def __init__(
-        self, message: str, status_code: int | None = None, *, outcome_unknown: bool = False
+        self,
+        message: str,
+        status_code: int | None = None,
+        *,
+        outcome_unknown: bool = False,
+        error_code: str | None = None,
     ) -> None:
         self.status_code = status_code
         self.outcome_unknown = outcome_unknown
+        #: Auth0's ``errorCode`` (``inexistent_user``: the user is gone), when it gave one.
+        self.error_code = error_code
         super().__init__(message)
 
 

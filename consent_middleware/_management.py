@@ -136,6 +136,7 @@ class ManagementClient:
             raise ManagementAPIError(
                 f"{method} user answered HTTP {response.status_code}: {_message(response)}",
                 response.status_code,
+                error_code=_error_code(response),
             )
         return _json(response)
 
@@ -191,3 +192,12 @@ def _message(response: httpx.Response) -> str:
         if isinstance(body, dict)
         else "no details"
     )
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    code = body.get("errorCode") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else None

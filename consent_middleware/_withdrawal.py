@@ -156,4 +156,9 @@ class WithdrawalRoutes:
             if not (mode == "delete" and exc.status_code == 404):
                 raise
         if mode == "delete":
-            await self.consent.management.delete_user(sub)
+            try:
+                await self.consent.management.delete_user(sub)
+            except ManagementAPIError as exc:
+                # Deleted already (an earlier attempt whose answer was lost): done.
+                if exc.status_code != 404:
+                    raise

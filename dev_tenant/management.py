@@ -13,11 +13,12 @@ from dev_tenant.state import TenantState
 RATE_LIMIT = 50  # requests per second, like a paid Auth0 tenant's bucket
 
 
-def api_error(status: int, error: str, message: str, headers: dict[str, str]) -> Response:
-    """An error in Auth0's Management API shape."""
-    return JSONResponse(
-        {"statusCode": status, "error": error, "message": message}, status, headers=headers
-    )
+def api_error(
+    status: int, error: str, message: str, headers: dict[str, str], code: str | None = None
+) -> Response:
+    """An error in Auth0's Management API shape (``code``: its ``errorCode``)."""
+    body = {"statusCode": status, "error": error, "message": message}
+    return JSONResponse({**body, "errorCode": code} if code else body, status, headers=headers)
 
 
 class ManagementAPI:
@@ -55,5 +56,7 @@ class ManagementAPI:
             except (ValueError, RecursionError) as error:  # bad JSON, or Auth0's 400
                 return api_error(400, "Bad Request", str(error), headers)
         if user is None:
-            return api_error(404, "Not Found", "The user does not exist.", headers)
+            return api_error(
+                404, "Not Found", "The user does not exist.", headers, "inexistent_user"
+            )
         return JSONResponse(user, headers=headers)

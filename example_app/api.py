@@ -5,14 +5,16 @@ process): it trusts nothing but the bearer token. With python-jose it checks the
 signature against the provider's published keys and requires ``iss`` (from the provider's
 discovery document), ``aud`` (this API), ``exp`` and ``sub``: python-jose checks a claim
 only when the token has it, unless told to require it. Keys are cached; a token signed with
-a key not seen yet (a rotation) fetches them again, at most every ``REFETCH_INTERVAL``
-seconds; a failed fetch is a 503, never kept. ``/api/widget`` is the app's side: behind the
-gate, it takes the user's token with ``get_access_token()`` (renewed with the refresh token
-when it runs out) and calls the API with it.
+a key not seen yet (a rotation) fetches them again, one fetch at a time and at most every
+``REFETCH_INTERVAL`` seconds; a failed fetch keeps the keys held so far, or is a 503.
+``/api/widget`` is the app's side: behind the gate, it takes the user's token with
+``get_access_token()`` (renewed with the refresh token when it runs out) and calls the API
+with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -28,7 +30,10 @@ from consent_middleware import Settings, get_access_token
 ORDERS_API = "https://orders.example.com"
 RESOURCE_PATH = "/resource/orders"
 KEYS_TTL = 600
-REFETCH_INTERVAL = 30
+# At most one fetch in this many seconds, for whatever reason (a new kid, a failure).
+REFETCH_INTERVAL = 5
+# An answer about the signed-in user: for this browser only.
+PRIVATE = {"Cache-Control": "private, no-store"}
 REQUIRED = {"require_iss": True, "require_aud": True, "require_exp": True, "require_sub": True}
 
 
@@ -43,17 +48,29 @@ class ProviderKeys:
         self.domain = domain
         self.issuer = ""
         self.keys: dict[str, dict[str, Any]] = {}
-        self.expires = self.fetched = 0.0
+        self.expires = self.tried = 0.0
+        # One fetch at a time: a burst of tokens with made-up key ids costs one.
+        self._fetching = asyncio.Lock()
 
     async def key(self, kid: object) -> dict[str, Any] | None:
         """The key ``kid`` names (None when the provider has no such key)."""
-        now = time.monotonic()
-        unknown = kid not in self.keys and now - self.fetched > REFETCH_INTERVAL
-        if now > self.expires or unknown:
-            await self._fetch()
-        return self.keys.get(kid) if isinstance(kid, str) else None
+        if not isinstance(kid, str):
+            return None
+        if time.monotonic() > self.expires or kid not in self.keys:
+            async with self._fetching:
+                await self._refresh(kid)
+        return self.keys.get(kid)
 
-    async def _fetch(self) -> None:
+    async def _refresh(self, kid: str) -> None:
+        now = time.monotonic()
+        due = now > self.expires or kid not in self.keys
+        if not due or now - self.tried < REFETCH_INTERVAL:
+            # Fetched meanwhile, or lately: a made-up kid never makes the API hammer the
+            # provider. Keys that expired still serve while a new fetch waits its turn.
+            if not self.keys:
+                raise KeysUnavailable("the provider's keys were not fetched lately")
+            return
+        self.tried = now
         try:
             async with httpx.AsyncClient(timeout=5) as client:
                 found = await client.get(f"{self.domain}/.well-known/openid-configuration")
@@ -62,10 +79,11 @@ class ProviderKeys:
             keys = {key["kid"]: key for key in jwks["keys"] if isinstance(key.get("kid"), str)}
             issuer = discovery["issuer"]
         except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            if self.keys:
+                return  # the keys held so far serve until the provider answers again
             raise KeysUnavailable(type(exc).__name__) from exc
         self.issuer, self.keys = str(issuer), keys
-        self.fetched = time.monotonic()
-        self.expires = self.fetched + KEYS_TTL
+        self.expires = time.monotonic() + KEYS_TTL
 
 
 _providers: dict[str, ProviderKeys] = {}
@@ -118,13 +136,15 @@ async def widget(request: Request) -> Response:
                 headers={"authorization": f"Bearer {token.token}"},
             )
     except httpx.HTTPError as exc:  # the API unreachable: said so, not a 500
-        return JSONResponse({"status": 502, "api": {"error": type(exc).__name__}}, 502)
+        body = {"status": 502, "api": {"error": type(exc).__name__}}
+        return JSONResponse(body, 502, headers=PRIVATE)
     try:
         body = answer.json()
     except ValueError:  # not the API's JSON (a proxy's error page, say): shown, not a 500
         body = {"error": "not_json", "body": answer.text[:200]}
     return JSONResponse(
-        {"status": answer.status_code, "api": body, "token_expires_at": token.expires_at}
+        {"status": answer.status_code, "api": body, "token_expires_at": token.expires_at},
+        headers=PRIVATE,
     )
 
 

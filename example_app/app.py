@@ -82,7 +82,7 @@ async def terms(request: Request) -> Response:
 
 # A page or answer about the signed-in user: for this browser only (the gate adds Vary:
 # Cookie; a shared cache must still not keep it), and never framed by another site.
-PRIVATE = {"Cache-Control": "private, no-store", "X-Frame-Options": "DENY"}
+PRIVATE = {**api.PRIVATE, "X-Frame-Options": "DENY"}
 
 
 async def dashboard(request: Request) -> Response:
@@ -110,7 +110,8 @@ def build_app(settings: Settings, extra_routes: list[Mount] | None = None) -> St
     """The example app; ``extra_routes`` (the dev tenant) are served beside it, ungated,
     and so is the protected API, which checks its bearer token itself."""
     extra = list(extra_routes or [])
-    public = (api.RESOURCE_PATH, *(f"{mount.path}/*" for mount in extra))
+    # Added to the public paths configured (CONSENT_PUBLIC_PATHS), never put in their place.
+    public = ("/", "/terms", api.RESOURCE_PATH, *(f"{mount.path}/*" for mount in extra))
     missing = tuple(path for path in public if path not in settings.public_paths)
     if missing:
         settings = replace(settings, public_paths=(*settings.public_paths, *missing))
@@ -133,17 +134,14 @@ def build_app(settings: Settings, extra_routes: list[Mount] | None = None) -> St
 
 def create_app(environ: Mapping[str, str] | None = None) -> Starlette:
     env = dict(os.environ if environ is None else environ)
-    # The protected API checks its bearer token itself (build_app keeps it public).
-    # Added to CONSENT_PUBLIC_PATHS, not put in its place (a keyword wins over the variable).
-    listed = tuple(p.strip() for p in env.get("CONSENT_PUBLIC_PATHS", "").split(",") if p.strip())
-    public: dict[str, tuple[str, ...]] = {"public_paths": ("/", "/terms", *listed)}
+    # build_app adds its own public pages, and the API that checks its bearer token itself.
     if env.get("AUTH0_DOMAIN"):
         for name, value in DEFAULTS.items():
             env.setdefault(name, value)
         base = env.get("APP_BASE_URL", "")
         env.setdefault("CONSENT_TERMS_URL", f"{base.rstrip('/')}/terms")
-        return build_app(Settings.from_env(env, **public))
-    return create_dev_app(env, public)
+        return build_app(Settings.from_env(env))
+    return create_dev_app(env)
 
 
 def is_loopback(host: str) -> bool:
@@ -169,7 +167,7 @@ def dev_tenant(base: str, client_secret: str, consent_claim: str, **options: Any
     return DevTenant(base + DEV_TENANT_PATH, [client], consent_claim, **options)
 
 
-def create_dev_app(env: dict[str, str], public: dict[str, tuple[str, ...]]) -> Starlette:
+def create_dev_app(env: dict[str, str]) -> Starlette:
     base = env.get("APP_BASE_URL", "http://localhost:8000").rstrip("/")
     if not is_loopback(urlsplit(base).hostname or ""):
         # Anyone may sign up at the dev tenant: a deployment that lost AUTH0_DOMAIN must not
@@ -206,7 +204,7 @@ def create_dev_app(env: dict[str, str], public: dict[str, tuple[str, ...]]) -> S
         base,
         DEV_TENANT_PATH,
     )
-    settings = Settings.from_env(env, **public)
+    settings = Settings.from_env(env)
     app = build_app(settings, [Mount(DEV_TENANT_PATH, tenant)])
     app.state.dev_tenant = tenant
     return app

@@ -10,6 +10,14 @@ for arg in "$@"; do
       exit 2 ;;
   esac
 done
+# The embedded development tenant lets anyone sign up: it listens on loopback only.
+if [ -z "${AUTH0_DOMAIN:-}" ]; then
+  case "${HOST:-127.0.0.1}" in
+    127.*|localhost|::1) ;;
+    *) echo "scripts/example.sh: HOST=$HOST: the embedded development tenant (anyone may sign up) listens on loopback only; set AUTH0_DOMAIN to serve elsewhere" >&2
+       exit 2 ;;
+  esac
+fi
 . "$(dirname "$0")/setup.sh" example
 # The app's public address follows the port it serves on, unless APP_BASE_URL says otherwise
 # (PORT=5901 scripts/example.sh is then http://localhost:5901 end to end).

@@ -135,6 +135,7 @@ class Tenant:
         self.deleted = False
         # Set to answer the next PATCH / DELETE with this status instead of doing it.
         self.patch_status: int | None = None
+        self.patch_error_code: str | None = None  # Auth0's errorCode with that status
         self.delete_status: int | None = None
         # Set to answer a PATCH with this status after applying it (a gateway that timed
         # out after Auth0 committed), and a GET after a PATCH with this one.
@@ -182,7 +183,8 @@ class Tenant:
         if not self._authorized(request):
             return httpx.Response(401, json={"message": "Invalid token"})
         if self.patch_status is not None:
-            return httpx.Response(self.patch_status, json={"message": "not today"})
+            body = {"message": "not today", "errorCode": self.patch_error_code}
+            return httpx.Response(self.patch_status, json=body)
         if self.deleted:
             return httpx.Response(404, json={"message": "The user does not exist."})
         body = json.loads(request.content)
@@ -815,9 +817,11 @@ async def test_withdraw_in_delete_mode_goes_on_when_the_user_is_already_gone(
     engine = build(withdraw_mode="delete")
     cookies = await cookies_for(engine, session(consent=ACCEPTED))
     form = await withdraw_form(engine, cookies)
-    tenant.patch_status = 404
+    tenant.patch_status = tenant.delete_status = 404
+    tenant.patch_error_code = "inexistent_user"
     response = await call(engine, "POST", "/consent/withdraw", cookies=cookies, form=form)
 
+    # Its DELETE is a 404 too: the withdrawal is done, and ends as one that just happened.
     assert response.status_code == 303, response.text
     assert tenant.patch.call_count == 1 and tenant.delete.call_count == 1
     assert_signed_out(response)
@@ -836,13 +840,18 @@ async def test_a_user_the_provider_no_longer_has_is_signed_out_not_asked_to_retr
     cookies = await cookies_for(engine, session(consent=ACCEPTED))
     form = {**(await withdraw_form(engine, cookies)), "version": "v2", "agree": "yes",
             "purpose": "news", "action": "give", "return_to": "/"}  # fmt: skip
-    tenant.patch_status = 404
+    # A 404 that says nothing of the user (a wrong API address, a gateway): retry later.
+    tenant.patch_status, tenant.patch_error_code = 404, None
+    response = await call(engine, "POST", path, cookies=cookies, form=form)
+    assert response.status_code == 503 and not session_cookies(response)
+    tenant.patch_error_code = "inexistent_user"  # Auth0's own word that the user is gone
     response = await call(engine, "POST", path, cookies=cookies, form=form)
     assert response.status_code == 401 and "Account not found" in response.text
     cleared = session_cookies(response)
     assert cleared and all("Max-Age=0" in c for c in cleared)
     # Reading the record, too: the same 404 signs the user out.
-    tenant.get.mock(return_value=httpx.Response(404, json={"message": "no such user"}))
+    gone = {"message": "The user does not exist.", "errorCode": "inexistent_user"}
+    tenant.get.mock(return_value=httpx.Response(404, json=gone))
     history = await call(engine, "GET", "/consent/history", cookies=cookies)
     assert history.status_code == 401 and "Account not found" in history.text
     receipt = await call(engine, "GET", "/consent/receipt.json", cookies=cookies)

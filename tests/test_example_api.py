@@ -54,13 +54,13 @@ def test_every_claim_the_api_relies_on_is_required(live: Live) -> None:
 def test_a_rotated_key_is_fetched_and_a_failed_fetch_is_not_kept(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(api, "REFETCH_INTERVAL", 0)
     # The provider away at the first fetch: a 503, then served once it answers.
     live.tenant.fail_next("/.well-known/openid-configuration", 503)
     away = call(live, token(live))
     assert away.status_code == 503 and away.json()["error"] == "temporarily_unavailable"
     assert call(live, token(live)).status_code == 200
     # A token signed with a key not seen yet: fetched again, not refused for ten minutes.
-    monkeypatch.setattr(api, "REFETCH_INTERVAL", 0)
     live.tenant.rotate_signing_key()
     assert call(live, token(live)).status_code == 200
     # A made-up key id is refused, however often it is tried.
@@ -69,3 +69,17 @@ def test_a_rotated_key_is_fetched_and_a_failed_fetch_is_not_kept(
     claims = {"iss": live.tenant.issuer, "aud": ORDERS_API, "sub": "s", "exp": time.time() + 60}
     made_up = jwt.encode(claims, key, algorithm="RS256", headers={"kid": forged})
     assert call(live, made_up).status_code == 401
+
+
+def test_made_up_key_ids_never_make_the_api_hammer_the_provider(live: Live) -> None:
+    def fetches() -> int:
+        return sum(path.endswith("/openid-configuration") for _, path in live.tenant.requests)
+
+    assert call(live, token(live)).status_code == 200
+    before = fetches()
+    key = live.tenant.keys.current.as_dict(private=True)
+    claims = {"iss": live.tenant.issuer, "aud": ORDERS_API, "sub": "s", "exp": time.time() + 60}
+    for kid in [f"made-up-{n}" for n in range(20)] + [["not", "a", "string"]]:
+        made_up = jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+        assert call(live, made_up).status_code == 401
+    assert fetches() == before  # a fetch was made a moment ago: none again so soon

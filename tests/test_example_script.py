@@ -74,3 +74,17 @@ def test_the_example_keeps_the_public_paths_it_is_given_and_its_dev_tenant_on_lo
     with pytest.raises(ConfigurationError, match="loopback APP_BASE_URL"):
         create_app({"APP_BASE_URL": "https://app.example.com"})
     assert create_app({"APP_BASE_URL": "http://127.0.0.1:5901"}).state.dev_tenant is not None
+
+
+def test_the_dev_tenant_is_not_served_on_a_public_interface() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTH0_")}
+    run = subprocess.run(
+        ["bash", "scripts/example.sh"],  # noqa: S607 - the project's script
+        cwd=ROOT,
+        env={**env, "HOST": "0.0.0.0"},  # noqa: S104 - the address refused here
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode == 2 and "loopback only" in run.stderr
