@@ -62,7 +62,13 @@ from ._assertion import RECENT_ASSERTIONS, AssertionSigner
 from ._identity import identity_headers, identity_headers_until
 from ._options import SidecarOptions
 from ._proxy import Upstream, forwarded_headers
-from ._requests import is_origin_form, is_preflight, is_websocket_handshake, original_request
+from ._requests import (
+    has_ambiguous_framing,
+    is_origin_form,
+    is_preflight,
+    is_websocket_handshake,
+    original_request,
+)
 from ._upstream_cookies import as_admitted, with_new_session, with_session_pairs
 
 logger = logging.getLogger("consent_middleware.sidecar")
@@ -101,16 +107,21 @@ class Sidecar:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             if not is_origin_form(scope):
-                await self._bad_target(scope, receive, send)
+                await self._bad_request(scope, receive, send, "the request target is no path")
+                return
+            if has_ambiguous_framing(scope):
+                told = "the body's length is told two ways (Content-Length, Transfer-Encoding)"
+                await self._bad_request(scope, receive, send, told)
                 return
             # Who really connected, before X-Forwarded-For (from a trusted proxy) replaces it.
             scope[PEER_SCOPE_KEY] = scope.get("client")
         await self._trusted(scope, receive, send)
 
-    async def _bad_target(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A request target that is not a path ("*", "http://host/x", "@host/x"): 400.
-        Appended to the upstream's address, the last would name another host."""
-        body = {"error": "invalid_request", "error_description": "the request target is no path"}
+    async def _bad_request(self, scope: Scope, receive: Receive, send: Send, why: str) -> None:
+        """A 400 for what no proxy may pass on: a request target that is not a path ("*",
+        "http://host/x", "@host/x", which appended to the upstream's address names another
+        host), or a body whose length is told two ways."""
+        body = {"error": "invalid_request", "error_description": why}
         if scope["type"] == "websocket":
             await deny_websocket(scope, receive, send, 400, body)
         else:

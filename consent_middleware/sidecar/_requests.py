@@ -39,6 +39,18 @@ def is_origin_form(scope: Scope) -> bool:
     return str(scope["path"])[:1] == "/"
 
 
+def has_ambiguous_framing(scope: Scope) -> bool:
+    """Whether the request's length is told two ways: ``Transfer-Encoding`` beside
+    ``Content-Length``, or two different ``Content-Length`` values. A server may read the
+    body one way (h11 takes the chunks) while the upstream, handed the other, waits for
+    bytes that never come and reads the next request on the pooled connection as this
+    body: a request smuggled past the gate (RFC 9112 6.3 has intermediaries refuse or
+    repair such a message)."""
+    lengths = {value.strip() for name, value in scope["headers"] if name == b"content-length"}
+    chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
+    return len(lengths) > 1 or (chunked and bool(lengths))
+
+
 def is_websocket_handshake(headers: Headers) -> bool:
     """A websocket opening handshake (RFC 6455 4.1). ``Sec-WebSocket-Key`` is end-to-end,
     so it reaches the check even where a proxy drops ``Upgrade`` as hop-by-hop."""

@@ -391,3 +391,20 @@ def test_nginx_tells_the_sidecars_own_routes_the_client_it_saw() -> None:
                 seen = httpx.get(url, headers=forged).json()["headers"]
                 assert seen["x-forwarded-for"] == "127.0.0.1", path
                 assert seen["x-forwarded-proto"] == "http", path
+
+
+def test_a_client_cannot_ask_the_check_itself(front: Front) -> None:
+    # Only the proxy asks /auth/check: a client asking it directly would get an assertion of
+    # its own identity for any audience it names in Host.
+    browser = consented_browser(front, "asks-the-check@example.com")
+    try:
+        asked = browser.client.get(
+            f"{front.base}/auth/check",
+            headers={"X-Forwarded-Uri": "/x", "X-Forwarded-Host": "other-app.example"},
+        )
+        assert asked.status_code == 404 and "x-consent-assertion" not in asked.headers
+        assert browser.client.get(f"{front.base}/auth/check/x").status_code == 404
+        # The gate still answers the proxy's own checks.
+        assert browser.client.get(f"{front.base}/x").status_code == 200
+    finally:
+        browser.client.close()

@@ -119,6 +119,23 @@ def test_a_request_target_that_is_no_path_reaches_no_other_host() -> None:
     assert other.count == 0
 
 
+def test_a_body_whose_length_is_told_two_ways_is_refused() -> None:
+    # h11 reads such a body as chunked; handed the Content-Length, an upstream that answers
+    # without reading the body waits for bytes, and reads the next request proxied on that
+    # pooled connection as this body: what follows it, a request the gate never saw.
+    other = Hits()
+    with serve(UPSTREAM) as upstream, sidecar_over_h11(upstream, other) as (port, _):
+        for framing in (
+            "Content-Length: 160\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "Content-Length: 1\r\nContent-Length: 2\r\n\r\nxy",
+        ):
+            head = f"POST /public/a HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+                connection.sendall((head + framing).encode())
+                answer = connection.recv(65536)
+            assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 411")), (framing, answer[:120])
+
+
 async def check(headers: list[tuple[str, str]]) -> httpx.Response:
     sidecar = Sidecar(SETTINGS, SidecarOptions())
     transport = httpx.ASGITransport(app=sidecar)
