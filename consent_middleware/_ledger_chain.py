@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
+from ._events import ConsentEvent
+
 GENESIS = "0" * 64
 # Every column but the hashes, in the order rows are read back.
 HASHED = ("seq", "recorded_at", "entry_id", "kind", "ref", "user_key", "event", "reason")
@@ -119,8 +121,8 @@ class ChainWalk:
         other than the three, and a second decision naming the same event.)"""
         kind, ref, user_key = values["kind"], values["ref"], values["user_key"]
         if kind == EntryKind.EVENT:
-            if values["event"] is None or ref is not None:
-                return "an event row without its event, or naming another row"
+            if ref is not None or not _holds_an_event(values["event"]):
+                return "an event row without a valid event, or naming another row"
             if values["entry_id"] in self._undecided:
                 return "an event row repeating an earlier entry_id"
             self._undecided[values["entry_id"]] = user_key
@@ -138,6 +140,18 @@ class ChainWalk:
             return self._broken(
                 self.last.seq + 1,
                 f"the ledger ends at seq {self.last.seq}, before the expected head {expected}: "
-                "rows were deleted from the end",
+                "rows were deleted from the end (or anywhere, the rest renumbered and the "
+                "chain recomputed)",
             )
         return Verification(True, self.rows, self.last)
+
+
+def _holds_an_event(text: object) -> bool:
+    """Whether an event row's text is a consent event, as the ledger's readers parse it (a
+    row emptied to ``null`` or ``{}`` would drop a withdrawal from ``export`` and ``stats``)."""
+    if not isinstance(text, str):
+        return False
+    try:
+        return ConsentEvent.from_record(json.loads(text)) is not None
+    except ValueError:
+        return False

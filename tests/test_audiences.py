@@ -264,6 +264,11 @@ def test_an_api_the_provider_refuses_is_a_page_not_a_login_loop(
         browser = live.signed_in()
         refused = get(browser, audience=typo)
         assert refused.status_code == 403 and refused.json()["error"] == "audience_refused"
+        # Asked again (a widget polling it): the same answer, remembered a minute, with no
+        # further grant spent against the provider's rate limit.
+        grants = live.grants()
+        assert get(browser, audience=typo).json()["error"] == "audience_refused"
+        assert live.grants() == grants
         page = browser.client.get(
             browser.base + "/call", params={"audience": typo}, headers={"accept": "text/html"}
         )

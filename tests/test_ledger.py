@@ -286,7 +286,10 @@ MISSHAPEN: dict[str, tuple[Callable[[list[str]], dict[int, dict[str, object]]], 
         lambda ids: {1: {"user_key": "f" * 64}}, 2, "naming another user's event"),
     "a confirmation naming nothing": (
         lambda ids: {2: {"ref": "no-such-event"}}, 2, "no earlier undecided"),
-    "an event emptied": (lambda ids: {3: {"event": None}}, 3, "without its event"),
+    "an event emptied": (lambda ids: {3: {"event": None}}, 3, "without a valid event"),
+    "an event made null": (lambda ids: {3: {"event": "null"}}, 3, "without a valid event"),
+    "an event made {}": (lambda ids: {3: {"event": "{}"}}, 3, "without a valid event"),
+    "an event made text": (lambda ids: {3: {"event": "no json"}}, 3, "without a valid event"),
     "an event naming a row": (lambda ids: {3: {"ref": "x"}}, 3, "naming another row"),
 }  # fmt: skip
 
