@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from cachetools import TTLCache
 from starlette.requests import HTTPConnection
 
 from . import _jose
@@ -45,12 +44,8 @@ from ._tokens import still_good
 
 logger = logging.getLogger("consent_middleware")
 
-#: How long (seconds) a session remembers that the provider would not give it a token for
-#: an API: a browser polling /auth/access-token?audience=... spends no grant on each poll.
-REFUSAL_MEMORY = 60
+# In SessionRefresher.refused_audiences: the provider answered with another API's token.
 _MISMATCH = ""
-# (sid, audience) -> the provider's refusal, or _MISMATCH: it answered for another API.
-_REFUSED: TTLCache[tuple[str, str], str] = TTLCache(10_000, REFUSAL_MEMORY)
 
 #: nextjs-auth0 v4's session field for the tokens of other audiences.
 ACCESS_TOKENS = "accessTokens"
@@ -304,7 +299,7 @@ async def audience_token(
     found = find(session, audience, scope)
     if found is not None and not refresh and found.usable(min_ttl, time.time()):
         return session, found
-    refused = _REFUSED.get((session.sid, audience))
+    refused = refresher.refused_audiences.get((session.sid, audience))
     if refused == _MISMATCH:
         # Asked again within a minute of the provider's no: the same answer, no grant spent.
         raise AudienceMismatch(session, audience)
@@ -320,11 +315,11 @@ async def audience_token(
     except RefreshError as exc:
         failure = refresh_failure(exc, audience)
         if failure.code == AccessTokenErrorCode.AUDIENCE_REFUSED.value:
-            _REFUSED[(session.sid, audience)] = str(failure)
+            refresher.refused_audiences[(session.sid, audience)] = str(failure)
         raise failure from exc
     found = find(renewed, audience, scope)
     if found is None:
-        _REFUSED[(renewed.sid, audience)] = _MISMATCH
+        refresher.refused_audiences[(renewed.sid, audience)] = _MISMATCH
         raise AudienceMismatch(renewed, audience)
     return renewed, found
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from cachetools import TTLCache
 from starlette.requests import HTTPConnection
 from starlette.responses import RedirectResponse, Response
 from starlette.types import Scope
@@ -65,6 +66,11 @@ def with_cookies(response: Response, cookies: list[bytes]) -> Response:
     return response
 
 
+#: How long (seconds) a session remembers that the provider would not give it a token for
+#: an API: a browser polling /auth/access-token?audience=... spends no grant on each poll.
+REFUSAL_MEMORY = 60
+
+
 @dataclass
 class SessionRefresher:
     settings: Settings
@@ -75,9 +81,13 @@ class SessionRefresher:
     state: SharedState
     pages: Pages
     grants: Grants = field(init=False)
+    # (sid, API) -> what the provider answered when it would not give a token for that API
+    # (``_audiences``): asked again within the minute, the same answer without a grant.
+    refused_audiences: TTLCache[tuple[str, str], str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.grants = Grants(self.state, self.settings.secret)
+        self.refused_audiences = TTLCache(10_000, REFUSAL_MEMORY)
 
     async def refresh(self, session: Session, *, not_before: float = 0.0) -> Session:
         """The refresh-token grant only; raises RefreshError when it cannot be done.
