@@ -11,6 +11,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "scale-out-secret-0123456789abcdef0123"
 CLIENT_ID = "scale-app"
 CLIENT_SECRET = "scale-client-secret"
+# A replica exits in well under a second; this leaves room for a busy CI machine.
+STOP_GRACE = 30
 
 
 @dataclass
@@ -61,36 +64,58 @@ class Cluster:
         return str(jwt.encode(body, key.as_dict(private=True), algorithm="RS256", headers=headers))
 
 
-def start_app(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "example_app.app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+@dataclass
+class App:
+    """One replica: its process, and the log it writes (to a file: a pipe nobody reads
+    fills up and stalls the writer)."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        # uvicorn logs its shutdown steps at INFO ("Waiting for connections to close",
+        # "... application shutdown"): a replica that does not stop says where it hangs.
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"a replica ignored SIGTERM for {STOP_GRACE}s:\n{tail}") from None
+
+
+def start_app(port: int, env: dict[str, str], log: Path) -> App:
+    with log.open("wb") as output:
+        process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "example_app.app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=output,
+        )
+    app = App(process, log)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            errors = process.stderr.read().decode() if process.stderr else ""
-            raise RuntimeError(f"app did not start: {errors[-2000:]}")
+            raise RuntimeError(f"app did not start: {log.read_text(errors='replace')[-2000:]}")
         try:
             httpx.get(f"http://127.0.0.1:{port}/", timeout=0.5)
-            return process
+            return app
         except httpx.HTTPError:
             time.sleep(0.1)
     process.kill()
+    process.wait()
     raise RuntimeError("app did not start in time")
 
 
@@ -122,15 +147,11 @@ def cluster(store: str) -> Iterator[Cluster]:
             "CONSENT_REDIS_URL": redis.url,
             "CONSENT_SESSION_STORE": store,
         }
-        processes = [start_app(port, env) for port in (port_a, port_b)]
-        try:
-            yield Cluster(tenant, tenant_base, redis, public, f"http://127.0.0.1:{port_b}", store)
-        finally:
-            for process in processes:
-                process.terminate()
-                process.wait(timeout=10)
-                if process.stderr is not None:
-                    process.stderr.close()
+        logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="consent-apps-")))
+        for port in (port_a, port_b):
+            # Each stopped on its own: one that hangs must not leave the other running.
+            stack.callback(start_app(port, env, logs / f"{port}.log").stop)
+        yield Cluster(tenant, tenant_base, redis, public, f"http://127.0.0.1:{port_b}", store)
 
 
 @pytest.fixture(scope="module", params=["redis", "cookie"])
