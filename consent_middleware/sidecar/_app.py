@@ -59,9 +59,10 @@ from .._pages import NO_STORE
 from .._redirects import origin_of
 from .._refresh import admitted_session, with_cookies
 from ._assertion import RECENT_ASSERTIONS, AssertionSigner
+from ._headers import forwarded_headers
 from ._identity import identity_headers, identity_headers_until
 from ._options import SidecarOptions
-from ._proxy import Upstream, forwarded_headers
+from ._proxy import Upstream
 from ._requests import (
     has_ambiguous_framing,
     is_origin_form,

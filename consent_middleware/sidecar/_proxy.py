@@ -6,8 +6,7 @@ through in chunks), the ``websockets`` library the websocket side. Not httpx, wh
 package uses for the provider: under 64 concurrent requests its connection pool measured
 447 requests/s here against aiohttp's 13,924, and a proxy is nothing but that.
 
-Hop-by-hop headers (RFC 9110 7.6.1), every header the ``Connection`` header names, and any
-client-sent copy of the identity headers are dropped.
+What changes in the headers on the way is ``_headers``'s.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from yarl import URL
 
 from .._middleware import answer_connect
 from .._redirects import origin_of
+from ._headers import Headers, end_to_end, relative_locations, without_named
 
 logger = logging.getLogger("consent_middleware.sidecar")
 
@@ -34,70 +34,8 @@ logger = logging.getLogger("consent_middleware.sidecar")
 # websockets library's default of 1 MiB would end the relay on a larger one.
 WEBSOCKET_MAX_SIZE = 16 * 1024 * 1024
 
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"proxy-connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-    }
-)
-# What only the sidecar may tell the upstream: a client's copy is always removed. With
-# the identity headers oauth2-proxy sets that the sidecar does not: an app moved from it
-# may still read them, and must never read a client's.
-IDENTITY_HEADERS = frozenset(
-    {
-        b"x-auth-request-user",
-        b"x-auth-request-email",
-        b"x-consent-version",
-        b"x-consent-assertion",
-        b"x-forwarded-access-token",
-        b"x-auth-request-access-token",
-        b"x-auth-request-groups",
-        b"x-auth-request-preferred-username",
-        b"x-forwarded-user",
-        b"x-forwarded-email",
-        b"x-forwarded-groups",
-        b"x-forwarded-preferred-username",
-        # Authelia's and other SSO proxies' names, which apps behind them read.
-        b"remote-user",
-        b"remote-email",
-        b"remote-groups",
-        b"remote-name",
-    }
-)
-# What a proxy in front says of the connection (X-Forwarded-* by prefix, and these): only a
-# trusted proxy may say it, and only in the spelling it sends ("-", not "_").
-# Frameworks read these too: Symfony and IIS the X-Original-URL / X-Rewrite-URL kind,
-# client-IP libraries X-Client-IP and True-Client-IP, some hosts X-Host.
-FORWARDING = frozenset(
-    {
-        b"forwarded",
-        b"x-forwarded",
-        b"x-real-ip",
-        b"x-client-ip",
-        b"true-client-ip",
-        b"x-original-uri",
-        b"x-original-url",
-        b"x-original-host",
-        b"x-rewrite-url",
-        b"x-host",
-    }
-)
-_FORWARDED_PREFIX = b"x-forwarded-"
-# The scheme of the request as HTTP names it: a websocket handshake is an HTTP request.
-_HTTP_SCHEMES = {"ws": b"http", "wss": b"https"}
-
-Headers = list[tuple[bytes, bytes]]
 # Statuses that never have a body (RFC 9110 15.3.5, 15.4.5).
 _NO_BODY = frozenset({204, 304})
-# What may follow the upstream's own URL in a Location that points back at it.
-_URL_CONTINUES = (b"/", b"?", b"#")
 ErrorPage = Callable[[int, Scope], Any]
 
 
@@ -105,110 +43,70 @@ class ClientDisconnected(Exception):
     """The browser went away mid-upload; the upstream request is abandoned."""
 
 
-def _without_named(headers: Headers, named: list[bytes]) -> Headers:
-    """``headers`` less those ``named`` (comma lists, as a ``Connection`` header names the
-    hop-by-hop ones: RFC 9110 7.6.1)."""
-    tokens = {token.strip().lower() for value in named for token in value.split(b",")}
-    return [(n, v) for n, v in headers if n.lower() not in tokens]
+class _Client:
+    """The client's side of one proxied request. ``receive`` has one reader at a time: the
+    request body first (aiohttp sends it on), then a watch for the client going away,
+    which uvicorn (ASGI 2.3) tells only through ``receive``: its ``send`` to a closed
+    connection returns as if sent, and a stream would go on for nobody."""
+
+    def __init__(self, receive: Receive, has_body: bool) -> None:
+        self._receive = receive
+        self._body_read = asyncio.Event()
+        if not has_body:
+            self._body_read.set()
+
+    async def body(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                self._body_read.set()
+                return
+
+    async def gone(self) -> None:
+        """Returns when the client has gone away."""
+        await self._body_read.wait()
+        while (await self._receive())["type"] != "http.disconnect":
+            pass  # the empty body of a request that had none
 
 
-def end_to_end(headers: Headers) -> Headers:
-    """The headers without hop-by-hop ones, including those ``Connection`` names."""
-    kept: Headers = []
-    named: list[bytes] = []
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"connection":
-            named.append(value)
-        elif lowered not in HOP_BY_HOP:
-            kept.append((name, value))
-    return _without_named(kept, named) if named else kept
+async def _send_chunk(content: aiohttp.StreamReader, send: Send) -> bool:
+    """Pass on what the upstream has sent so far; True once that was the end."""
+    chunk = await content.readany()
+    # A body that arrived whole (most answers) goes out as one last message, not a chunk
+    # and an empty end.
+    done = not chunk or content.at_eof()
+    await send({"type": "http.response.body", "body": chunk, "more_body": not done})
+    return done
 
 
-def forwarded_headers(scope: Scope, trusted_peer: bool, identity: Headers) -> Headers:
-    """Request headers for the upstream: end-to-end only, identity from the sidecar alone,
-    ``X-Forwarded-*`` extended (kept from a trusted proxy in front; from anyone else, every
-    header of the kind is dropped and For, Proto and Host are the sidecar's own).
-
-    One pass over the headers: this runs on every proxied request."""
-    incoming: Headers = scope["headers"]
-    named = [value for name, value in incoming if name.lower() == b"connection"]
-    if named:
-        # What Connection names is for the hop before only (rare: dropped up front).
-        incoming = _without_named(incoming, named)
-    headers: Headers = []
-    earlier: list[bytes] = []
-    proto = host = forwarded_host = None
-    for name, value in incoming:
-        name = name.lower()
-        if name in HOP_BY_HOP or name == b"expect":
-            # Expect: 100-continue is answered to the client by the server already (it
-            # sends 100 once the body is read). Passed on, aiohttp would wait for the
-            # upstream's 100, which one that ignores Expect never sends: a request held
-            # past every timeout, and its pooled connection with it.
-            continue
-        # "X_Auth_Request_User" too: CGI-style servers read "_" and "-" alike.
-        folded = name.replace(b"_", b"-")
-        if folded in IDENTITY_HEADERS:
-            continue
-        if folded.startswith(_FORWARDED_PREFIX) or folded in FORWARDING:
-            if not trusted_peer or folded != name:
-                continue
-            if name == b"x-forwarded-for":
-                earlier.append(value)
-                continue
-            if name == b"x-forwarded-proto":
-                proto = value
-            elif name == b"x-forwarded-host":
-                forwarded_host = value
-        elif name == b"host":
-            host = value
-        headers.append((name, value))
-    peer = scope.get("consent_middleware.peer") or scope.get("client") or ("", 0)
-    chain = b", ".join([*earlier, str(peer[0]).encode()]) if peer[0] else b", ".join(earlier)
-    if chain:
-        headers.append((b"x-forwarded-for", chain))
-    if proto is None:
-        scheme = str(scope.get("scheme", "http"))
-        headers.append((b"x-forwarded-proto", _HTTP_SCHEMES.get(scheme, scheme.encode())))
-    if forwarded_host is None and host:
-        headers.append((b"x-forwarded-host", host))
-    headers.extend(identity)
-    return headers
+async def _stream(content: aiohttp.StreamReader, send: Send) -> None:
+    while not await _send_chunk(content, send):
+        pass
 
 
-def relative_locations(headers: Headers, origin: bytes, path: bytes) -> Headers:
-    """``headers`` with each ``Location`` that points at the upstream (its ``origin`` in
-    lower case and base ``path``: the address the sidecar reaches it on) made a path, as
-    nginx's default ``proxy_redirect`` does. An app that builds its redirects from its own
-    listening address would otherwise send the browser where only the sidecar can reach; a
-    path is a valid Location (RFC 9110 10.2.2) and stays on the public origin."""
-    start, end = len(origin), len(origin) + len(path)
-    rewritten: Headers = []
-    for name, value in headers:
-        if (
-            name.lower() == b"location"
-            # Scheme and host are case-insensitive (RFC 3986 6.2.2.1), the path is not.
-            and value[:start].lower() == origin
-            and value[start:end] == path
-            and (len(value) == end or value[end : end + 1] in _URL_CONTINUES)
-        ):
-            # One leading slash: "//host" or "/\\host" would be another site to a browser.
-            value = b"/" + value[end:].lstrip(b"/\\")
-        rewritten.append((name, value))
-    return rewritten
-
-
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
+async def _stream_while_there(content: aiohttp.StreamReader, send: Send, client: _Client) -> None:
+    """The rest of a body that did not come whole, until its end or until the client goes
+    away: then the upstream's connection is closed (``release`` of an unread response),
+    so its stream ends too, as nginx and Go's reverse proxy end it."""
+    pump = asyncio.ensure_future(_stream(content, send))
+    watch = asyncio.ensure_future(client.gone())
+    try:
+        await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Also when this request is cancelled (a shutdown past its grace): neither task
+        # outlives it.
+        pump.cancel()
+        watch.cancel()
+        await asyncio.wait((pump, watch))
+    if not watch.cancelled():
+        watch.exception()  # the client went away (retrieved: nothing to report)
+    if not pump.cancelled():
+        pump.result()  # the upstream's failure, if it failed, for the caller to handle
 
 
 class Upstream:
@@ -252,6 +150,7 @@ class Upstream:
     async def http(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         framing = (b"content-length", b"transfer-encoding")
         has_body = any(n in framing for n, _ in scope["headers"])
+        client = _Client(receive, has_body)
         # Pairs, not a dict: aiohttp builds its own multidict from them, repeats kept.
         request_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
         try:
@@ -260,7 +159,7 @@ class Upstream:
                 # encoded=True: the path goes on exactly as the client sent it.
                 URL(self.url(scope), encoded=True),
                 headers=request_headers,
-                data=_body(receive) if has_body else None,
+                data=client.body() if has_body else None,
                 allow_redirects=False,
             )
         except ClientDisconnected:
@@ -274,11 +173,11 @@ class Upstream:
         try:
             # The server sends its own Date on every answer: the upstream's would be a
             # second one (nginx, too, replaces it).
-            response_headers = _without_named(end_to_end(list(response.raw_headers)), [b"date"])
+            response_headers = without_named(end_to_end(list(response.raw_headers)), [b"date"])
             if response.status in _NO_BODY:
                 # RFC 9110 8.6: a 304's Content-Length is the representation's, not of a
                 # body it has; the server would wait for those bytes and fail.
-                response_headers = _without_named(response_headers, [b"content-length"])
+                response_headers = without_named(response_headers, [b"content-length"])
             elif 300 <= response.status < 400 or response.status == 201:
                 response_headers = relative_locations(response_headers, *self._own_url)
             await send(
@@ -288,15 +187,9 @@ class Upstream:
                     "headers": response_headers,
                 }
             )
-            content = response.content
-            while True:
-                chunk = await content.readany()
-                # A body that arrived whole (most answers) goes out as one last message,
-                # not a chunk and an empty end.
-                done = not chunk or content.at_eof()
-                await send({"type": "http.response.body", "body": chunk, "more_body": not done})
-                if done:
-                    break
+            # Most answers come whole in the first read: no watch, no task for them.
+            if not await _send_chunk(response.content, send):
+                await _stream_while_there(response.content, send, client)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The status is sent already: all that is left is to stop, which the server
             # turns into a closed connection, so the client sees a broken body, not a

@@ -9,7 +9,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -17,7 +17,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from consent_middleware import Session, TokenSet
@@ -36,6 +36,21 @@ class Seen:
 
 
 SEEN = Seen()
+STREAM_ENDED = threading.Event()
+
+
+async def events(request: Request) -> Response:
+    """An endless event stream, as a presence or notification feed sends one."""
+
+    async def beat() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"data: beat\n\n"
+                await asyncio.sleep(0.05)
+        finally:
+            STREAM_ENDED.set()
+
+    return StreamingResponse(beat(), media_type="text/event-stream")
 
 
 async def upload(request: Request) -> Response:
@@ -59,7 +74,13 @@ async def who(request: Request) -> Response:
     )
 
 
-UPSTREAM = Starlette(routes=[Route("/upload", upload, methods=["POST"]), Route("/who", who)])
+UPSTREAM = Starlette(
+    routes=[
+        Route("/upload", upload, methods=["POST"]),
+        Route("/who", who),
+        Route("/events", events, methods=["GET", "POST"]),
+    ]
+)
 
 
 @contextmanager
@@ -194,6 +215,32 @@ def test_a_client_gone_mid_upload_never_reaches_the_upstream_whole(front: Front)
         f"{front.base}/upload", headers={"cookie": front.cookie}, content=b"z" * 1000
     )
     assert answer.json() == {"received": 1000}
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_client_gone_mid_stream_ends_the_upstreams_stream(front: Front, method: str) -> None:
+    # Before, the sidecar kept reading the stream for nobody, its connection to the
+    # upstream with it, until it was stopped (and a stop waited for it forever).
+    STREAM_ENDED.clear()
+    port = int(front.base.rsplit(":", 1)[1])
+    body = b"x" * 100 if method == "POST" else b""
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(
+            f"{method} /events HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {front.cookie}\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode() * bool(body)
+            + b"\r\n" * (not body)
+            + body
+        )
+        client.settimeout(5)
+        received = b""
+        while received.count(b"data: beat") < 3:
+            chunk = client.recv(65536)
+            assert chunk, received
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200")
+        assert not STREAM_ENDED.is_set()
+    assert STREAM_ENDED.wait(5), "the upstream's stream outlived the client"
+    assert httpx.get(f"{front.base}/ping", timeout=5).text == "ok"
 
 
 def test_identity_headers_sent_twice_or_oversized_are_replaced(front: Front) -> None:

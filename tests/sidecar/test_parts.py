@@ -17,7 +17,8 @@ from starlette.requests import Request
 from consent_middleware import ConfigurationError
 from consent_middleware.sidecar import SidecarOptions
 from consent_middleware.sidecar._assertion import AssertionSigner
-from consent_middleware.sidecar._proxy import _relay, end_to_end, forwarded_headers
+from consent_middleware.sidecar._headers import end_to_end, forwarded_headers
+from consent_middleware.sidecar._proxy import _relay
 from consent_middleware.sidecar._requests import original_request
 from consent_middleware.sidecar._upstream_cookies import with_new_session
 

@@ -21,7 +21,7 @@ import websockets
 
 from consent_middleware import Settings
 from consent_middleware.sidecar import Sidecar, SidecarOptions
-from consent_middleware.sidecar._proxy import FORWARDING, IDENTITY_HEADERS
+from consent_middleware.sidecar._headers import FORWARDING, IDENTITY_HEADERS
 from dev_tenant import DevClient, DevTenant
 from tests.flow import CLAIM, Browser
 from tests.live_server import free_port, serve
