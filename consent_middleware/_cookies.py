@@ -58,6 +58,15 @@ class CookieWriter:
         return [self.delete(old) for old in chunk_names(name, existing)]
 
 
+# The session's own names: the whole cookie, or one of its chunks. An app's "__sessionid"
+# (or "__session_x") only starts alike: it is the app's cookie, never the session's.
+_SESSION_NAME = re.compile(re.escape(SESSION_COOKIE) + r"(?:__\d+)?")
+
+
+def is_session_cookie_name(name: str) -> bool:
+    return _SESSION_NAME.fullmatch(name) is not None
+
+
 def chunk_name(name: str, index: int) -> str:
     return f"{name}__{index}"
 
@@ -143,7 +152,8 @@ def session_cookies(cookie_header: bytes) -> bytes:
     # The usual header: one session cookie, first or after "; ", its value neither quoted
     # nor padded. Anything else takes the general reading below.
     if (
-        0 < value < end
+        value == position + len(_WHOLE)
+        and value < end
         and (position == 0 or header[position - 2 : position] == b"; ")
         and header[value] not in _UNUSUAL_START
         and header[end - 1] not in _WHITESPACE
@@ -169,7 +179,9 @@ def _session_pairs(header: bytes, position: int) -> bytes:
             value += 1
         if 0 < value < end and header[value] == _QUOTE:
             return _parsed_key(header)
-        parts.append(header[position:end])
+        name = header[position : value - 1 if value else end].decode("latin-1").strip()
+        if is_session_cookie_name(name):
+            parts.append(header[position:end])
         position = header.find(SESSION_PREFIX, end)
     # One pair (the usual, unchunked cookie): join hands back that very object.
     return b";".join(parts)
@@ -185,8 +197,7 @@ def _starts_a_cookie(header: bytes, position: int) -> bool:
 
 
 def _own_cookies(parsed: Mapping[str, str]) -> dict[str, str]:
-    prefix = SESSION_COOKIE
-    return {name: value for name, value in parsed.items() if name.startswith(prefix)}
+    return {name: value for name, value in parsed.items() if is_session_cookie_name(name)}
 
 
 def _parsed_key(cookie_header: bytes) -> bytes:
@@ -240,7 +251,7 @@ def has_padded_session_name(cookie_header: bytes) -> bool:
     names, so only a hand-made request carries one."""
     for part in cookie_header.decode("latin-1").split(";"):
         name = part.partition("=")[0].lstrip(" ")
-        if name != name.strip() and name.strip().startswith(SESSION_COOKIE):
+        if name != name.strip() and is_session_cookie_name(name.strip()):
             return True
     return False
 
@@ -266,4 +277,10 @@ def scope_cookies(scope: Scope) -> dict[str, str]:
 
 
 def sets_session_cookie(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(n.lower() == b"set-cookie" and v.startswith(SESSION_PREFIX) for n, v in headers)
+    """Whether the app's answer sets the session itself (then the gate's write stands back)."""
+    return any(
+        n.lower() == b"set-cookie"
+        and v.startswith(SESSION_PREFIX)
+        and is_session_cookie_name(v.partition(b"=")[0].decode("latin-1").strip())
+        for n, v in headers
+    )

@@ -10,10 +10,12 @@ from consent_middleware._cookies import (
     CHUNK_SIZE,
     SESSION_COOKIE,
     CookieWriter,
+    is_session_cookie_name,
     read_chunked,
     session_cookie_map,
     session_cookies,
     session_value,
+    sets_session_cookie,
 )
 
 
@@ -84,3 +86,21 @@ def test_the_gate_reads_the_session_the_routes_read(header: str) -> None:
     # The usual cookie is opened from the header's bytes: the very value the routes read.
     value = session_value(key) if key else None
     assert value is None or value.decode("ascii") == routes
+
+
+def test_an_apps_cookie_that_only_starts_like_the_session_is_the_apps() -> None:
+    # "__sessionid" (PHP's, and many an app's): never read as the session or its chunk.
+    assert is_session_cookie_name("__session") and is_session_cookie_name("__session__12")
+    for name in ("__sessionid", "__session_x", "__session__", "__session__1a", "x__session"):
+        assert not is_session_cookie_name(name)
+    assert session_cookies(b"__sessionid=app; __session=abc") == b"__session=abc"
+    assert session_cookies(b"__session=abc; __sessionid=app") == b"__session=abc"
+    assert session_cookies(b"__sessionid=app") == b""
+    chunked = b"__session__0=a; __sessionid=app; __session__1=b"
+    assert session_cookie_map(session_cookies(chunked), chunked) == {
+        "__session__0": "a",
+        "__session__1": "b",
+    }
+    assert sets_session_cookie([(b"set-cookie", b"__session=x; Path=/")])
+    assert sets_session_cookie([(b"Set-Cookie", b"__session__0=x; Path=/")])
+    assert not sets_session_cookie([(b"set-cookie", b"__sessionid=app; Path=/")])

@@ -59,6 +59,9 @@ async def page(request: Request) -> Response:
         response.headers.append("Vary", value)
     if "cache" in request.query_params:
         response.headers["Cache-Control"] = APP_CACHE_CONTROL
+    if "own" in request.query_params:
+        # An app cookie whose name only starts like the session's.
+        response.set_cookie(request.query_params["own"], "app")
     return response
 
 
@@ -162,6 +165,19 @@ def test_a_rolled_session_cookie_makes_the_response_private() -> None:
     assert any(c.startswith("__session=") for c in set_cookies), set_cookies
     assert response.headers.get_list("cache-control") == ["private, no-store"]
     assert response.headers["cache-control"] == "private, no-store"
+
+
+@pytest.mark.parametrize("name", ["__sessionid", "__session_x", "__session__"])
+def test_an_apps_cookie_named_like_the_session_does_not_stop_the_roll(name: str) -> None:
+    # Before, any Set-Cookie starting "__session" counted as the app setting the session
+    # itself: the rolled (or refreshed) session was not written, and the user signed out.
+    settings = make_settings(inactivity_duration=1000, absolute_duration=100000)
+    cookies = consented_cookies(settings, now=time.time() - 0.5 * settings.inactivity_duration)
+    with gated(settings) as client:
+        response = client.get("/page", params={"own": name}, headers={"cookie": header(cookies)})
+    assert response.status_code == 200
+    names = [c.split("=", 1)[0] for c in response.headers.get_list("set-cookie")]
+    assert sorted(names) == sorted([name, "__session"])
 
 
 def test_a_response_without_a_cookie_keeps_the_apps_cache_control() -> None:

@@ -4,7 +4,7 @@ other cookie as it came."""
 
 from __future__ import annotations
 
-from .._cookies import SESSION_COOKIE, canonical_session_pairs, session_cookies
+from .._cookies import canonical_session_pairs, is_session_cookie_name, session_cookies
 
 
 def as_admitted(cookie_header: bytes) -> list[bytes]:
@@ -40,7 +40,8 @@ def with_session_pairs(
         for name, value in headers
         if name == b"cookie"
         for part in value.split(b";")
-        if part.strip() and not part.decode("latin-1").strip().startswith(SESSION_COOKIE)
+        if part.strip()
+        and not is_session_cookie_name(part.decode("latin-1").partition("=")[0].strip())
     ]
     others = [(n, v) for n, v in headers if n != b"cookie"]
     return [*others, (b"cookie", b"; ".join([*kept, *pairs]))]

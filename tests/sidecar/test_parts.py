@@ -174,6 +174,10 @@ def test_the_forwarded_cookie_carries_the_new_session_only() -> None:
     rewritten = dict(with_new_session(headers, set_cookies))
     assert rewritten[b"cookie"] == b"theme=dark; __session=new"
     assert with_new_session(headers, []) == headers
+    # The app's own "__sessionid" is the app's: it still reaches it.
+    own = [(b"cookie", b"__sessionid=app; __session=old")]
+    rewritten = dict(with_new_session(own, [b"__session=new; Path=/"]))
+    assert rewritten[b"cookie"] == b"__sessionid=app; __session=new"
 
 
 def request(path: str, headers: dict[str, str], method: str = "GET") -> Request:
