@@ -19,9 +19,15 @@ SECRET_PARAMETERS = (
     "refresh_token",
     "logout_token",
     "token",
+    "password",
 )
 _NAMES = "|".join(SECRET_PARAMETERS)
-_SECRET_VALUE = re.compile(rf"([?&](?:{_NAMES})=)[^&#]*", re.IGNORECASE)
+# Also escaped once, as inside a returnTo ("/auth/login?returnTo=%2Freset%3Ftoken%3D..."):
+# the gate writes such a URL for every visitor it sends to the login. The escaped value
+# ends at an escaped "&" or "#" as well.
+_SECRET_VALUE = re.compile(
+    rf"((?:[?&]|%3F|%26)(?:{_NAMES})(?:=|%3D))(?:(?!%26|%23)[^&#])*", re.IGNORECASE
+)
 REDACTED = "[redacted]"
 
 

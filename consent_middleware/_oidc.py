@@ -28,6 +28,10 @@ from ._tokens import AccessToken, TokenResponse, token_set_from
 logger = logging.getLogger("consent_middleware")
 
 METADATA_TTL = 3600
+# A refetch that fails keeps the document the provider last gave (its endpoints rarely
+# move), asked for again this much later rather than on every request: an outage must not
+# turn a loaded gate into one that cannot say where its provider is.
+METADATA_RETRY = 30
 JWKS_TTL = 600
 # An unknown kid may mean the provider rotated its keys, or a forged header: refetch
 # the JWKS for it, but never more often than this, so forged tokens cannot hammer the IdP.
@@ -113,10 +117,22 @@ class OIDCClient:
             if cached is not None and cached[1] > time.monotonic():
                 return cached[0]
             url = f"{self.settings.domain}/.well-known/openid-configuration"
-            document = await self._get_json(url, "discovery document")
-            meta = ProviderMetadata.parse(document, self.settings.domain)
+            try:
+                document = await self._get_json(url, "discovery document")
+                meta = ProviderMetadata.parse(document, self.settings.domain)
+            except IdentityProviderError as exc:
+                if cached is None:
+                    raise
+                logger.warning("kept the last discovery document: %s", exc)
+                self._metadata = (cached[0], time.monotonic() + METADATA_RETRY)
+                return cached[0]
             self._metadata = (meta, time.monotonic() + METADATA_TTL)
             return meta
+
+    @property
+    def has_metadata(self) -> bool:
+        """Whether the discovery document has loaded (it is kept through an outage)."""
+        return self._metadata is not None
 
     async def _key_set(self, refetch: bool = False) -> _jose.KeySet:
         cached = self._jwks

@@ -18,6 +18,19 @@ from consent_middleware._logging import redacted
         ("/cb?x=1&id_token_hint=e.y.j#frag", "/cb?x=1&id_token_hint=[redacted]#frag"),
         ("/search?postcode=1234&statement=a", "/search?postcode=1234&statement=a"),
         ("/plain", "/plain"),
+        # Escaped inside a returnTo, as the gate sends a signed-out visitor to the login.
+        (
+            "/auth/login?returnTo=%2Freset%3Ftoken%3DSECRET%26lang%3Den&x=1",
+            "/auth/login?returnTo=%2Freset%3Ftoken%3D[redacted]%26lang%3Den&x=1",
+        ),
+        (
+            "/auth/login?returnTo=%2Fa%3fx%3D1%26Password%3dhunter2",
+            "/auth/login?returnTo=%2Fa%3fx%3D1%26Password%3d[redacted]",
+        ),
+        (
+            "/auth/login?returnTo=%2Fdashboard%3Fview%3Dall",
+            "/auth/login?returnTo=%2Fdashboard%3Fview%3Dall",
+        ),
     ],
 )
 def test_credential_parameters_are_hidden_and_no_others(target: str, shown: str) -> None:

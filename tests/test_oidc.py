@@ -8,7 +8,12 @@ import pytest
 import respx
 
 from consent_middleware._exceptions import IdentityProviderError, IdTokenError, TokenEndpointError
-from consent_middleware._oidc import JWKS_MIN_REFETCH_INTERVAL, OIDCClient
+from consent_middleware._oidc import (
+    JWKS_MIN_REFETCH_INTERVAL,
+    METADATA_RETRY,
+    METADATA_TTL,
+    OIDCClient,
+)
 from consent_middleware._transactions import Transaction
 from tests.conftest import DISCOVERY, DOMAIN, ISSUER, idp, make_settings
 from tests.keys import SigningKey, id_token_claims
@@ -138,6 +143,26 @@ async def test_discovery_is_cached(signing_key: SigningKey, oidc: OIDCClient) ->
         await oidc.metadata()
         await oidc.metadata()
         assert mock.calls.call_count == 1
+
+
+async def test_a_failed_refetch_keeps_the_last_document_and_waits_to_ask_again(
+    signing_key: SigningKey, oidc: OIDCClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("consent_middleware._oidc.time.monotonic", lambda: now[0])
+    url = f"{DOMAIN}/.well-known/openid-configuration"
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [signing_key])
+        loaded = await oidc.metadata()
+        mock.get(url).respond(503)
+        now[0] += METADATA_TTL + 1
+        assert await oidc.metadata() is loaded  # the provider is away: the last one kept
+        assert await oidc.metadata() is loaded  # and not asked again on every call
+        assert mock.calls.call_count == 2 and oidc.has_metadata
+        now[0] += METADATA_RETRY + 1
+        idp(mock, [signing_key])
+        await oidc.metadata()
+        assert mock.calls.call_count == 3
 
 
 async def test_code_exchange_uses_basic_auth_and_verifies(

@@ -166,6 +166,10 @@ class Sidecar:
         return path == self.check_path or path.startswith(self.check_path + "/")
 
     async def _ready(self) -> Response:
+        # Once loaded, ready at once: a probe must not wait on the provider (nor fail with
+        # it, while the users already signed in are served without it).
+        if self.engine.oidc.has_metadata:
+            return JSONResponse({"ready": True}, headers=NO_STORE)
         try:
             await self.engine.oidc.metadata()
         except IdentityProviderError as exc:

@@ -42,6 +42,11 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--port", type=int, help="port to listen on (default 4180)")
     command.add_argument("--workers", type=int, help="worker processes (default 1)")
     command.add_argument(
+        "--shutdown-timeout",
+        type=int,
+        help="seconds a stop waits for requests in flight, then cuts them (default 8)",
+    )
+    command.add_argument(
         "--trusted-proxies",
         help="comma list of addresses/networks allowed to set X-Forwarded-* (default none)",
     )
@@ -61,6 +66,7 @@ def options_and_settings(argv: Sequence[str] | None = None) -> tuple[SidecarOpti
         port=args.port,
         workers=args.workers,
         trusted_proxies=trusted,
+        shutdown_timeout=args.shutdown_timeout,
     )
     settings = Settings.from_env()
     # What each worker builds first, checked once here: a bad key in a worker would have
@@ -98,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # uvicorn's default would trust 127.0.0.1.
         proxy_headers=False,
         server_header=False,
+        # uvicorn's default waits for every request in flight, an endless event stream
+        # too: a stop would hang until the orchestrator kills the process.
+        timeout_graceful_shutdown=options.shutdown_timeout,
         log_level="info",
         log_config=log_config(),
     )

@@ -22,6 +22,7 @@ ENV_NAMES = {
     "upstream_timeout": "CONSENT_UPSTREAM_TIMEOUT",
     "pass_access_token": "CONSENT_PASS_ACCESS_TOKEN",
     "skip_preflight": "CONSENT_SKIP_PREFLIGHT",
+    "shutdown_timeout": "CONSENT_SHUTDOWN_TIMEOUT",
 }
 _FLAGS = ("pass_access_token", "skip_preflight")
 
@@ -46,6 +47,10 @@ class SidecarOptions:
     #: to the upstream ungated: a browser sends them without cookies, so they can never
     #: pass the gate, and the request they announce is gated all the same.
     skip_preflight: bool = False
+    #: Seconds a stop (SIGTERM) waits for requests in flight before it cuts them: an
+    #: event stream or a long poll never ends on its own. Below Docker's 10 s (then it
+    #: kills); raise it with Kubernetes' terminationGracePeriodSeconds.
+    shutdown_timeout: int = 8
 
     def __post_init__(self) -> None:
         if self.upstream:
@@ -60,6 +65,8 @@ class SidecarOptions:
             raise ConfigurationError("CONSENT_SIDECAR_WORKERS must be at least 1")
         if not self.upstream_timeout > 0:  # NaN too
             raise ConfigurationError("CONSENT_UPSTREAM_TIMEOUT must be more than 0 seconds")
+        if self.shutdown_timeout < 0:
+            raise ConfigurationError("CONSENT_SHUTDOWN_TIMEOUT must be 0 seconds or more")
         for entry in self.trusted_proxies:
             try:
                 ipaddress.ip_network(entry, strict=False)
@@ -79,7 +86,7 @@ class SidecarOptions:
             if not raw:
                 continue
             try:
-                if name in ("port", "workers"):
+                if name in ("port", "workers", "shutdown_timeout"):
                     values[name] = int(raw)
                 elif name == "upstream_timeout":
                     values[name] = float(raw)

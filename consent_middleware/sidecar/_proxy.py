@@ -167,7 +167,11 @@ class Upstream:
         except TimeoutError:
             await self.error_page(504, scope)(scope, receive, send)
             return
-        except aiohttp.ClientError:
+        except aiohttp.ClientError as exc:
+            # Said to the operator (a header over aiohttp's 8 KB, a refused connection),
+            # never the URL, whose query may carry a credential.
+            reason = exc.message if isinstance(exc, aiohttp.ClientResponseError) else ""
+            logger.warning("upstream failed: %s %s", type(exc).__name__, reason)
             await self.error_page(502, scope)(scope, receive, send)
             return
         try:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,6 +29,7 @@ from consent_middleware._session import CookieSessionStore
 from consent_middleware.sidecar import Sidecar, SidecarOptions
 from tests.conftest import CLAIM, make_settings
 from tests.live_server import free_port, serve
+from tests.sidecar.test_sidecar import cli_environment
 
 
 @dataclass
@@ -195,6 +200,23 @@ def test_an_upstream_reset_is_a_502_or_a_broken_body_never_a_whole_one(
             assert httpx.get(f"{front.base}/ping", timeout=5).text == "ok"
 
 
+def test_an_upstream_header_too_large_is_a_502_that_says_why_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def handle(conn: socket.socket) -> None:
+        read_request(conn)
+        big = b"X-Big: " + b"y" * 9000 + b"\r\n"
+        conn.sendall(b"HTTP/1.1 200 OK\r\n" + big + b"Content-Length: 2\r\n\r\nok")
+
+    with raw_upstream(handle) as port, sidecar_in_front_of(f"http://127.0.0.1:{port}") as front:
+        with caplog.at_level(logging.WARNING, logger="consent_middleware.sidecar"):
+            answer = httpx.get(f"{front.base}/x?token=t0ps3cret", headers={"cookie": front.cookie})
+    assert answer.status_code == 502
+    logged = [r.getMessage() for r in caplog.records if r.name == "consent_middleware.sidecar"]
+    assert any("too long" in line or "8190" in line for line in logged), logged
+    assert not any("t0ps3cret" in line for line in logged)
+
+
 def test_a_client_gone_mid_upload_never_reaches_the_upstream_whole(front: Front) -> None:
     SEEN.uploads.clear()
     SEEN.done.clear()
@@ -241,6 +263,50 @@ def test_a_client_gone_mid_stream_ends_the_upstreams_stream(front: Front, method
         assert not STREAM_ENDED.is_set()
     assert STREAM_ENDED.wait(5), "the upstream's stream outlived the client"
     assert httpx.get(f"{front.base}/ping", timeout=5).text == "ok"
+
+
+def test_a_stop_cuts_an_endless_stream_after_the_shutdown_timeout(tmp_path: Path) -> None:
+    # uvicorn's default waits for every request in flight, and an open event stream never
+    # ends: a SIGTERM did nothing until the orchestrator killed the process.
+    with ExitStack() as stack:
+        upstream = stack.enter_context(serve(UPSTREAM))
+        port = free_port()
+        env = {
+            **{k: v for k, v in os.environ.items() if k.startswith("COVERAGE")},
+            **cli_environment(f"http://127.0.0.1:{port}"),
+            "CONSENT_PUBLIC_PATHS": "/events",
+        }
+        command = [sys.executable, "-m", "consent_middleware.sidecar", "--port", str(port)]
+        log = stack.enter_context((tmp_path / "sidecar.log").open("wb"))
+        process = subprocess.Popen(  # noqa: S603 - this interpreter, the package's module
+            [*command, "--upstream", upstream, "--shutdown-timeout", "1"],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+        stack.callback(process.kill)
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, (tmp_path / "sidecar.log").read_text()
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the sidecar did not start"
+                time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            client.settimeout(10)
+            received = b""
+            while received.count(b"data: beat") < 2:
+                received += client.recv(65536)
+            stopping = time.monotonic()
+            process.terminate()
+            assert process.wait(timeout=10) is not None
+            assert time.monotonic() - stopping < 6
+            # The client's stream ends (cut, not left hanging on a dead process).
+            while chunk := client.recv(65536):
+                received += chunk
 
 
 def test_identity_headers_sent_twice_or_oversized_are_replaced(front: Front) -> None:

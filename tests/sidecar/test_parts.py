@@ -74,6 +74,8 @@ def test_a_bad_assertion_key_stops_start_up(value: str) -> None:
         ({"CONSENT_SIDECAR_PORT": "eighty"}, "CONSENT_SIDECAR_PORT"),
         ({"CONSENT_SIDECAR_WORKERS": "0"}, "CONSENT_SIDECAR_WORKERS"),
         ({"CONSENT_UPSTREAM_TIMEOUT": "0"}, "CONSENT_UPSTREAM_TIMEOUT"),
+        ({"CONSENT_SHUTDOWN_TIMEOUT": "-1"}, "CONSENT_SHUTDOWN_TIMEOUT"),
+        ({"CONSENT_SHUTDOWN_TIMEOUT": "soon"}, "CONSENT_SHUTDOWN_TIMEOUT"),
         ({"CONSENT_TRUSTED_PROXIES": "10.0.0.0/8, nope"}, "CONSENT_TRUSTED_PROXIES"),
     ],
 )
@@ -88,8 +90,10 @@ def test_options_from_the_environment_and_overrides() -> None:
         "CONSENT_SIDECAR_PORT": "9000",
         "CONSENT_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8",
         "CONSENT_UPSTREAM_TIMEOUT": "2.5",
+        "CONSENT_SHUTDOWN_TIMEOUT": "25",
     }
     options = SidecarOptions.from_env(env, port=9100, host=None)
+    assert options.shutdown_timeout == 25 and SidecarOptions().shutdown_timeout == 8
     assert options.port == 9100 and options.host == "127.0.0.1"
     assert options.trusted_proxies == ("127.0.0.1", "10.0.0.0/8")
     assert options.upstream_timeout == 2.5 and options.upstream == "http://127.0.0.1:3000"
@@ -406,3 +410,32 @@ def test_a_relay_ended_by_a_browser_that_left_leaves_no_error_unread() -> None:
     asyncio.run(relay())
     gc.collect()
     assert reported == []
+
+
+@pytest.mark.anyio
+async def test_ready_once_discovery_loaded_without_asking_the_provider_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A readiness probe must neither wait on the provider nor fail with it: the users
+    # already signed in are served without it.
+    import httpx
+    import respx
+
+    from consent_middleware.sidecar import Sidecar
+    from tests.conftest import DOMAIN, idp, make_settings
+    from tests.keys import SigningKey
+
+    now = [1000.0]
+    monkeypatch.setattr("consent_middleware._oidc.time.monotonic", lambda: now[0])
+    sidecar = Sidecar(make_settings(), SidecarOptions())
+    transport = httpx.ASGITransport(app=sidecar)
+    with respx.mock(assert_all_called=False) as mock:
+        idp(mock, [SigningKey.generate("k1")])
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/ready")).json() == {"ready": True}
+            calls = mock.calls.call_count
+            mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(503)
+            now[0] += 7200
+            assert (await client.get("/ready")).json() == {"ready": True}
+            assert mock.calls.call_count == calls
+    await sidecar.gate.aclose()
