@@ -86,7 +86,7 @@ class RefreshError(ConsentMiddlewareError):
     """The session could not be refreshed without the browser."""
 
 
-class AccessTokenErrorCode(enum.Enum):
+class AccessTokenErrorCode(enum.StrEnum):
     #: No session: the user must sign in.
     MISSING_SESSION = "missing_session"
     #: The session holds no refresh token (``offline_access`` was not granted).

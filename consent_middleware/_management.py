@@ -99,9 +99,10 @@ class ManagementClient:
                 audience=settings.management_audience,
             )
         except TokenEndpointError as exc:
+            # Auth0's description is what tells the operator the fix ("You need to create
+            # a client-grant ..." for a missing grant): kept, for the log.
             raise ManagementAPIError(
-                f"the token endpoint refused the Management API token: {exc.error}",
-                exc.status_code,
+                f"the token endpoint refused the Management API token: {exc}", exc.status_code
             ) from exc
         except IdentityProviderError as exc:
             # Unreachable, a 5xx, rate limited (429), or discovery failing: all worth

@@ -213,7 +213,8 @@ async def test_token_request_retries_429_and_outages_then_refusal_is_final(
     with respx.mock(assert_all_called=False) as mock:
         token = tenant(mock)
         token.respond(401, json={"error": "access_denied", "error_description": "no grant"})
-        with pytest.raises(ManagementAPIError, match="refused the Management API token") as info:
+        told = "Management API token: access_denied: no grant"
+        with pytest.raises(ManagementAPIError, match=told) as info:
             await refused.update_user("auth0|abc", {})
     assert token.call_count == 1 and info.value.status_code == 401
 
