@@ -90,6 +90,7 @@ class OIDCClient:
         self._jwks_fetched_at = -float("inf")
         # Separate locks: the JWKS fetch needs the metadata, and asyncio locks don't nest.
         self._metadata_lock = asyncio.Lock()
+        self._told_local_logout = False
         self._jwks_lock = asyncio.Lock()
 
     async def _get_json(self, url: str, what: str) -> Any:
@@ -378,6 +379,12 @@ class OIDCClient:
             return _with_query(
                 f"{self.settings.domain}/v2/logout",
                 {"client_id": self.settings.client_id, "returnTo": return_to},
+            )
+        if not self._told_local_logout:
+            self._told_local_logout = True
+            logger.warning(
+                "the provider publishes no end_session_endpoint: logout ends this app's "
+                "session only, and the provider's own signs the user straight back in"
             )
         return return_to
 

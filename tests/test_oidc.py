@@ -446,7 +446,7 @@ async def test_refresh_token_revocation(oidc: OIDCClient, http: httpx.AsyncClien
 
 
 async def test_logout_url_when_the_provider_is_down_or_not_auth0(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     with respx.mock(assert_all_called=False) as mock:
         mock.get(f"{DOMAIN}/.well-known/openid-configuration").respond(503)
@@ -464,3 +464,7 @@ async def test_logout_url_when_the_provider_is_down_or_not_auth0(
         assert await other.logout_url(None, "https://app.example.com/") == (
             "https://app.example.com/"
         )
+        # A logout that leaves the provider's session is said once, for the operator.
+        await other.logout_url(None, "https://app.example.com/")
+    told = [r for r in caplog.records if "no end_session_endpoint" in r.getMessage()]
+    assert len(told) == 1 and told[0].levelname == "WARNING"
