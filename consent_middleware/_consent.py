@@ -155,7 +155,7 @@ class ConsentRoutes:
             return session
         form = await self._form(request)
         if form is None or not self.csrf.check(request, session, form.get("csrf_token")):
-            return self.forged()
+            return self.refused_form(request, form)
         return session, form
 
     async def _form(self, request: Request) -> FormData | None:
@@ -186,12 +186,28 @@ class ConsentRoutes:
         )
         return with_cookies(response, await self.sessions.clear(request.cookies))
 
-    def forged(self) -> Response:
+    def refused_form(self, request: Request, form: FormData | None) -> Response:
+        """A 403, nothing changed. A form this site's page sent with another session's
+        token (opened before the latest sign-in, in another tab) is told so, with the way
+        back to its page; any other is refused plainly."""
+        token = form.get("csrf_token") if form is not None else None
+        if form is None or not isinstance(token, str) or not self.csrf.same_origin(request):
+            return self.pages.error(
+                "Request refused",
+                "This form did not come from this site's own page, so nothing was changed. "
+                "If you did mean to send it, open the page again and retry.",
+                403,
+            )
+        again = request.url.path
+        if isinstance(form.get("return_to"), str):
+            again += "?" + urlencode({"returnTo": self.return_to(form.get("return_to"))})
         return self.pages.error(
-            "Request refused",
-            "This form did not come from this site's own page, so nothing was changed. "
-            "If you did mean to send it, open the page again and retry.",
+            "Page out of date",
+            "This page was opened before your latest sign-in, so nothing was changed. "
+            "Open it again to send it.",
             403,
+            action_url=again,
+            action_label="Open the page again",
         )
 
     async def terms(self, request: Request) -> Response:

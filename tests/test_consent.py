@@ -419,7 +419,11 @@ async def test_accept_with_a_bad_csrf_check_changes_nothing(
     if not form["csrf_token"]:
         del form["csrf_token"]
     response = await call(engine, "POST", "/consent", cookies=cookies, form=form, origin=origin)
-    assert response.status_code == 403 and "Request refused" in response.text
+    assert response.status_code == 403
+    # Only a form from this site, with a token, is told it is out of date.
+    out_of_date = origin == APP and bool(form.get("csrf_token"))
+    assert ("Page out of date" in response.text) is out_of_date
+    assert ("Request refused" in response.text) is not out_of_date
     assert not tenant.patch.called and not tenant.token.called
     assert session_cookies(response) == []
 
@@ -427,9 +431,12 @@ async def test_accept_with_a_bad_csrf_check_changes_nothing(
 async def test_another_sessions_token_is_refused(build: Build, tenant: Tenant) -> None:
     engine = build()
     theirs = await accept_form(engine, await cookies_for(engine, session()))
+    theirs["return_to"] = "/deep/link?x=1"
     mine = await cookies_for(engine, session())
     response = await call(engine, "POST", "/consent", cookies=mine, form=theirs)
-    assert response.status_code == 403 and "Request refused" in response.text
+    # A form from an earlier sign-in (another tab): refused, with the way back to the page.
+    assert response.status_code == 403 and "Page out of date" in response.text
+    assert 'href="/consent?returnTo=' in response.text and "deep%2Flink" in response.text
     assert not tenant.patch.called
 
 
@@ -711,7 +718,8 @@ async def test_withdraw_with_a_bad_csrf_token_changes_nothing(build: Build, tena
     response = await call(
         engine, "POST", "/consent/withdraw", cookies=cookies, form={"csrf_token": "0" * 64}
     )
-    assert response.status_code == 403 and "Request refused" in response.text
+    assert response.status_code == 403 and "Page out of date" in response.text
+    assert 'href="/consent/withdraw"' in response.text
     assert not tenant.patch.called and not tenant.delete.called
 
 
