@@ -174,12 +174,13 @@ def _session_pairs(header: bytes, position: int) -> bytes:
         # Starlette strips each pair's name and value: so do the ends here, in place.
         while end > position and header[end - 1] in _WHITESPACE:
             end -= 1
-        value = header.find(b"=", position, end) + 1
+        equals = header.find(b"=", position, end)
+        value = equals + 1
         while 0 < value < end and header[value] in _WHITESPACE:
             value += 1
         if 0 < value < end and header[value] == _QUOTE:
             return _parsed_key(header)
-        name = header[position : value - 1 if value else end].decode("latin-1").strip()
+        name = header[position : equals if equals >= 0 else end].decode("latin-1").strip()
         if is_session_cookie_name(name):
             parts.append(header[position:end])
         position = header.find(SESSION_PREFIX, end)
