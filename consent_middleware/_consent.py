@@ -17,14 +17,14 @@ from ._config import Settings
 from ._csrf import CSRF
 from ._events import CollectionMethod, ConsentAction
 from ._exceptions import LedgerError, ManagementAPIError, SharedStateError
-from ._gate import wants_json
+from ._gate import app_path, requested_target, wants_json
 from ._login import Login
 from ._management import ManagementClient
 from ._models import Consent
 from ._oidc import OIDCClient
 from ._pages import Pages
 from ._record import ConsentWriter, not_saved, shown_sha256, terms_statement
-from ._redirects import return_to_or_home
+from ._redirects import bounded_return_to, return_to_or_home
 from ._refresh import SessionRefresher, with_cookies
 from ._revocation import Revocations
 from ._session import Session, SessionStore, now_ms
@@ -103,13 +103,15 @@ class ConsentRoutes:
             # The claim as the gate reads it: a session whose claims nextjs-auth0 filtered
             # is not asked to accept again.
             return await self.refresher.with_consent_claim(session)
-        if as_json or wants_json(request.url.path, request.headers, self.settings):
+        path = app_path(request.scope)
+        if as_json or wants_json(path, request.headers, self.settings):
             return self.pages.json_error("login_required", 401, login_url=self.pages.login_url)
         if request.method in ("GET", "HEAD"):
-            query = f"?{request.url.query}" if request.url.query else ""
-            return await self.login.redirect(
-                self.pages.url(request.url.path + query), cookies=request.cookies
-            )
+            # Back to this very page: its address from the site's root, which holds the
+            # mount's prefix however the server reports it (APP_BASE_URL ends in that
+            # prefix too, so it is joined to the origin alone, never to APP_BASE_URL).
+            back = bounded_return_to(requested_target(request.scope))
+            return await self.login.redirect(self.return_to(back), cookies=request.cookies)
         # Back, after signing in, to where the form would have led (the terms page's
         # return_to: the deep link first asked for), not to the home page.
         form = await self._form(request)

@@ -90,11 +90,19 @@ def _requires(path: str, pattern: str) -> bool:
 
 
 def app_path(scope: Scope) -> str:
-    """The path below where the app is mounted (``root_path``), which is what settings name."""
+    """The path below where the app is mounted (``root_path``), which is what settings name.
+
+    Servers disagree on whether ``path`` holds ``root_path``: uvicorn's ``--root-path``
+    and Starlette's ``Mount`` put it there (as the ASGI spec asks), ``FastAPI(root_path=)``
+    behind a proxy that strips the prefix does not. Read as Starlette's router reads it
+    (``starlette._utils.get_route_path``): the prefix counts only as whole segments, so
+    "/application" is no path below "/app"."""
     path: str = scope["path"]
-    root: str = scope.get("root_path", "")
+    root: str = scope.get("root_path", "").rstrip("/")
     if root and path.startswith(root):
-        return path[len(root) :] or "/"
+        rest = path[len(root) :]
+        if not rest or rest[0] == "/":
+            return rest or "/"
     return path
 
 
@@ -104,10 +112,13 @@ _SENT_CHARACTERS = _PATH_CHARACTERS + "%"
 
 
 def requested_target(scope: Scope) -> str:
-    """The path and query the client asked for, as it spelled them: a return address must
-    bring the browser back to that very URL, and the decoded path would not ("%2F" would
-    become a segment, "%3F" a query). The server's ``raw_path`` when it spells the decoded
-    ``path``, else the path escaped again; bytes outside URL syntax are escaped."""
+    """The path and query the client asked for, as it spelled them, from the site's root:
+    a return address must bring the browser back to that very URL, and the decoded path
+    would not ("%2F" would become a segment, "%3F" a query). The server's ``raw_path``
+    when it spells the decoded ``path``, else the path escaped again; bytes outside URL
+    syntax are escaped. A ``root_path`` the server left out of ``path`` (``FastAPI(
+    root_path=)`` behind a proxy that strips it) is put in front: without it, the user
+    would land outside the app after signing in."""
     path: str = scope["path"]
     raw = scope.get("raw_path")
     sent = raw.decode("latin-1") if isinstance(raw, bytes) else None
@@ -115,6 +126,9 @@ def requested_target(scope: Scope) -> str:
         target = quote(sent, safe=_SENT_CHARACTERS)
     else:
         target = quote(path, safe=_PATH_CHARACTERS)
+    root: str = scope.get("root_path", "").rstrip("/")
+    if root and app_path(scope) == path and path != root:
+        target = quote(root, safe=_PATH_CHARACTERS) + target
     query: bytes = scope.get("query_string", b"")
     return f"{target}?{quote(query, safe=_SENT_CHARACTERS + '?')}" if query else target
 

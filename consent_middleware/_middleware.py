@@ -6,6 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable
+from urllib.parse import urlsplit
 
 import httpx
 from starlette.datastructures import Headers
@@ -95,6 +96,8 @@ class ConsentMiddleware:
         self._revalidates = self.settings.revalidate_seconds > 0
         self._started = False
         self._origin = origin_of(self.settings.app_base_url)
+        self._mounted_at = urlsplit(self.settings.app_base_url).path.rstrip("/")
+        self._root_warned = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A gated HTTP request is served in this one coroutine, from the cache lookup to
@@ -106,6 +109,7 @@ class ConsentMiddleware:
         path = app_path(scope) if scope.get("root_path") else scope["path"]
         settings = self.settings
         if path in self._own_prefixes or path.startswith(self._own_starts):
+            self._check_root(scope)
             joined_cookie_header(scope)
             await self.engine.serve_own_route(scope, receive, send, path)
             return
@@ -276,10 +280,30 @@ class ConsentMiddleware:
         return None
 
     def _refusal(self, verdict: Verdict, scope: Scope, purposes: tuple[str, ...] = ()) -> Response:
+        self._check_root(scope)
         return_to = requested_target(scope)
         as_json = wants_json(app_path(scope), Headers(scope=scope), self.settings)
-        root = scope.get("root_path", "")
+        root = scope.get("root_path", "").rstrip("/")
         return refusal(verdict, scope["method"], return_to, as_json, self.settings, root, purposes)
+
+    def _check_root(self, scope: Scope) -> None:
+        """Warn once when the server's ``root_path`` is not APP_BASE_URL's path: the gate
+        sends browsers below the one, the provider back to the other, and the mismatch
+        shows only as a failed callback. Asked where an address is built (a refusal, the
+        package's own routes), never on the gate's way to a known user."""
+        if self._root_warned:
+            return
+        root = scope.get("root_path", "").rstrip("/")
+        if root != self._mounted_at:
+            self._root_warned = True
+            logger.warning(
+                "the request's root_path %r is not APP_BASE_URL's path %r: sign-in links "
+                "and return addresses follow root_path, the provider's callback APP_BASE_URL "
+                "(set uvicorn's --root-path, the Mount or FastAPI's root_path to the "
+                "prefix APP_BASE_URL ends in)",
+                root,
+                self._mounted_at,
+            )
 
     async def _refuse(self, verdict: Verdict, scope: Scope, receive: Receive, send: Send) -> None:
         await self._refusal(verdict, scope)(scope, receive, send)

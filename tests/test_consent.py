@@ -280,7 +280,12 @@ async def call(
     form: Mapping[str, str] | None = None,
     query: str = "",
     origin: str | None = APP,
+    root_path: str = "",
+    path_holds_root: bool = True,
 ) -> httpx.Response:
+    """``path`` below the app's mount at ``root_path``: in the scope's path too, as uvicorn's
+    --root-path and Starlette's Mount send it, or beside it (``path_holds_root=False``), as
+    FastAPI(root_path=...) behind a proxy that strips the prefix does."""
     body = urlencode(form).encode() if form is not None else b""
     headers = [(b"host", b"app.example.com"), (b"accept", b"text/html")]
     if form is not None:
@@ -289,10 +294,11 @@ async def call(
         headers.append((b"origin", origin.encode()))
     if cookies:
         headers.append((b"cookie", "; ".join(f"{k}={v}" for k, v in cookies.items()).encode()))
+    full = root_path + path if path_holds_root else path
     scope: dict[str, Any] = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-        "method": method, "scheme": "https", "path": path, "raw_path": path.encode(),
-        "query_string": query.encode(), "root_path": "", "headers": headers,
+        "method": method, "scheme": "https", "path": full, "raw_path": full.encode(),
+        "query_string": query.encode(), "root_path": root_path, "headers": headers,
         "server": ("app.example.com", 443), "client": ("127.0.0.1", 1),
     }  # fmt: skip
     sent: list[MutableMapping[str, Any]] = []
@@ -372,6 +378,30 @@ async def test_terms_without_a_session_starts_a_login_that_comes_back(
     tx = engine.transactions.load(state, jar(set_cookies))
     assert tx is not None and tx.purpose is Purpose.LOGIN
     assert tx.return_to == f"{APP}/consent?returnTo=%2Fdashboard%3Fx%3D1"
+
+
+@pytest.mark.parametrize("path_holds_root", [True, False], ids=["in path", "beside path"])
+@pytest.mark.parametrize("page", ["/consent", "/consent/withdraw", "/consent/history"])
+async def test_a_signed_out_visit_below_a_prefix_comes_back_to_the_same_page(
+    build: Build, tenant: Tenant, page: str, path_holds_root: bool
+) -> None:
+    # APP_BASE_URL ends in the prefix and the request's path may hold it too: the return
+    # address is the page's own, never the prefix twice ("/app/app/consent", a 404).
+    engine = build(app_base_url=f"{APP}/app")
+    response = await call(
+        engine,
+        "GET",
+        page,
+        query="returnTo=%2Fapp%2Fdashboard",
+        root_path="/app",
+        path_holds_root=path_holds_root,
+    )
+    assert response.status_code == 302
+    state = parse_qs(urlsplit(response.headers["location"]).query)["state"][0]
+    set_cookies = [c.encode() for c in response.headers.get_list("set-cookie")]
+    tx = engine.transactions.load(state, jar(set_cookies))
+    assert tx is not None
+    assert tx.return_to == f"{APP}/app{page}?returnTo=%2Fapp%2Fdashboard"
 
 
 async def test_head_without_a_session_is_answered_like_get(build: Build, tenant: Tenant) -> None:

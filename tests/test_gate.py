@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket
 
@@ -25,12 +25,14 @@ from consent_middleware import (
 )
 from consent_middleware._gate import (
     _every_spelling,
+    app_path,
     is_public,
     judged,
     judged_claim,
     matches_every_spelling,
     missing_purposes,
     path_spellings,
+    requested_target,
     sent_path,
 )
 from consent_middleware._models import Consent
@@ -195,6 +197,94 @@ def test_the_login_returns_to_the_address_as_it_was_sent(target: str) -> None:
     assert return_to == target
     denied = client().get(target, headers={"accept": "application/json"})
     assert denied.json()["login_url"].endswith("returnTo=" + quote(target, safe=""))
+
+
+# --- Below a path prefix -----------------------------------------------------------------
+# Two ways a server reports a prefix: in ``path`` and ``root_path`` both (uvicorn's
+# --root-path, Starlette's Mount: the ASGI spec's way), or in ``root_path`` alone
+# (FastAPI(root_path=...) behind a proxy that strips it, as TestClient(root_path=) sends).
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "root", "query", "target"),
+    [
+        ("/dashboard", b"/dashboard", "/app", b"x=1", "/app/dashboard?x=1"),
+        ("/app/dashboard", b"/app/dashboard", "/app", b"x=1", "/app/dashboard?x=1"),
+        ("/dashboard", b"/dashboard", "", b"x=1", "/dashboard?x=1"),
+        ("/a/b", b"/a%2Fb", "/app", b"", "/app/a%2Fb"),
+        ("/app/a/b", b"/app/a%2Fb", "/app", b"", "/app/a%2Fb"),
+        ("/", b"/", "/app", b"", "/app/"),
+        ("/app", b"/app", "/app", b"", "/app"),
+        ("/x", b"/x", "/app/", b"", "/app/x"),
+        # "/application" is no path below "/app" (Starlette routes it as is).
+        ("/application", b"/application", "/app", b"", "/app/application"),
+        ("/x", b"/x", "/my app", b"", "/my%20app/x"),
+    ],
+)  # fmt: skip
+def test_the_return_address_holds_the_prefix_however_the_server_reports_it(
+    path: str, raw: bytes, root: str, query: bytes, target: str
+) -> None:
+    scope = {"path": path, "raw_path": raw, "root_path": root, "query_string": query}
+    assert requested_target(scope) == target
+
+
+@pytest.mark.parametrize(
+    ("path", "root", "below"),
+    [
+        ("/app/x", "/app", "/x"),
+        ("/x", "/app", "/x"),
+        ("/app", "/app", "/"),
+        ("/app/x", "/app/", "/x"),
+        ("/application", "/app", "/application"),
+    ],
+)
+def test_settings_are_matched_below_the_prefix_as_starlette_routes(
+    path: str, root: str, below: str
+) -> None:
+    assert app_path({"path": path, "root_path": root}) == below
+
+
+PREFIXED = make_settings(
+    app_base_url="https://app.example.com/app",
+    purposes=(Purpose("marketing", "Newsletter", "Send it.", "1"),),
+    require=(("/premium", ("marketing",)),),
+    api_prefixes=("/api",),
+)
+
+
+def prefixed_client(convention: str) -> tuple[TestClient, str]:
+    """The gated app below /app, and the prefix the client's paths carry: none when the
+    server's root_path is left out of path (the proxy stripped it)."""
+    routes = [Route(p, private) for p in ("/dashboard", "/premium", "/api/data")]
+    gated = Starlette(routes=routes)
+    gated.add_middleware(ConsentMiddleware, settings=PREFIXED)
+    if convention == "root_path beside path":
+        return TestClient(gated, base_url="https://app.example.com", root_path="/app"), ""
+    outer = Starlette(routes=[Mount("/app", app=gated)])
+    return TestClient(outer, base_url="https://app.example.com"), "/app"
+
+
+@pytest.mark.parametrize("convention", ["root_path beside path", "root_path in path"])
+def test_refusals_below_a_prefix_come_back_to_the_prefixed_page(convention: str) -> None:
+    c, sent = prefixed_client(convention)
+    page = {"accept": "text/html"}
+    login = c.get(f"{sent}/dashboard?x=1", headers=page, follow_redirects=False)
+    assert login.status_code == 307
+    assert login.headers["location"] == "/app/auth/login?returnTo=%2Fapp%2Fdashboard%3Fx%3D1"
+    api = c.get(f"{sent}/api/data")
+    assert api.json()["login_url"] == (
+        "https://app.example.com/app/auth/login?returnTo=%2Fapp%2Fapi%2Fdata"
+    )
+    c.cookies.update(session_cookies(PREFIXED, **consent("v1")))
+    terms = c.get(f"{sent}/dashboard?x=1", headers=page, follow_redirects=False)
+    assert terms.status_code == 303
+    assert terms.headers["location"] == "/app/consent?returnTo=%2Fapp%2Fdashboard%3Fx%3D1"
+    c.cookies.update(session_cookies(PREFIXED, **consent()))
+    purpose = c.get(f"{sent}/premium", headers=page, follow_redirects=False)
+    assert purpose.status_code == 303
+    assert purpose.headers["location"] == (
+        "/app/consent/purposes?need=marketing&returnTo=%2Fapp%2Fpremium"
+    )
 
 
 def test_public_paths_bypass_the_gate() -> None:

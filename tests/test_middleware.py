@@ -584,3 +584,28 @@ def test_cors_outside_the_gate_answers_preflights_and_the_gate_the_requests() ->
         put = client.put("/api/items", headers={"Origin": spa, "Accept": "application/json"})
         assert put.status_code == 401 and put.json()["error"] == "login_required"
         assert put.headers["access-control-allow-origin"] == spa
+
+
+def test_a_root_path_that_is_not_app_base_urls_path_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The proxy strips /app but the server was told no root_path: the gate's links lead
+    # to the site's root while the provider comes back below /app, and nothing else says.
+    prefixed = make_settings(app_base_url="https://app.example.com/app")
+    page = {"accept": "text/html"}
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "root_path" in r.getMessage()]
+
+    with caplog.at_level("WARNING", logger="consent_middleware"):
+        right = TestClient(ConsentMiddleware(ok, settings=prefixed), root_path="/app")
+        assert right.get("/private", headers=page, follow_redirects=False).status_code == 307
+        assert right.get("/auth/nope").status_code == 404
+        assert warnings() == []
+        wrong = TestClient(
+            ConsentMiddleware(ok, settings=prefixed), base_url="https://app.example.com"
+        )
+        for path in ("/private", "/private", "/auth/nope"):
+            wrong.get(path, headers=page, follow_redirects=False)
+    (warning,) = warnings()
+    assert "'' is not APP_BASE_URL's path '/app'" in warning
