@@ -29,7 +29,14 @@ from ._events import CollectionMethod, ConsentAction, ConsentEvent
 from ._exceptions import LedgerError, ManagementAPIError
 from ._models import Consent
 from ._purposes import Purpose, purpose_by_id
-from ._record import history_of, not_saved, shown_sha256, state_of, stored_consent
+from ._record import (
+    history_of,
+    not_saved,
+    shown_sha256,
+    state_of,
+    stored_consent,
+    terms_address,
+)
 from ._session import Session, now_ms
 from ._transactions import Expectation
 
@@ -262,7 +269,7 @@ def receipt(consent: ConsentRoutes, sub: str, record: dict[str, Any]) -> dict[st
         "controller": {"name": settings.controller or settings.app_base_url,
                        "url": settings.app_base_url},
         "principal_id": sub,
-        "policy_url": settings.terms_url,
+        "policy_url": terms_address(settings),
         "terms": {
             "version": state.get("version"),
             "given": state.get("given") is True and state.get("withdrawn") is not True,

@@ -65,6 +65,9 @@ class Pages:
             loader=jinja2.ChoiceLoader(loaders), autoescape=True, undefined=jinja2.StrictUndefined
         )
         self._mounted_at = urlsplit(settings.app_base_url).path.rstrip("/")
+        # The terms as the pages link them: a path is one of the app's, below its mount.
+        terms = settings.terms_url
+        self.terms_link = self.path(terms) if terms.startswith("/") else terms
 
     @property
     def home_url(self) -> str:
@@ -85,8 +88,9 @@ class Pages:
         return self.url(f"{self.settings.routes_prefix}/login")
 
     def render(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-        # Where the consent forms post, under the app's mount.
+        # Where the consent forms post, and the terms, under the app's mount.
         context.setdefault("consent_url", self.path(self.settings.consent_path))
+        context.setdefault("terms_url", self.terms_link)
         html = self.env.get_template(name).render(**context)
         return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
 

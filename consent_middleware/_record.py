@@ -56,11 +56,20 @@ def iso_date(ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
+def terms_address(settings: Settings) -> str:
+    """CONSENT_TERMS_URL as an absolute URL, as records and receipts name the terms: a
+    path is one of the app's, below APP_BASE_URL's path like every path setting (a receipt
+    downloaded with "/terms" would say nothing of which site, nor which mount)."""
+    if settings.terms_url.startswith("/"):
+        return settings.app_base_url + settings.terms_url
+    return settings.terms_url
+
+
 def terms_statement(settings: Settings) -> str:
     """The exact text the user agrees to; its SHA-256 goes into the record."""
     return settings.terms_text or (
         f"I have read and accept version {settings.terms_version} of the terms "
-        f"published at {settings.terms_url}."
+        f"published at {terms_address(settings)}."
     )
 
 
@@ -183,7 +192,7 @@ class ConsentWriter:
             version=settings.terms_version,
             date=now_ms,
             text_sha256=text_sha256(terms_statement(settings)),
-            text_details=settings.terms_url,
+            text_details=terms_address(settings),
             method=method,
             terms=True,
             purposes=dict(purposes or {}),
@@ -213,7 +222,7 @@ class ConsentWriter:
             version=self.settings.terms_version,
             date=now_ms,
             text_sha256=text_sha256(texts),
-            text_details=self.settings.terms_url,
+            text_details=terms_address(self.settings),
             method=method,
             terms=False,
             purposes=choices,

@@ -694,6 +694,30 @@ async def test_accept_writes_then_refreshes_then_goes_back(build: Build, tenant:
     assert engine.revocations.status(new, time.time()) is Revocation.NONE
 
 
+async def test_a_terms_path_is_the_apps_below_its_prefix_wherever_shown_or_recorded(
+    build: Build, tenant: Tenant
+) -> None:
+    # CONSENT_TERMS_URL=/terms under APP_BASE_URL=.../app names /app/terms, as
+    # CONSENT_PUBLIC_PATHS=/terms does; a record or receipt names it whole.
+    engine = build(app_base_url=f"{APP}/app", terms_url="/terms")
+    terms = f"{APP}/app/terms"
+    cookies = await cookies_for(engine, session(consent={"given": True, "version": "v1"}))
+    page = await call(engine, "GET", "/consent", cookies=cookies, root_path="/app")
+    assert 'href="/app/terms"' in page.text and 'href="/terms"' not in page.text
+    assert f"of the terms published at {terms}." in page.text
+    form = await accept_form(engine, cookies)
+    assert (await call(engine, "POST", "/consent", cookies=cookies, form=form)).status_code == 303
+    (body,) = tenant.patched()
+    assert body["user_metadata"]["consent"]["text_details"] == terms
+    assert body["app_metadata"]["consent"]["history"][-1]["text_details"] == terms
+    consented = await cookies_for(engine, session(consent=ACCEPTED))
+    for shown in ("/consent/withdraw", "/consent/history"):
+        linked = await call(engine, "GET", shown, cookies=consented, root_path="/app")
+        assert linked.status_code == 200 and 'href="/app/terms"' in linked.text, shown
+    receipt = await call(engine, "GET", "/consent/receipt.json", cookies=consented)
+    assert receipt.json()["policy_url"] == terms
+
+
 async def test_the_same_accept_again_is_folded_into_the_first(build: Build, tenant: Tenant) -> None:
     engine = build()
     cookies = await cookies_for(engine, session())
