@@ -60,6 +60,9 @@ class WithdrawalRoutes:
             mode=settings.withdraw_mode,
             error=error,
             home_url=self.consent.pages.home_url,
+            # Read only when the session has ended before the form is sent: signing in
+            # again comes back to this page, not to the home page.
+            return_to=self.consent.pages.path(f"{settings.consent_path}/withdraw"),
         )
 
     async def withdraw(self, request: Request) -> Response:

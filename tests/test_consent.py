@@ -766,6 +766,21 @@ async def test_withdraw_page_needs_a_session(build: Build, tenant: Tenant) -> No
     assert refused.status_code == 401 and not tenant.patch.called
 
 
+async def test_signing_in_again_after_the_withdraw_form_expired_comes_back_to_it(
+    build: Build, tenant: Tenant
+) -> None:
+    engine = build()
+    cookies = await cookies_for(engine, session(consent=ACCEPTED))
+    page = await call(engine, "GET", "/consent/withdraw", cookies=cookies)
+    form = {"csrf_token": hidden(page, "csrf_token"), "return_to": hidden(page, "return_to")}
+    # The session ended (signed out in another tab) before the form was sent.
+    response = await call(engine, "POST", "/consent/withdraw", form=form)
+    assert response.status_code == 401 and "Session expired" in response.text
+    back = f"{APP}/auth/login?returnTo=" + quote(f"{APP}/consent/withdraw", safe="")
+    assert html.escape(back) in response.text
+    assert not tenant.patch.called
+
+
 async def test_withdraw_with_a_bad_csrf_token_changes_nothing(build: Build, tenant: Tenant) -> None:
     engine = build(withdraw_mode="delete")
     cookies = await cookies_for(engine, session(consent=ACCEPTED))
