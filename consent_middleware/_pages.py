@@ -199,7 +199,7 @@ class Pages:
             "Consent saved, but the sign-in does not show it",
             f"Your choice was saved, but the identity provider's new ID token does not carry "
             f"{what} in the {self.settings.consent_claim} claim. The post-login Action that "
-            "copies user_metadata.consent into the ID token is probably missing or not "
+            "copies app_metadata.consent into the ID token is probably missing or not "
             "deployed. Please tell the site's administrator.",
             502,
         )

@@ -57,6 +57,16 @@ def test_unavailable_as_json_and_status_pages() -> None:
     assert loop.status_code == 502 and b"the withdrawal" in bytes(loop.body)
 
 
+def test_the_missing_claim_page_names_the_metadata_the_action_copies() -> None:
+    # The record the package writes and the shipped Action reads (README "The claim
+    # contract"): app_metadata, which a user cannot write; user_metadata only mirrors it.
+    action = (Path(__file__).parents[1] / "actions" / "consent-claim.js").read_text()
+    assert "event.user.app_metadata" in action
+    body = bytes(Pages(make_settings()).not_shown_by_provider(Expectation.CONSENT).body).decode()
+    assert "copies app_metadata.consent into the ID token" in body
+    assert "user_metadata" not in body
+
+
 def test_an_app_overrides_a_template_by_name(tmp_path: Path) -> None:
     (tmp_path / "error.html").write_text("<p>ours: {{ title }}</p>")
     pages = Pages(make_settings(templates_directory=str(tmp_path)))
