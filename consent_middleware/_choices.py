@@ -73,7 +73,8 @@ class ChoiceRoutes:
             purpose = purpose_by_id(self.consent.settings.purposes, name)
             if purpose is None:
                 return None
-            found.append(purpose)
+            if purpose not in found:  # named twice, asked (and recorded) once
+                found.append(purpose)
         return found
 
     def _unknown(self) -> Response:
@@ -99,7 +100,9 @@ class ChoiceRoutes:
         session = await self.consent.session_or_login(request)
         if isinstance(session, Response):
             return session
-        needed = self._purposes(request.query_params.get("need", ""))
+        # Every ``need`` counts (``?need=a&need=b`` as ``?need=a+b``), and an empty one names
+        # nothing: the page never says "already allowed" of a purpose it did not look at.
+        needed = self._purposes("+".join(request.query_params.getlist("need")))
         if needed is None:
             return self._unknown()
         return_to = self.consent.return_to(request.query_params.get("returnTo"))
@@ -107,7 +110,8 @@ class ChoiceRoutes:
         if early is not None:
             return early
         given = self._given(session)
-        return self._purposes_view(session, [p for p in needed if p.id not in given], return_to)
+        asked = [p for p in needed if p.id not in given]
+        return self._purposes_view(session, asked, return_to, named=bool(needed))
 
     def _purposes_view(
         self,
@@ -116,7 +120,11 @@ class ChoiceRoutes:
         return_to: str,
         status_code: int = 200,
         error: str | None = None,
+        *,
+        named: bool = True,
     ) -> Response:
+        """The purposes ``asked`` for; with none left to ask, a page that says why: all
+        those named are allowed already, or (``named`` false) the link named none."""
         consent = self.consent
         return consent.pages.render(
             "purposes.html",
@@ -124,6 +132,7 @@ class ChoiceRoutes:
             settings=consent.settings,
             user=session.user,
             purposes=asked,
+            named=named,
             shown=shown_sha256(asked),
             return_to=return_to,
             csrf_token=consent.csrf.token(session),

@@ -237,6 +237,26 @@ def test_two_tabs_choosing_different_purposes_keep_both_events(live: Live) -> No
     assert state["marketing"]["given"] is True and state["analytics"]["given"] is True
 
 
+def test_the_purposes_page_reads_every_need_and_says_only_what_is_true(live: Live) -> None:
+    browser, page = signed_in(live)
+    accept(browser, page, marketing="yes")
+    # Each ``need`` counts, not only the last one: analytics is still to be asked for.
+    page = browser.go("/consent/purposes?need=marketing&need=analytics&need=analytics")
+    assert 'value="analytics"' in page.text and 'value="marketing"' not in page.text
+    assert page.text.count('value="analytics"') == 1
+    assert "already allowed" not in page.text
+    page = browser.go("/consent/purposes?need=analytics&need=marketing")
+    assert 'value="analytics"' in page.text
+    # All named and given: that much is true.
+    assert "already allowed" in browser.go("/consent/purposes?need=marketing").text
+    # A link that names nothing: no form, and no claim that anything was allowed.
+    for query in ("?need=", "?need=&need=", ""):
+        page = browser.go(f"/consent/purposes{query}")
+        assert page.status_code == 200, query
+        assert "already allowed" not in page.text and 'name="purpose"' not in page.text
+        assert "does not ask for any permission" in page.text
+
+
 def test_unknown_purposes_are_refused(live: Live) -> None:
     browser, page = signed_in(live)
     accept(browser, page)
