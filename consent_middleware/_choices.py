@@ -194,19 +194,19 @@ class ChoiceRoutes:
                     await consent.writer.write(sub, event)
                 except (ManagementAPIError, LedgerError) as exc:
                     message = not_saved(exc, "choice")
-                    return await consent.gone(request, exc) or self._purposes_view(
-                        session, chosen, return_to, 503, message
-                    )
+                    gone = await consent.gone(request, exc, return_to=return_to)
+                    return gone or self._purposes_view(session, chosen, return_to, 503, message)
                 written_ms = await consent.recorded(sub, flag)
             return await consent.continued(
                 request, session, return_to, Expectation.CONSENT, written_ms
             )
 
     async def _session_and_record(
-        self, request: Request, as_json: bool = False
+        self, request: Request, as_json: bool = False, page: str | None = None
     ) -> tuple[Session, dict[str, Any]] | Response:
         """The signed-in user's session and their record as Auth0 holds it (read on these
-        pages only), or the answer instead: the login, or a 503 while Auth0 is away."""
+        pages only), or the answer instead: the login, or a 503 while Auth0 is away. A
+        user gone from Auth0 who signs in again comes back to ``page``."""
         session = await self.consent.session_or_login(request, as_json)
         if isinstance(session, Response):
             return session
@@ -215,19 +215,19 @@ class ChoiceRoutes:
         except ManagementAPIError as exc:
             logger.warning("reading the consent record failed: %s", exc)
             message = "Your consent record cannot be read just now. Nothing was changed."
-            gone = await self.consent.gone(request, exc, as_json)
+            gone = await self.consent.gone(request, exc, as_json, page)
             return gone or self.consent.pages.unavailable(as_json, message)
         return session, dict(stored_consent(user))
 
     async def history(self, request: Request) -> Response:
-        consent = self.consent
-        found = await self._session_and_record(request)
+        consent, settings = self.consent, self.consent.settings
+        page = consent.pages.path(f"{settings.consent_path}/history")
+        found = await self._session_and_record(request, page=page)
         if isinstance(found, Response):
             return found
         session, record = found
         events = history_of(record)
         given = self._given(session)
-        settings = consent.settings
         return consent.pages.render(
             "history.html",
             settings=settings,
@@ -239,7 +239,7 @@ class ChoiceRoutes:
             shown={p.id: shown_sha256([p]) for p in settings.purposes},
             state=state_of(record),
             csrf_token=consent.csrf.token(session),
-            return_to=consent.pages.path(f"{settings.consent_path}/history"),
+            return_to=page,
             withdraw_url=consent.pages.path(f"{settings.consent_path}/withdraw"),
             receipt_url=consent.pages.path(f"{settings.consent_path}/receipt.json"),
             home_url=consent.pages.home_url,

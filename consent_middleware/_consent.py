@@ -167,12 +167,17 @@ class ConsentRoutes:
             return None
 
     async def gone(
-        self, request: Request, exc: Exception, as_json: bool = False
+        self,
+        request: Request,
+        exc: Exception,
+        as_json: bool = False,
+        return_to: str | None = None,
     ) -> Response | None:
         """For a user the provider no longer has (deleted in the dashboard, say), the
         sign-out a retry could never get past; None otherwise. Only Auth0's own word for
         it counts (``inexistent_user``): a 404 from a wrong API address or a gateway says
-        nothing of the user, and would sign everyone out."""
+        nothing of the user, and would sign everyone out. Its "Sign in" comes back to
+        ``return_to``, when given."""
         if not (isinstance(exc, ManagementAPIError) and exc.error_code == USER_GONE):
             return None
         response = (
@@ -184,6 +189,7 @@ class ConsentRoutes:
                 "be saved. You have been signed out.",
                 401,
                 "Sign in",
+                self.pages.login_to(return_to),
             )
         )
         return with_cookies(response, await self.sessions.clear(request.cookies))
@@ -273,7 +279,7 @@ class ConsentRoutes:
                     await self.writer.write(sub, event)
                 except (ManagementAPIError, LedgerError) as exc:
                     logger.warning("saving consent failed: %s", exc)
-                    return await self.gone(request, exc) or self._page(
+                    return await self.gone(request, exc, return_to=return_to) or self._page(
                         session, return_to, 503, not_saved(exc, "consent")
                     )
                 written_ms = await self.recorded(sub, accepted)

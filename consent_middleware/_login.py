@@ -44,7 +44,8 @@ class Login:
                 prompt="none" if purpose is Purpose.SILENT else None,
             )
         except IdentityProviderError as exc:
-            return self.pages.for_error(exc)
+            # Its "Try again" starts this login again, to the same place.
+            return self.pages.for_error(exc, return_to=return_to)
         response = RedirectResponse(url, status_code=302)
         for value in set_cookies:
             response.headers.append("set-cookie", value.decode("latin-1"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -24,6 +24,7 @@ from ._exceptions import (
     SharedStateError,
     TokenEndpointError,
 )
+from ._redirects import safe_return_to
 from ._transactions import Expectation
 
 logger = logging.getLogger("consent_middleware")
@@ -87,6 +88,13 @@ class Pages:
     def login_url(self) -> str:
         return self.url(f"{self.settings.routes_prefix}/login")
 
+    def login_to(self, return_to: str | None) -> str:
+        """The login that comes back to ``return_to`` after signing in, when it is an
+        address of this app that the login will follow (the same check as its
+        ``returnTo``); the plain login otherwise."""
+        back = safe_return_to(return_to, self.settings.app_base_url)
+        return f"{self.login_url}?{urlencode({'returnTo': back})}" if back else self.login_url
+
     def render(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         # Where the consent forms post, and the terms, under the app's mount.
         context.setdefault("consent_url", self.path(self.settings.consent_path))
@@ -122,20 +130,24 @@ class Pages:
             title, message, status_code, action_url=login_url or self.login_url, action_label=label
         )
 
-    def for_error(self, exc: ConsentMiddlewareError, as_json: bool = False) -> Response:
+    def for_error(
+        self, exc: ConsentMiddlewareError, as_json: bool = False, return_to: str | None = None
+    ) -> Response:
         """The one place an error becomes what the user sees (``as_json``: what an API
         client or the browser's own code reads, ``{"error": code}``). Messages explain
         without leaking: the reason of a rejected ID token, an OAuth error code, never a
-        token."""
+        token. A page whose way out is signing in comes back to ``return_to`` when known."""
         if isinstance(exc, SharedStateError):
             logger.warning("shared store unavailable: %s", exc)
             return self.unavailable(as_json)
         told = _explained(exc)
         if as_json:
-            fields = {"login_url": self.login_url} if told.sign_in else {}
+            fields = {"login_url": self.login_url} if told.sign_in and told.login_ends_it else {}
             return self.json_error(told.code, told.status, **fields)
         if told.sign_in:
-            return self.sign_in_again(told.title, told.message, told.status, told.sign_in)
+            return self.sign_in_again(
+                told.title, told.message, told.status, told.sign_in, self.login_to(return_to)
+            )
         return self.error(told.title, told.message, told.status)
 
     def unavailable(
@@ -223,6 +235,9 @@ class _Explanation(NamedTuple):
     message: str
     #: The label of the way out when it is a fresh sign-in.
     sign_in: str = ""
+    #: Whether signing in is what ends the error, so an API client is told where (not so
+    #: for a provider away: the client tries its request again).
+    login_ends_it: bool = True
 
 
 def _explained(exc: ConsentMiddlewareError) -> _Explanation:
@@ -236,12 +251,16 @@ def _explained(exc: ConsentMiddlewareError) -> _Explanation:
         message = f"The identity provider refused to complete the sign-in ({exc.error})."
         return _Explanation("sign_in_failed", 400, "Sign-in failed", message, "Try again")
     if isinstance(exc, IdentityProviderError):
+        # Which address failed, and how, is for the operators (the log), not the user.
         logger.warning("identity provider unavailable: %s", exc)
         message = (
-            f"The identity provider could not be reached or answered badly ({exc}). "
-            "Please try again in a moment."
+            "The sign-in service could not be reached just now, or did not answer as "
+            "expected. Please try again in a moment."
         )
-        return _Explanation("provider_unavailable", 502, "Sign-in service unavailable", message)
+        title = "Sign-in service unavailable"
+        return _Explanation(
+            "provider_unavailable", 502, title, message, "Try again", login_ends_it=False
+        )
     if isinstance(exc, ManagementAPIError | LedgerError):
         logger.warning("saving a choice failed: %s", exc)
         message = "Your choice could not be saved just now. Please try again in a moment."

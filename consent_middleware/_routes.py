@@ -29,6 +29,14 @@ logger = logging.getLogger("consent_middleware")
 
 # Answers to prompt=none that mean "the user must interact": fall back to a real login.
 INTERACTION_REQUIRED = frozenset({"login_required", "interaction_required", "consent_required"})
+# The same answers to any other login, in words (a bare code explains nothing to a person).
+_INTERACTION_WORDS = {
+    "login_required": "The identity provider needs you to sign in again.",
+    "interaction_required": "The identity provider needs you to complete a step on its "
+    "sign-in page.",
+    "consent_required": "The identity provider needs you to allow this site access to "
+    "your account.",
+}
 
 
 # The auth routes read by code (the browser's own, an API client, the provider), not people.
@@ -92,6 +100,9 @@ class AuthRoutes:
         state = params.get("state", "")
         tx = self.transactions.load(state, request.cookies) if state else None
         if tx is None:
+            signed_in = await self._signed_in(request)
+            if signed_in is not None:
+                return signed_in
             # No automatic retry here: an automatic one is how redirect loops start.
             return self.pages.sign_in_again(
                 "Sign-in expired",
@@ -102,8 +113,21 @@ class AuthRoutes:
         try:
             response = await self._complete(request, tx)
         except ConsentMiddlewareError as exc:
-            response = self.pages.for_error(exc)
+            response = self.pages.for_error(exc, return_to=tx.return_to)
         return with_cookies(response, [self.transactions.delete(tx.state)])
+
+    async def _signed_in(self, request: Request) -> Response | None:
+        """For a callback whose transaction is gone (a completed sign-in's address opened
+        again: the back button, a bookmark, history) in a browser that holds a session:
+        the home page, where it is signed in already (the transaction, and with it the
+        page it was for, is gone). None without a session: that sign-in has expired."""
+        try:
+            session, cookies = await self.refresher.current_session(request.cookies)
+        except SharedStateError:
+            return None  # the store cannot vouch for the session: the plain page
+        if session is None:
+            return None
+        return with_cookies(RedirectResponse(self.pages.home_url, status_code=303), cookies)
 
     async def _complete(self, request: Request, tx: Transaction) -> Response:
         pages = self.pages
@@ -129,17 +153,19 @@ class AuthRoutes:
                     tx.return_to, cookies=cookies, expect=tx.expect
                 )
             description = params.get("error_description", "")
+            logger.info("the provider answered the login with %r: %r", error, description)
             if error == "access_denied":
                 return pages.error(
                     "Access denied",
                     f"The identity provider denied access: {description or error}.",
                     403,
                 )
+            words = _INTERACTION_WORDS.get(error) or (
+                f"The identity provider reported {error!r}: {description or 'no details'}."
+            )
+            # Trying again comes back to where this sign-in was going.
             return pages.sign_in_again(
-                "Sign-in failed",
-                f"The identity provider reported {error!r}: {description or 'no details'}.",
-                400,
-                "Try again",
+                "Sign-in failed", words, 400, "Try again", pages.login_to(tx.return_to)
             )
         code = params.get("code")
         if not code:

@@ -916,7 +916,7 @@ async def test_a_user_the_provider_no_longer_has_is_signed_out_not_asked_to_retr
     engine = build(withdraw_mode=mode, purposes=(news,))
     cookies = await cookies_for(engine, session(consent=ACCEPTED))
     form = {**(await withdraw_form(engine, cookies)), "version": "v2", "agree": "yes",
-            "purpose": "news", "action": "give", "return_to": "/"}  # fmt: skip
+            "purpose": "news", "action": "give", "return_to": "/dash?deep=1"}  # fmt: skip
     # A 404 that says nothing of the user (a wrong API address, a gateway): retry later.
     tenant.patch_status, tenant.patch_error_code = 404, None
     response = await call(engine, "POST", path, cookies=cookies, form=form)
@@ -924,6 +924,11 @@ async def test_a_user_the_provider_no_longer_has_is_signed_out_not_asked_to_retr
     tenant.patch_error_code = "inexistent_user"  # Auth0's own word that the user is gone
     response = await call(engine, "POST", path, cookies=cookies, form=form)
     assert response.status_code == 401 and "Account not found" in response.text
+    # Signing in again leads where the form was going (a withdrawal's account is gone:
+    # nothing of it to come back to).
+    login = f"{APP}/auth/login"
+    back = f"{login}?returnTo=" + quote(f"{APP}/dash?deep=1", safe="")
+    assert f'href="{html.escape(login if path == "/consent/withdraw" else back)}"' in response.text
     cleared = session_cookies(response)
     assert cleared and all("Max-Age=0" in c for c in cleared)
     # Reading the record, too: the same 404 signs the user out.
@@ -931,6 +936,8 @@ async def test_a_user_the_provider_no_longer_has_is_signed_out_not_asked_to_retr
     tenant.get.mock(return_value=httpx.Response(404, json=gone))
     history = await call(engine, "GET", "/consent/history", cookies=cookies)
     assert history.status_code == 401 and "Account not found" in history.text
+    back = f"{login}?returnTo=" + quote(f"{APP}/consent/history", safe="")
+    assert f'href="{html.escape(back)}"' in history.text
     receipt = await call(engine, "GET", "/consent/receipt.json", cookies=cookies)
     assert receipt.status_code == 401 and receipt.json()["error"] == "login_required"
 

@@ -4,9 +4,11 @@ routes are 404/405 pages, a package error inside a route is its page, never a 50
 from __future__ import annotations
 
 import asyncio
+import html
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -112,17 +114,23 @@ def test_an_unknown_own_path_is_a_404_page(method: str, path: str) -> None:
     assert "the app" not in response.text and "location" not in response.headers
 
 
-def test_discovery_down_at_login_is_the_unavailable_page() -> None:
+def test_discovery_down_at_login_is_the_unavailable_page(caplog: pytest.LogCaptureFixture) -> None:
     with gated_app() as (mock, client):
         discovery = mock.get(DISCOVERY_URL).respond(503)
-        response = client.get("/auth/login", follow_redirects=False)
+        response = client.get("/auth/login?returnTo=%2Freports", follow_redirects=False)
     assert discovery.called
     assert response.status_code == 502
-    assert "Sign-in service unavailable" in response.text and "HTTP 503" in response.text
+    assert "Sign-in service unavailable" in response.text and "try again" in response.text
+    # What failed, and how, is in the log for the operators; the user gets plain words,
+    # and a way to try again that still leads to the page asked for.
+    assert "HTTP 503" not in response.text and "discovery" not in response.text
+    assert "the discovery document answered HTTP 503" in caplog.text
+    retry = f"{APP}/auth/login?returnTo={quote(f'{APP}/reports', safe='')}"
+    assert f'href="{html.escape(retry)}">Try again</a>' in response.text
     assert not any(c.startswith("__txn_") for c in response.headers.get_list("set-cookie"))
 
 
-def test_an_error_escaping_a_route_becomes_its_page() -> None:
+def test_an_error_escaping_a_route_becomes_its_page(caplog: pytest.LogCaptureFixture) -> None:
     # The back-channel route handles refused tokens itself; a provider that cannot be
     # reached to verify one is left to the composition root's error mapping.
     with gated_app() as (mock, client):
@@ -131,8 +139,9 @@ def test_an_error_escaping_a_route_becomes_its_page() -> None:
         # The provider's call is answered in JSON; a person's login gets the page.
         assert (response.status_code, response.json()) == (502, {"error": "provider_unavailable"})
         page = client.get("/auth/login", follow_redirects=False)
-    assert page.status_code == 502
-    assert "Sign-in service unavailable" in page.text and "ConnectError" in page.text
+    assert page.status_code == 502 and "Sign-in service unavailable" in page.text
+    assert "ConnectError" not in page.text and "openid-configuration" not in page.text
+    assert f"{DISCOVERY_URL}: ConnectError" in caplog.text
 
 
 class StoreAway(LocalState):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ SECRET_LOOKING = "eyJhbGciOiJSUzI1NiJ9.secret.token"
     [
         (IdTokenError("the ID token has expired"), 400, "the ID token has expired"),
         (TokenEndpointError("invalid_grant", SECRET_LOOKING), 400, "invalid_grant"),
-        (IdentityProviderError("the JWKS answered HTTP 500"), 502, "HTTP 500"),
+        (IdentityProviderError("the JWKS answered HTTP 500"), 502, "Please try again"),
         (SharedStateError("the shared store did not answer"), 503, "Temporarily unavailable"),
         (ManagementAPIError("PATCH user answered HTTP 500", 500), 503, "could not be saved"),
         (RefreshError("the session holds no refresh token"), 401, "sign in again"),
@@ -44,6 +45,27 @@ def test_each_error_has_its_page(error: ConsentMiddlewareError, status: int, sho
     assert SECRET_LOOKING not in body
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_the_provider_away_is_explained_without_its_internals(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pages = Pages(make_settings())
+    error = IdentityProviderError(
+        "could not fetch the discovery document at "
+        "https://tenant.example.com/.well-known/openid-configuration: ConnectError"
+    )
+    page = pages.for_error(error, return_to="https://app.example.com/reports?y=1")
+    body = bytes(page.body).decode()
+    assert page.status_code == 502 and "Sign-in service unavailable" in body
+    assert "ConnectError" not in body and "openid-configuration" not in body
+    assert "openid-configuration: ConnectError" in caplog.text  # for the operators
+    retry = "https://app.example.com/auth/login?returnTo=https%3A%2F%2Fapp.example.com%2Freports%3Fy%3D1"
+    assert f'href="{html.escape(retry)}">Try again</a>' in body
+    # Only this app's own addresses are followed back; an API client just retries.
+    foreign = pages.for_error(error, return_to="https://evil.example/")
+    assert 'href="https://app.example.com/auth/login">Try again' in bytes(foreign.body).decode()
+    assert bytes(pages.for_error(error, as_json=True).body) == b'{"error":"provider_unavailable"}'
 
 
 def test_unavailable_as_json_and_status_pages() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import html
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import respx
@@ -114,3 +116,74 @@ def test_callback_without_a_code_is_a_page(params: dict[str, str], message: str)
     set_cookies = response.headers.get_list("set-cookie")
     assert not any(c.startswith("__session") for c in set_cookies)
     assert any(c.startswith("__Host-txn_") and "Max-Age=0" in c for c in set_cookies)
+
+
+def start_login(client: TestClient, return_to: str = "") -> str:
+    params = {"returnTo": return_to} if return_to else {}
+    login = client.get("/auth/login", params=params, follow_redirects=False)
+    assert login.status_code == 302, login.text
+    return parse_qs(urlsplit(login.headers["location"]).query)["state"][0]
+
+
+def try_again_link(page: str) -> str:
+    found = re.search(r'<a class="primary" href="([^"]*)">', page)
+    assert found is not None, page
+    return html.unescape(found.group(1))
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        ("login_required", "The identity provider needs you to sign in again."),
+        ("consent_required", "allow this site access to your account"),
+        ("server_error", "reported 'server_error': no details"),
+    ],
+)
+def test_a_failed_sign_in_says_why_in_words_and_tries_again_to_the_same_page(
+    error: str, shown: str
+) -> None:
+    with gated_app() as (mock, client):
+        idp(mock, [])
+        state = start_login(client, "/reports?year=2026")
+        response = client.get("/auth/callback", params={"error": error, "state": state})
+    assert response.status_code == 400 and "Sign-in failed" in response.text
+    assert shown in html.unescape(response.text)
+    assert "no details" not in response.text or error == "server_error"
+    assert try_again_link(response.text) == f"{APP}/auth/login?returnTo=" + quote(
+        f"{APP}/reports?year=2026", safe=""
+    )
+
+
+def test_a_refused_grant_tries_again_to_the_same_page() -> None:
+    with gated_app() as (mock, client):
+        idp(mock, [])
+        mock.post(f"{DOMAIN}/oauth/token").respond(400, json={"error": "invalid_grant"})
+        state = start_login(client, "/reports")
+        response = client.get("/auth/callback", params={"code": "c", "state": state})
+    assert response.status_code == 400 and "invalid_grant" in response.text
+    assert try_again_link(response.text) == f"{APP}/auth/login?returnTo=" + quote(
+        f"{APP}/reports", safe=""
+    )
+
+
+def test_a_used_callback_opened_again_while_signed_in_goes_home(signing_key: SigningKey) -> None:
+    with gated_app() as (mock, client):
+        idp(mock, [signing_key])
+        login = client.get("/auth/login", follow_redirects=False)
+        query = parse_qs(urlsplit(login.headers["location"]).query)
+        claims = id_token_claims(ISSUER, "client-1", nonce=query["nonce"][0])
+        mock.post(f"{DOMAIN}/oauth/token").respond(
+            json={"id_token": signing_key.sign(claims), "access_token": "at"}
+        )
+        callback = {"code": "c", "state": query["state"][0]}
+        first = client.get("/auth/callback", params=callback, follow_redirects=False)
+        assert first.status_code == 303 and "__session" in client.cookies
+        # The back button, a bookmark: the same address again, signed in already.
+        again = client.get("/auth/callback", params=callback, follow_redirects=False)
+        with TestClient(client.app, base_url=APP) as stranger:
+            expired = stranger.get("/auth/callback", params=callback, follow_redirects=False)
+    assert again.status_code == 303 and again.headers["location"] == f"{APP}/"
+    assert not any(c.startswith("__session") for c in again.headers.get_list("set-cookie"))
+    # Without a session it is what it always was: an expired sign-in, signed in again.
+    assert expired.status_code == 400 and "Sign-in expired" in expired.text
+    assert try_again_link(expired.text) == f"{APP}/auth/login"
