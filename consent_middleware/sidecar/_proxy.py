@@ -51,27 +51,34 @@ class _Client:
 
     def __init__(self, receive: Receive, has_body: bool) -> None:
         self._receive = receive
-        self._body_read = asyncio.Event()
+        # Set once the body is read to its end, or the client left before that.
+        self._body_over = asyncio.Event()
+        self._left = False
         if not has_body:
-            self._body_read.set()
+            self._body_over.set()
 
     async def body(self) -> AsyncIterator[bytes]:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
+                # An upstream may answer (and stream) before the upload ends: the watch
+                # must hear of this too.
+                self._left = True
+                self._body_over.set()
                 raise ClientDisconnected
             chunk = message.get("body", b"")
             if chunk:
                 yield chunk
             if not message.get("more_body", False):
-                self._body_read.set()
+                self._body_over.set()
                 return
 
     async def gone(self) -> None:
         """Returns when the client has gone away."""
-        await self._body_read.wait()
-        while (await self._receive())["type"] != "http.disconnect":
-            pass  # the empty body of a request that had none
+        await self._body_over.wait()
+        while not self._left:
+            # The empty body of a request that had none comes first.
+            self._left = (await self._receive())["type"] == "http.disconnect"
 
 
 async def _send_chunk(content: aiohttp.StreamReader, send: Send) -> bool:
@@ -191,9 +198,18 @@ class Upstream:
                     "headers": response_headers,
                 }
             )
-            # Most answers come whole in the first read: no watch, no task for them.
-            if not await _send_chunk(response.content, send):
-                await _stream_while_there(response.content, send, client)
+            content = response.content
+            arrived = content.read_nowait()
+            if content.at_eof():
+                # Most answers arrive whole with their headers: out at once, as one last
+                # message, with no watch and no task.
+                await send({"type": "http.response.body", "body": arrived, "more_body": False})
+            else:
+                # The rest may be long in coming (an event stream waiting for its first
+                # event): watched from here on.
+                if arrived:
+                    await send({"type": "http.response.body", "body": arrived, "more_body": True})
+                await _stream_while_there(content, send, client)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The status is sent already: all that is left is to stop, which the server
             # turns into a closed connection, so the client sees a broken body, not a

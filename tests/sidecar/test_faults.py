@@ -49,6 +49,8 @@ async def events(request: Request) -> Response:
 
     async def beat() -> AsyncIterator[bytes]:
         try:
+            if "quiet" in request.query_params:
+                await asyncio.sleep(60)  # the head goes out, no event yet
             while True:
                 yield b"data: beat\n\n"
                 await asyncio.sleep(0.05)
@@ -165,11 +167,11 @@ def session_cookie(base: str) -> tuple[str, str]:
 
 
 @contextmanager
-def sidecar_in_front_of(upstream: str) -> Iterator[Front]:
+def sidecar_in_front_of(upstream: str, timeout: float = 2) -> Iterator[Front]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     settings = make_settings(app_base_url=base)
-    sidecar = Sidecar(settings, SidecarOptions(upstream=upstream, upstream_timeout=2))
+    sidecar = Sidecar(settings, SidecarOptions(upstream=upstream, upstream_timeout=timeout))
     with serve(sidecar, port=port, proxy_headers=False):
         cookie, sub = session_cookie(base)
         yield Front(base, cookie, sub)
@@ -180,6 +182,14 @@ def front() -> Iterator[Front]:
     with ExitStack() as stack:
         upstream = stack.enter_context(serve(UPSTREAM))
         yield stack.enter_context(sidecar_in_front_of(upstream))
+
+
+@pytest.fixture(scope="module")
+def patient_front() -> Iterator[Front]:
+    """A sidecar whose upstream timeout (60 s) cannot be what ends a stream in a test."""
+    with ExitStack() as stack:
+        upstream = stack.enter_context(serve(UPSTREAM))
+        yield stack.enter_context(sidecar_in_front_of(upstream, timeout=60))
 
 
 @pytest.mark.parametrize("before_headers", [True, False])
@@ -239,23 +249,36 @@ def test_a_client_gone_mid_upload_never_reaches_the_upstream_whole(front: Front)
     assert answer.json() == {"received": 1000}
 
 
-@pytest.mark.parametrize("method", ["GET", "POST"])
-def test_a_client_gone_mid_stream_ends_the_upstreams_stream(front: Front, method: str) -> None:
+@pytest.mark.parametrize(
+    ("request_line", "body", "declared", "until", "times"),
+    [
+        ("GET /events", b"", 0, b"data: beat", 3),
+        ("POST /events", b"x" * 100, 100, b"data: beat", 3),
+        # The upstream streams before the upload ends, and the client leaves mid-upload.
+        ("POST /events", b"x" * 100, 100_000, b"data: beat", 3),
+        # A stream quiet until its first event: its head, and nothing after it.
+        ("GET /events?quiet=1", b"", 0, b"\r\n\r\n", 1),
+    ],
+    ids=["get", "post", "mid-upload", "quiet"],
+)
+def test_a_client_gone_mid_stream_ends_the_upstreams_stream(
+    patient_front: Front, request_line: str, body: bytes, declared: int, until: bytes, times: int
+) -> None:
+    front = patient_front
     # Before, the sidecar kept reading the stream for nobody, its connection to the
     # upstream with it, until it was stopped (and a stop waited for it forever).
     STREAM_ENDED.clear()
     port = int(front.base.rsplit(":", 1)[1])
-    body = b"x" * 100 if method == "POST" else b""
+    length = f"Content-Length: {declared}\r\n" if declared else ""
     with socket.create_connection(("127.0.0.1", port)) as client:
         client.sendall(
-            f"{method} /events HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {front.cookie}\r\n".encode()
-            + f"Content-Length: {len(body)}\r\n\r\n".encode() * bool(body)
-            + b"\r\n" * (not body)
+            f"{request_line} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {front.cookie}\r\n".encode()
+            + f"{length}\r\n".encode()
             + body
         )
         client.settimeout(5)
         received = b""
-        while received.count(b"data: beat") < 3:
+        while received.count(until) < times:
             chunk = client.recv(65536)
             assert chunk, received
             received += chunk
@@ -299,7 +322,9 @@ def test_a_stop_cuts_an_endless_stream_after_the_shutdown_timeout(tmp_path: Path
             client.settimeout(10)
             received = b""
             while received.count(b"data: beat") < 2:
-                received += client.recv(65536)
+                chunk = client.recv(65536)
+                assert chunk, received
+                received += chunk
             stopping = time.monotonic()
             process.terminate()
             assert process.wait(timeout=10) is not None
