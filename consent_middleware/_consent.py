@@ -206,9 +206,16 @@ class ConsentRoutes:
                 "If you did mean to send it, open the page again and retry.",
                 403,
             )
-        again = request.url.path
-        if isinstance(form.get("return_to"), str):
-            again += "?" + urlencode({"returnTo": self.return_to(form.get("return_to"))})
+        return_to = form.get("return_to")
+        if form.get("method") == CollectionMethod.HISTORY_PAGE.value:
+            again = self.return_to(return_to)  # the history page the toggle was on
+        else:
+            # The page at this form's own path; a purposes page, for the purposes it asked.
+            again = self.pages.path(app_path(request.scope))
+            query = [("need", p) for p in form.getlist("purpose") if isinstance(p, str)]
+            if isinstance(return_to, str):
+                query.append(("returnTo", self.return_to(return_to)))
+            again += "?" + urlencode(query) if query else ""
         return self.pages.error(
             "Page out of date",
             "This page was opened before your latest sign-in, so nothing was changed. "

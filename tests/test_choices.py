@@ -257,6 +257,22 @@ def test_the_purposes_page_reads_every_need_and_says_only_what_is_true(live: Liv
         assert "does not ask for any permission" in page.text
 
 
+def test_a_purpose_form_from_an_earlier_sign_in_leads_back_to_its_page(live: Live) -> None:
+    browser, page = signed_in(live)
+    accept(browser, page)
+    stale = "0" * 64  # another session's token, as a tab opened before a new sign-in has
+    form = {"csrf_token": stale, "purpose": "analytics", "action": "give", "return_to": "/news"}
+    refused = browser.client.post(f"{live.base}/consent/purposes", data=form)
+    assert refused.status_code == 403 and "Page out of date" in refused.text
+    # The purposes page again, asking for what the form was about.
+    assert 'href="/consent/purposes?need=analytics&amp;returnTo=' in refused.text, refused.text
+    toggle = {**form, "method": "history_page", "return_to": "/consent/history"}
+    refused = browser.client.post(f"{live.base}/consent/purposes", data=toggle)
+    assert refused.status_code == 403 and "/consent/history" in refused.text
+    assert "need=" not in refused.text
+    assert stored(live)["history"][-1]["action"] == "given"  # nothing recorded since
+
+
 def test_unknown_purposes_are_refused(live: Live) -> None:
     browser, page = signed_in(live)
     accept(browser, page)

@@ -792,6 +792,24 @@ async def test_withdraw_with_a_bad_csrf_token_changes_nothing(build: Build, tena
     assert not tenant.patch.called and not tenant.delete.called
 
 
+@pytest.mark.parametrize("path_holds_root", [True, False], ids=["in-path", "beside-path"])
+async def test_an_out_of_date_form_below_a_prefix_leads_back_below_it(
+    build: Build, tenant: Tenant, path_holds_root: bool
+) -> None:
+    engine = build(app_base_url=f"{APP}/app")
+    cookies = await cookies_for(engine, session(consent=ACCEPTED))
+    response = await call(
+        engine,
+        "POST",
+        "/consent/withdraw",
+        cookies=cookies,
+        form={"csrf_token": "0" * 64},
+        root_path="/app",
+        path_holds_root=path_holds_root,
+    )
+    assert response.status_code == 403 and 'href="/app/consent/withdraw"' in response.text
+
+
 async def test_withdraw_in_revoke_mode(build: Build, tenant: Tenant) -> None:
     engine = build(withdraw_mode="revoke")
     before = session(consent=ACCEPTED)
