@@ -127,6 +127,7 @@ _SPACE, _SEMICOLON, _QUOTE = 0x20, 0x3B, 0x22
 _WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
 _UNUSUAL_START = _WHITESPACE | {_QUOTE}
 _WHOLE = SESSION_PREFIX + b"="
+_CHUNK_PREFIX = SESSION_PREFIX + b"__"
 
 
 def session_cookies(cookie_header: bytes) -> bytes:
@@ -180,12 +181,19 @@ def _session_pairs(header: bytes, position: int) -> bytes:
             value += 1
         if 0 < value < end and header[value] == _QUOTE:
             return _parsed_key(header)
-        name = header[position : equals if equals >= 0 else end].decode("latin-1").strip()
-        if is_session_cookie_name(name):
+        if _is_session_name(header[position : equals if equals >= 0 else end]):
             parts.append(header[position:end])
         position = header.find(SESSION_PREFIX, end)
     # One pair (the usual, unchunked cookie): join hands back that very object.
     return b";".join(parts)
+
+
+def _is_session_name(name: bytes) -> bool:
+    """``is_session_cookie_name`` for a name as the header has it: bytes compared first
+    (the usual names, on the hot path), decoded and stripped as Starlette does only else."""
+    if name == SESSION_PREFIX or (name.startswith(_CHUNK_PREFIX) and name[11:].isdigit()):
+        return True
+    return is_session_cookie_name(name.decode("latin-1").strip())
 
 
 def _starts_a_cookie(header: bytes, position: int) -> bool:

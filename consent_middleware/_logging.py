@@ -26,14 +26,15 @@ _NAMES = "|".join(SECRET_PARAMETERS)
 # the gate writes such a URL for every visitor it sends to the login. The escaped value
 # ends at an escaped "&" or "#" as well.
 _SECRET_VALUE = re.compile(
-    rf"((?:[?&]|%3F|%26)(?:{_NAMES})(?:=|%3D))(?:(?!%26|%23)[^&#])*", re.IGNORECASE
+    rf"([?&](?:{_NAMES})=)[^&#]*|((?:%3F|%26)(?:{_NAMES})%3D)(?:(?!%26|%23)[^&#])*",
+    re.IGNORECASE,
 )
 REDACTED = "[redacted]"
 
 
 def redacted(target: str) -> str:
     """``target`` (a path and query) with the value of each credential parameter hidden."""
-    return _SECRET_VALUE.sub(lambda found: found.group(1) + REDACTED, target)
+    return _SECRET_VALUE.sub(lambda found: (found.group(1) or found.group(2)) + REDACTED, target)
 
 
 class RedactedQuery(logging.Filter):

@@ -18,6 +18,9 @@ from consent_middleware._logging import redacted
         ("/cb?x=1&id_token_hint=e.y.j#frag", "/cb?x=1&id_token_hint=[redacted]#frag"),
         ("/search?postcode=1234&statement=a", "/search?postcode=1234&statement=a"),
         ("/plain", "/plain"),
+        # A plain value is hidden whole, escapes in it included.
+        ("/login?password=hunter%262secret&x=1", "/login?password=[redacted]&x=1"),
+        ("/cb?code=abc%23def", "/cb?code=[redacted]"),
         # Escaped inside a returnTo, as the gate sends a signed-out visitor to the login.
         (
             "/auth/login?returnTo=%2Freset%3Ftoken%3DSECRET%26lang%3Den&x=1",
