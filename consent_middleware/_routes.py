@@ -169,8 +169,12 @@ class AuthRoutes:
             )
         code = params.get("code")
         if not code:
-            return pages.error(
-                "Sign-in failed", "The identity provider sent no authorization code.", 400
+            return pages.sign_in_again(
+                "Sign-in failed",
+                "The identity provider sent no authorization code.",
+                400,
+                "Try again",
+                pages.login_to(tx.return_to),
             )
         result = await self.oidc.authorization_code_grant(
             code, code_verifier=tx.code_verifier, nonce=tx.nonce

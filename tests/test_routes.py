@@ -105,13 +105,16 @@ def test_callback_without_a_code_is_a_page(params: dict[str, str], message: str)
     with gated_app() as (mock, client):
         jwks = idp(mock, [])
         token = mock.post(f"{DOMAIN}/oauth/token").respond(json={})
-        login = client.get("/auth/login", follow_redirects=False)
-        state = parse_qs(urlsplit(login.headers["location"]).query)["state"][0]
+        state = start_login(client, "/orders?id=7")
         response = client.get(
             "/auth/callback", params={**params, "state": state}, follow_redirects=False
         )
     assert response.status_code == 400 and "Sign-in failed" in response.text
     assert message in response.text
+    # Trying again comes back to where the sign-in was going.
+    assert try_again_link(response.text) == f"{APP}/auth/login?returnTo=" + quote(
+        f"{APP}/orders?id=7", safe=""
+    )
     assert token.call_count == 0 and jwks.call_count == 0
     set_cookies = response.headers.get_list("set-cookie")
     assert not any(c.startswith("__session") for c in set_cookies)
